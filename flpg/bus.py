@@ -1,0 +1,176 @@
+"""Moving `Message` objects through the database.
+
+Sending writes payloads first (their own transaction, no NOTIFY), then inserts
+the message rows and notifies in one small transaction. An ndarray carried by
+several messages of one send is written once and referenced by all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from flpg import arrays
+from flpg.db import Connection
+from flpg.message import Error, Message, Metadata
+from flpg.records import (
+    ArrayRecord,
+    ConfigRecord,
+    MetricRecord,
+    RecordDict,
+    config_records_from_json,
+    metric_records_from_json,
+    records_to_json,
+)
+from flpg.store import messages as store_messages
+from flpg.store import payloads as store_payloads
+from flpg.store.messages import ArrayLink, MessageRow, NewInstruction, NewReply
+from flpg.store.payloads import DEFAULT_CHUNK_SIZE
+
+
+def _write_arrays(
+    conn: Connection, run_id: int, contents: Sequence[RecordDict], chunk_size: int
+) -> list[list[ArrayLink]]:
+    """Write every distinct ndarray of `contents` once; return each content's links."""
+    unique: dict[int, int] = {}  # id(ndarray) -> index into `encoded`
+    encoded: list[arrays.EncodedArray] = []
+    keep_alive: list[np.ndarray[Any, Any]] = []
+    plan: list[list[tuple[str, int, str, int]]] = []
+    for content in contents:
+        items: list[tuple[str, int, str, int]] = []
+        for record_name, record in content.array_records.items():
+            for position, (array_name, array) in enumerate(record.items()):
+                nd = array.numpy()
+                key = id(nd)
+                if key not in unique:
+                    unique[key] = len(encoded)
+                    encoded.append(arrays.encode(nd, f"{record_name}[{array_name!r}]"))
+                    keep_alive.append(nd)
+                items.append((record_name, position, array_name, unique[key]))
+        plan.append(items)
+    ids = store_payloads.write(conn, run_id, encoded, chunk_size)
+    return [[ArrayLink(r, p, n, ids[i]) for r, p, n, i in items] for items in plan]
+
+
+def _json_parts(content: RecordDict) -> tuple[dict[str, Any], dict[str, Any]]:
+    return records_to_json(content.metric_records), records_to_json(content.config_records)
+
+
+def send(
+    conn: Connection,
+    run_id: int,
+    messages: Sequence[Message],
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> list[int]:
+    """Store instructions for their nodes and wake them; returns message ids.
+
+    Sets each message's `metadata.message_id`, `run_id` and `created_at`.
+    Raises SelectionError if a destination is outside the run's selection.
+    """
+    for m in messages:
+        if m.metadata.dst_node_id is None or m.metadata.reply_to_message_id is not None:
+            raise ValueError("only instructions (with a dst_node_id) can be sent by a ServerApp")
+        if m.has_error():
+            raise ValueError("an instruction must carry content, not an error")
+    links = _write_arrays(conn, run_id, [m.content for m in messages], chunk_size)
+    new: list[NewInstruction] = []
+    for m, arr_links in zip(messages, links, strict=True):
+        metrics, configs = _json_parts(m.content)
+        md = m.metadata
+        assert md.dst_node_id is not None
+        new.append(
+            NewInstruction(
+                dst_node_id=md.dst_node_id,
+                group_id=md.group_id,
+                message_type=md.message_type,
+                ttl=md.ttl,
+                metrics=metrics,
+                configs=configs,
+                arrays=arr_links,
+            )
+        )
+    created = store_messages.insert_instructions(conn, run_id, new)
+    for m, (message_id, created_at) in zip(messages, created, strict=True):
+        m.metadata.run_id = run_id
+        m.metadata.message_id = message_id
+        m.metadata.created_at = created_at
+    return [message_id for message_id, _ in created]
+
+
+def reply(
+    conn: Connection,
+    worker: str,
+    instruction_id: int,
+    run_id: int,
+    message: Message,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> int:
+    """Write a node's reply to a claimed instruction; returns the reply's id.
+
+    Raises LeaseLost if the worker lost the claim, DuplicateReply if a reply exists.
+    """
+    if message.has_error():
+        err = message.error
+        new = NewReply(instruction_id, {}, {}, [], err.code, err.reason)
+    else:
+        links = _write_arrays(conn, run_id, [message.content], chunk_size)[0]
+        metrics, configs = _json_parts(message.content)
+        new = NewReply(instruction_id, metrics, configs, links)
+    return store_messages.reply(conn, worker=worker, new=new)
+
+
+def error_reply(conn: Connection, worker: str, instruction_id: int, error: Error) -> int:
+    """Answer a claimed instruction with an error (e.g. the ClientApp raised)."""
+    new = NewReply(instruction_id, {}, {}, [], error.code, error.reason)
+    return store_messages.reply(conn, worker=worker, new=new)
+
+
+def load(conn: Connection, rows: Sequence[MessageRow]) -> list[Message]:
+    """Turn stored rows into Messages with their arrays read back.
+
+    An array shared by several messages is read once; every message but the
+    first gets its own copy, so a handler that mutates its input in place never
+    changes another message's content.
+    """
+    refs = store_payloads.refs(conn, [r.id for r in rows if r.error_code is None])
+    data = store_payloads.read(conn, refs)
+    handed_out: set[int] = set()
+    by_message: dict[int, dict[str, ArrayRecord]] = {}
+    for ref in refs:
+        nd = data[ref.array_id]
+        if ref.array_id in handed_out:
+            nd = nd.copy()
+        handed_out.add(ref.array_id)
+        records = by_message.setdefault(ref.message_id, {})
+        records.setdefault(ref.record_name, ArrayRecord())[ref.array_name] = nd
+    out: list[Message] = []
+    for r in rows:
+        metadata = Metadata(
+            run_id=r.run_id,
+            message_id=r.id,
+            src_node_id=r.src_node_id,
+            dst_node_id=r.dst_node_id,
+            reply_to_message_id=r.reply_to,
+            group_id=r.group_id,
+            ttl=r.ttl_seconds,
+            message_type=r.message_type,
+            created_at=r.created_at,
+        )
+        if r.error_code is not None:
+            out.append(
+                Message.from_metadata(metadata, error=Error(r.error_code, r.error_reason or ""))
+            )
+            continue
+        content = RecordDict()
+        for name, arr_record in by_message.get(r.id, {}).items():
+            content[name] = arr_record
+        metric_records: dict[str, MetricRecord] = metric_records_from_json(r.metrics)
+        config_records: dict[str, ConfigRecord] = config_records_from_json(r.configs)
+        for name, metric_record in metric_records.items():
+            content[name] = metric_record
+        for name, config_record in config_records.items():
+            content[name] = config_record
+        out.append(Message.from_metadata(metadata, content=content))
+    return out

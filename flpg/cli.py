@@ -1,0 +1,365 @@
+"""The `flpg` command line. Each command parses options, calls one function, prints.
+
+Every command takes `--db URL` (or `FLPG_DATABASE_URL`); without either it uses
+the embedded default cluster. Failures print one line and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import psycopg
+
+from flpg.config import parse_kv
+from flpg.db import Connection, connect, redact
+from flpg.errors import FlpgError
+from flpg.settings import DATABASE_URL_ENV, Intervals, explicit_database_url
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"flpg: error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn FlpgError (and database errors) into one line on stderr and an exit code."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FlpgError as exc:
+            _fail(str(exc), exc.exit_code)
+        except psycopg.OperationalError as exc:
+            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+            _fail(f"database connection failed: {detail}", 3)
+        return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+db_option = click.option(
+    "--db",
+    "db",
+    metavar="URL",
+    envvar=DATABASE_URL_ENV,
+    help=f"PostgreSQL URL (default: ${DATABASE_URL_ENV}, else the embedded cluster).",
+)
+format_option = click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+
+
+def resolve_url(db: str | None) -> str:
+    """The database URL to use, starting the embedded cluster if none was given."""
+    url = explicit_database_url(db)
+    if url:
+        return url
+    from flpg.embedded import ensure_url
+
+    return ensure_url()
+
+
+def open_db(db: str | None) -> tuple[str, Connection]:
+    """Resolve, migrate if needed, and connect."""
+    from flpg.migrate import ensure_schema
+
+    url = resolve_url(db)
+    connect(url, application_name="flpg-cli").close()  # a clear error before migrating
+    ensure_schema(url)
+    return url, connect(url, application_name="flpg-cli")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _table(columns: list[str], rows: list[list[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*columns, box=None, pad_edge=False, header_style="bold")
+    for row in rows:
+        table.add_row(*["" if v is None else str(v) for v in row])
+    Console(soft_wrap=True).print(table)
+
+
+@click.group()
+@click.version_option(package_name="flpg")
+def main() -> None:
+    """flpg: federated learning with the Flower architecture, on PostgreSQL."""
+
+
+# ---------------------------------------------------------------- database
+
+
+@main.group()
+def db() -> None:
+    """Manage the database: schema migrations and the embedded cluster."""
+
+
+@db.command("upgrade")
+@db_option
+@handle_errors
+def db_upgrade(db: str | None) -> None:
+    """Migrate the schema to the newest revision (idempotent)."""
+    from flpg.migrate import current_revision, head_revision, upgrade
+
+    url = resolve_url(db)
+    connect(url, application_name="flpg-cli").close()
+    before = current_revision(url)
+    upgrade(url)
+    click.echo(f"schema at {head_revision()} (was {before or 'empty'}) on {redact(url)}")
+
+
+@db.command("status")
+@db_option
+@handle_errors
+def db_status(db: str | None) -> None:
+    """Where the database is, whether it runs, and its schema revision."""
+    from flpg.embedded import cluster
+    from flpg.migrate import current_revision, head_revision
+
+    url = explicit_database_url(db)
+    if url:
+        click.echo(f"database: {redact(url)} (from --db / {DATABASE_URL_ENV})")
+        click.echo(f"schema: {current_revision(url) or 'empty'} (newest {head_revision()})")
+        return
+    status = cluster().status()
+    click.echo(f"embedded cluster: {status.root}")
+    click.echo(f"running: {'yes (pid %s)' % status.pid if status.running else 'no'}")
+    click.echo(f"initialised: {'yes' if status.initialised else 'no'}")
+    click.echo(f"url: {status.url}")
+    if status.running:
+        click.echo(f"schema: {current_revision(status.url) or 'empty'} (newest {head_revision()})")
+
+
+@db.command("stop")
+@handle_errors
+def db_stop() -> None:
+    """Stop the embedded cluster (the next command starts it again)."""
+    from flpg.embedded import cluster
+
+    was_running = cluster().stop()
+    click.echo("embedded cluster stopped" if was_running else "embedded cluster was not running")
+
+
+# ---------------------------------------------------------------- workers
+
+
+def _serve(worker: Any, verbose: bool) -> None:
+    from flpg.lifecycle import setup_logging, stop_on_signals
+
+    setup_logging(verbose)
+    worker.run(stop_on_signals())
+
+
+@main.command("link")
+@db_option
+@click.option("--sweep", type=float, help="Seconds between sweeps.")
+@click.option("-v", "--verbose", is_flag=True)
+@handle_errors
+def link_cmd(db: str | None, sweep: float | None, verbose: bool) -> None:
+    """Run a SuperLink: node liveness, leases, TTL expiry, silent ServerApps."""
+    from dataclasses import replace
+
+    from flpg.link.worker import LinkWorker
+
+    intervals = Intervals.from_env()
+    if sweep is not None:
+        intervals = replace(intervals, sweep=sweep)
+    _serve(LinkWorker(resolve_url(db), intervals=intervals), verbose)
+
+
+@main.command("exec")
+@db_option
+@click.option("--max-runs", type=click.IntRange(min=1), default=4, show_default=True,
+              help="ServerApps this worker runs at once.")
+@click.option("-v", "--verbose", is_flag=True)
+@handle_errors
+def exec_cmd(db: str | None, max_runs: int, verbose: bool) -> None:
+    """Run a SuperExec: launch pending runs as ServerApp processes."""
+    from flpg.exec.worker import ExecWorker
+
+    _serve(ExecWorker(resolve_url(db), max_runs=max_runs), verbose)
+
+
+@main.command("node")
+@db_option
+@click.option("--name", required=True, help="The node's name; workers with one name share its id.")
+@click.option("--node-config", default="", help='e.g. "partition-id=0 num-partitions=2".')
+@click.option("--label", "labels", multiple=True, help="key=value label (repeatable).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Messages handled at once.")
+@click.option("-v", "--verbose", is_flag=True)
+@handle_errors
+def node_cmd(
+    db: str | None, name: str, node_config: str, labels: tuple[str, ...], concurrency: int,
+    verbose: bool,
+) -> None:
+    """Run a SuperNode worker: claim this node's messages and run ClientApps on them."""
+    from flpg.node.worker import NodeSpec, NodeWorker
+
+    spec = NodeSpec(
+        name=name,
+        node_config=parse_kv(node_config, "--node-config"),
+        labels=parse_kv(" ".join(labels), "--label"),
+    )
+    _serve(NodeWorker(resolve_url(db), [spec], concurrency=concurrency), verbose)
+
+
+# ---------------------------------------------------------------- runs
+
+
+@main.command("run")
+@click.argument("app_dir", type=click.Path(path_type=Path))
+@db_option
+@click.option("--run-config", default=None, help='Overrides, e.g. "num-server-rounds=5 lr=0.05".')
+@click.option("--priority", type=int, default=0, show_default=True,
+              help="Higher runs launch first.")
+@click.option("--stream", is_flag=True, help="Follow the run's log; exit non-zero if it fails.")
+@format_option
+@handle_errors
+def run_cmd(
+    app_dir: Path, db: str | None, run_config: str | None, priority: int, stream: bool, fmt: str
+) -> None:
+    """Submit a run of the app in APP_DIR."""
+    from flpg.submit import submit
+
+    url, conn = open_db(db)
+    with conn:
+        submitted = submit(conn, app_dir, run_config=run_config, priority=priority)
+        if fmt == "json" and not stream:
+            _print_json({"run_id": submitted.run_id, "app": submitted.app_name,
+                         "app_hash": submitted.app_hash, "nodes": submitted.node_ids})
+            return
+        click.echo(f"submitted run {submitted.run_id} ({submitted.app_name}, "
+                   f"{len(submitted.node_ids)} nodes)")
+        if stream:
+            _stream(conn, url, submitted.run_id)
+
+
+def _stream(conn: Connection, url: str, run_id: int) -> None:
+    from flpg.follow import follow
+
+    def emit(line: Any) -> None:
+        prefix = "" if line.stream == "stdout" else f"[{line.stream}] "
+        click.echo(f"{prefix}{line.line}")
+
+    run = follow(conn, url, run_id, emit)
+    click.echo(f"run {run_id} {run.status}" + (f": {run.reason}" if run.reason else ""))
+    if run.status != "finished":
+        sys.exit(1)
+
+
+@main.command("ls")
+@db_option
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@format_option
+@handle_errors
+def ls_cmd(db: str | None, limit: int, fmt: str) -> None:
+    """List runs, newest first."""
+    from flpg.store import runs as store_runs
+
+    _, conn = open_db(db)
+    with conn:
+        found = store_runs.list_recent(conn, limit)
+    if fmt == "json":
+        _print_json([
+            {"run_id": r.run_id, "app": r.app_name, "status": r.status, "reason": r.reason,
+             "nodes": r.num_nodes, "rounds": r.rounds_completed,
+             "submitted_at": _iso(r.submitted_at), "started_at": _iso(r.started_at),
+             "finished_at": _iso(r.finished_at)}
+            for r in found
+        ])
+        return
+    _table(
+        ["RUN", "APP", "STATUS", "NODES", "ROUNDS", "SUBMITTED", "DURATION", "REASON"],
+        [
+            [r.run_id, r.app_name, r.status, r.num_nodes, r.rounds_completed,
+             r.submitted_at.strftime("%Y-%m-%d %H:%M:%S"),
+             f"{(r.finished_at - r.started_at).total_seconds():.1f}s"
+             if r.finished_at and r.started_at else None,
+             r.reason]
+            for r in found
+        ],
+    )
+
+
+@main.command("log")
+@click.argument("run_id", type=int)
+@db_option
+@click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing until the run ends.")
+@handle_errors
+def log_cmd(run_id: int, db: str | None, follow_: bool) -> None:
+    """Print a run's ServerApp output and events."""
+    from flpg.store import logs as store_logs
+    from flpg.store import runs as store_runs
+
+    url, conn = open_db(db)
+    with conn:
+        store_runs.get(conn, run_id)
+        if follow_:
+            _stream(conn, url, run_id)
+            return
+        last = 0
+        while True:
+            lines = store_logs.tail(conn, run_id, last)
+            for line in lines:
+                prefix = "" if line.stream == "stdout" else f"[{line.stream}] "
+                click.echo(f"{prefix}{line.line}")
+                last = line.id
+            if len(lines) < 1000:
+                break
+
+
+@main.command("stop")
+@click.argument("run_id", type=int)
+@db_option
+@handle_errors
+def stop_cmd(run_id: int, db: str | None) -> None:
+    """Stop a run: its ServerApp ends and its undelivered messages are cancelled."""
+    from flpg.store import runs as store_runs
+
+    _, conn = open_db(db)
+    with conn:
+        state = store_runs.request_stop(conn, run_id)
+    click.echo(f"run {run_id}: {state}")
+
+
+@main.command("nodes")
+@db_option
+@format_option
+@handle_errors
+def nodes_cmd(db: str | None, fmt: str) -> None:
+    """List registered nodes."""
+    from flpg.store import nodes as store_nodes
+
+    _, conn = open_db(db)
+    with conn:
+        found = store_nodes.list_all(conn)
+    if fmt == "json":
+        _print_json([
+            {"id": n.id, "name": n.name, "status": n.status, "node_config": n.node_config,
+             "labels": n.labels, "last_seen_at": _iso(n.last_seen_at)}
+            for n in found
+        ])
+        return
+    _table(
+        ["ID", "NAME", "STATUS", "NODE CONFIG", "LABELS", "LAST SEEN"],
+        [[n.id, n.name, n.status, json.dumps(n.node_config), json.dumps(n.labels),
+          n.last_seen_at.strftime("%Y-%m-%d %H:%M:%S")] for n in found],
+    )

@@ -1,0 +1,1 @@
+"""SuperExec: launches runs (`flpg exec`) and runs one ServerApp per process (`runner`)."""

@@ -1,0 +1,89 @@
+"""One run's ServerApp, in its own process: `python -m flpg.exec.runner RUN_ID`.
+
+Started by an exec worker with `FLPG_DATABASE_URL` set. Heart-beats the run while
+the ServerApp's main function runs. On failure, the last line on stderr starts
+with RESULT_PREFIX and states the reason the exec worker records.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import traceback
+
+from flpg.appbundle import BundleCache, default_cache_dir, load_component, parse_pyproject
+from flpg.context import Context
+from flpg.db import connect
+from flpg.grid import Grid
+from flpg.records import RecordDict
+from flpg.serverapp import ServerApp
+from flpg.settings import DATABASE_URL_ENV, Intervals
+from flpg.store import apps as store_apps
+from flpg.store import runs as store_runs
+
+RESULT_PREFIX = "flpg-serverapp-failed: "
+
+
+def _heartbeat(url: str, run_id: int, period: float, stop: threading.Event) -> None:
+    conn = connect(url, application_name=f"flpg-serverapp-{run_id}-heartbeat")
+    try:
+        while not stop.wait(period):
+            try:
+                store_runs.heartbeat(conn, run_id)
+            except Exception as exc:  # a transient database error must not kill the run
+                print(f"heartbeat failed: {exc}", file=sys.stderr, flush=True)
+    finally:
+        conn.close()
+
+
+def run_serverapp(url: str, run_id: int) -> None:
+    """Load the run's ServerApp from its bundle and run it to completion (raises)."""
+    intervals = Intervals.from_env()
+    with connect(url, application_name=f"flpg-serverapp-{run_id}") as conn:
+        run = store_runs.get(conn, run_id)
+        root = BundleCache(default_cache_dir()).path(
+            run.app_hash, lambda: store_apps.get(conn, run.app_hash)[1]
+        )
+    spec = parse_pyproject((root / "pyproject.toml").read_text(), f"app {run.app_name}")
+    app = load_component(root, spec.serverapp, ServerApp)
+    stop = threading.Event()
+    beat = threading.Thread(
+        target=_heartbeat, args=(url, run_id, intervals.heartbeat, stop), daemon=True
+    )
+    beat.start()
+    grid = Grid(url, run_id, poll=min(intervals.poll, 2.0))
+    try:
+        context = Context(
+            run_id=run_id, node_id=None, node_config={}, state=RecordDict(),
+            run_config=dict(run.run_config),
+        )
+        app(grid, context)
+    finally:
+        stop.set()
+        grid.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or not args[0].isdigit():
+        print("usage: python -m flpg.exec.runner RUN_ID", file=sys.stderr)
+        return 2
+    url = os.environ.get(DATABASE_URL_ENV)
+    if not url:
+        print(f"{RESULT_PREFIX}{DATABASE_URL_ENV} is not set", file=sys.stderr)
+        return 2
+    try:
+        run_serverapp(url, int(args[0]))
+    except BaseException as exc:  # report every failure, including SystemExit from user code
+        if isinstance(exc, SystemExit) and exc.code in (0, None):
+            return 0
+        traceback.print_exc()
+        reason = "".join(traceback.format_exception_only(exc)).strip().splitlines()[-1]
+        print(f"{RESULT_PREFIX}{reason}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

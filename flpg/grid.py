@@ -1,0 +1,147 @@
+"""Grid: the ServerApp's handle on the federation, backed by the database.
+
+Mirrors Flower's Grid: `get_node_ids`, `create_message`, `push_messages`,
+`pull_messages`, `send_and_receive`; adds `receive` (replies one at a time as
+they arrive, for streaming aggregation) and `wait_for_nodes`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from flpg import bus
+from flpg.db import Connection, Listener, connect, run_channel
+from flpg.errors import FlpgError
+from flpg.message import DEFAULT_TTL, Message
+from flpg.records import MetricRecord, RecordDict, records_to_json
+from flpg.store import messages as store_messages
+from flpg.store import runs as store_runs
+from flpg.store.payloads import DEFAULT_CHUNK_SIZE
+
+
+class NodesUnavailable(FlpgError):
+    """Fewer nodes than required came online within the timeout."""
+
+
+class Grid:
+    """One run's view of the federation: its selected, online nodes and its messages.
+
+    Holds two connections: one for queries, one dedicated to LISTEN on the run's
+    reply channel (opened before anything is sent, so no wake-up is missed).
+    """
+
+    def __init__(
+        self, url: str, run_id: int, *, poll: float = 2.0, chunk_size: int = DEFAULT_CHUNK_SIZE
+    ) -> None:
+        self._run_id = run_id
+        self._poll = poll
+        self._chunk_size = chunk_size
+        self._conn: Connection = connect(url, application_name=f"flpg-serverapp-{run_id}")
+        self._listener = Listener(
+            url, [run_channel(run_id)], application_name=f"flpg-serverapp-{run_id}-listen"
+        )
+
+    @property
+    def run_id(self) -> int:
+        """The id of the run this grid serves."""
+        return self._run_id
+
+    def get_node_ids(self) -> list[int]:
+        """The run's selected nodes that are online now, ascending."""
+        return store_runs.online_node_ids(self._conn, self._run_id)
+
+    def wait_for_nodes(self, min_nodes: int, timeout: float) -> list[int]:
+        """Wait until at least `min_nodes` selected nodes are online.
+
+        Raises NodesUnavailable after `timeout` s with how many were online.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            node_ids = self.get_node_ids()
+            if len(node_ids) >= min_nodes:
+                return node_ids
+            if time.monotonic() >= deadline:
+                raise NodesUnavailable(
+                    f"run {self._run_id} needs {min_nodes} online node(s) of its selection but "
+                    f"only {len(node_ids)} were online after {timeout:g} s"
+                )
+            time.sleep(min(0.25, max(deadline - time.monotonic(), 0.0)))
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        """A new instruction for `dst_node_id` (not sent until pushed)."""
+        return Message(
+            content,
+            dst_node_id=dst_node_id,
+            message_type=message_type,
+            ttl=ttl if ttl is not None else DEFAULT_TTL,
+            group_id=group_id,
+        )
+
+    def push_messages(self, messages: Iterable[Message]) -> list[int]:
+        """Send instructions; returns their ids. Raises SelectionError (nothing sent)
+        if any destination is outside the run's node selection."""
+        return bus.send(self._conn, self._run_id, list(messages), self._chunk_size)
+
+    def pull_messages(self, message_ids: Iterable[int]) -> list[Message]:
+        """The replies that have arrived for the given instructions (each returned once)."""
+        rows = store_messages.pull_replies(self._conn, list(message_ids))
+        return bus.load(self._conn, rows)
+
+    def receive(self, message_ids: Sequence[int], *, timeout: float | None = None) -> Iterator[Message]:
+        """Yield replies to `message_ids` as they arrive, until all arrived or `timeout` s.
+
+        Woken by NOTIFY, with a slow poll as a safety net. Replies that do not arrive
+        in time are simply not yielded (their instructions expire at their TTL).
+        """
+        pending = set(message_ids)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while pending:
+            for reply in self.pull_messages(sorted(pending)):
+                pending.discard(reply.metadata.reply_to_message_id)  # type: ignore[arg-type]
+                yield reply
+            if not pending:
+                return
+            wait = self._poll
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                wait = min(wait, remaining)
+            self._listener.wait(wait)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
+        """Push `messages` and wait up to `timeout` s for their replies (error replies
+        included); returns the replies that arrived."""
+        ids = self.push_messages(messages)
+        return list(self.receive(ids, timeout=timeout))
+
+    def record_round(
+        self,
+        server_round: int,
+        phase: str,
+        metrics: MetricRecord | None,
+        *,
+        num_replies: int = 0,
+        num_failures: int = 0,
+    ) -> None:
+        """Store one round's aggregated metrics so SQL and `flpg ls` can see them."""
+        doc: dict[str, Any] = records_to_json({"m": metrics or MetricRecord()})["m"]
+        store_runs.record_round(
+            self._conn, self._run_id, server_round, phase, doc, num_replies, num_failures
+        )
+
+    def close(self) -> None:
+        """Close both connections."""
+        self._listener.close()
+        self._conn.close()

@@ -1,0 +1,1 @@
+"""SuperLink: liveness and hygiene sweeps (`flpg link`)."""

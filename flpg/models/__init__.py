@@ -1,0 +1,39 @@
+"""The flpg schema, declared once.
+
+These SQLAlchemy tables are the contract every worker shares. Migrations under
+`migrations/` must rebuild exactly this metadata (a test proves it); runtime SQL
+lives in `sql/` and is executed by `flpg.store`.
+"""
+
+from __future__ import annotations
+
+from flpg.models.apps import apps
+from flpg.models.base import (
+    LOG_STREAM,
+    MESSAGE_STATE,
+    NODE_STATUS,
+    RUN_STATUS,
+    metadata,
+)
+from flpg.models.messages import messages
+from flpg.models.nodes import nodes
+from flpg.models.payloads import array_chunks, arrays, message_arrays
+from flpg.models.runs import round_metrics, run_logs, run_nodes, runs
+
+__all__ = [
+    "LOG_STREAM",
+    "MESSAGE_STATE",
+    "NODE_STATUS",
+    "RUN_STATUS",
+    "apps",
+    "array_chunks",
+    "arrays",
+    "message_arrays",
+    "messages",
+    "metadata",
+    "nodes",
+    "round_metrics",
+    "run_logs",
+    "run_nodes",
+    "runs",
+]

@@ -1,0 +1,23 @@
+"""Federation members. Several worker processes may serve one node id."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, CheckConstraint, Column, Identity, Table, Text, text
+from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
+
+from flpg.models.base import NODE_STATUS, metadata
+
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("node_config", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("labels", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("status", NODE_STATUS, nullable=False, server_default=text("'online'")),
+    Column("registered_at", TIMESTAMP(timezone=True), nullable=False, server_default=text("now()")),
+    Column("last_seen_at", TIMESTAMP(timezone=True), nullable=False, server_default=text("now()")),
+    CheckConstraint("name <> ''", name="name_not_empty"),
+    CheckConstraint("jsonb_typeof(node_config) = 'object'", name="node_config_is_object"),
+    CheckConstraint("jsonb_typeof(labels) = 'object'", name="labels_is_object"),
+)

@@ -1,0 +1,85 @@
+"""Array payloads: raw bytes in chunked `bytea`, dtype and shape beside them.
+
+An array is written once and referenced by every message that carries it
+(`message_arrays`), so a model broadcast to N nodes is stored once. Chunk data
+uses STORAGE EXTERNAL: random floats do not compress, so PostgreSQL must not try.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    DDL,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    Table,
+    Text,
+    UniqueConstraint,
+    event,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, TIMESTAMP
+
+from flpg.models.base import metadata
+
+arrays = Table(
+    "arrays",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("run_id", BigInteger, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    Column("dtype", Text, nullable=False),
+    Column("shape", ARRAY(BigInteger), nullable=False),
+    Column("nbytes", BigInteger, nullable=False),
+    Column("chunk_size", Integer, nullable=False),
+    Column("n_chunks", Integer, nullable=False),
+    Column("digest", LargeBinary, nullable=False),
+    Column("created_at", TIMESTAMP(timezone=True), nullable=False, server_default=text("now()")),
+    CheckConstraint("nbytes >= 0", name="nbytes_not_negative"),
+    CheckConstraint("chunk_size > 0", name="chunk_size_positive"),
+    CheckConstraint("n_chunks = (nbytes + chunk_size - 1) / chunk_size", name="n_chunks_matches"),
+    CheckConstraint("length(digest) = 16", name="digest_length"),
+)
+Index("ix_arrays_run_id", arrays.c.run_id)
+
+array_chunks = Table(
+    "array_chunks",
+    metadata,
+    Column(
+        "array_id",
+        BigInteger,
+        ForeignKey("arrays.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("seq", Integer, primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+    CheckConstraint("seq >= 0", name="seq_not_negative"),
+)
+
+event.listen(
+    array_chunks,
+    "after_create",
+    DDL("ALTER TABLE array_chunks ALTER COLUMN data SET STORAGE EXTERNAL"),
+)
+
+message_arrays = Table(
+    "message_arrays",
+    metadata,
+    Column(
+        "message_id",
+        BigInteger,
+        ForeignKey("messages.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("record_name", Text, primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("array_name", Text, nullable=False),
+    Column("array_id", BigInteger, ForeignKey("arrays.id"), nullable=False),
+    UniqueConstraint("message_id", "record_name", "array_name"),
+    CheckConstraint("position >= 0", name="position_not_negative"),
+)
+Index("ix_message_arrays_array_id", message_arrays.c.array_id)

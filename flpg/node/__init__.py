@@ -1,0 +1,1 @@
+"""SuperNode: a federation member's worker (`flpg node`)."""

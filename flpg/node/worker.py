@@ -1,0 +1,187 @@
+"""The node worker loop: wait (NOTIFY or poll) -> claim -> run the ClientApp -> reply.
+
+Connections held: one for claims, one dedicated LISTEN connection, and a pool of
+at most `concurrency` connections shared by the handler threads and the
+heartbeat (so `concurrency + 2` in all).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from psycopg_pool import ConnectionPool
+
+from flpg import bus
+from flpg.appbundle import default_cache_dir
+from flpg.db import Listener, connect, node_channel
+from flpg.errors import FlpgError, LeaseLost
+from flpg.lifecycle import worker_id
+from flpg.message import Error, ErrorCode
+from flpg.migrate import ensure_schema
+from flpg.node.apphost import AppHost
+from flpg.settings import Intervals
+from flpg.store import messages as store_messages
+from flpg.store import nodes as store_nodes
+from flpg.store.messages import MessageRow
+
+log = logging.getLogger("flpg.node")
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node id this worker serves."""
+
+    name: str
+    node_config: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, Any] = field(default_factory=dict)
+
+
+class NodeWorker:
+    """Serves one or more node ids: claims their messages and writes the replies."""
+
+    def __init__(
+        self,
+        url: str,
+        specs: list[NodeSpec],
+        *,
+        concurrency: int = 4,
+        intervals: Intervals | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        if not specs:
+            raise ValueError("a node worker serves at least one node")
+        self.url = url
+        self.specs = specs
+        self.concurrency = concurrency
+        self.intervals = intervals or Intervals.from_env()
+        self.cache_dir = cache_dir or default_cache_dir()
+        self.worker = worker_id("node")
+        self.node_ids: list[int] = []
+        self._inflight: set[int] = set()
+        self._inflight_lock = threading.Lock()
+        self._slot_freed = threading.Event()
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve until `stop` is set; then finish in-flight messages (up to one lease),
+        hand back the rest, and mark the nodes offline."""
+        ensure_schema(self.url)
+        conn = connect(self.url, application_name="flpg-node")
+        registered = [
+            store_nodes.register(conn, name=s.name, node_config=s.node_config, labels=s.labels)
+            for s in self.specs
+        ]
+        self.node_ids = [n.id for n in registered]
+        host = AppHost(self.cache_dir, {n.id: n.node_config for n in registered})
+        listener = Listener(
+            self.url, [node_channel(i) for i in self.node_ids], application_name="flpg-node-listen"
+        )
+        pool = ConnectionPool(
+            self.url,
+            min_size=1,
+            max_size=self.concurrency + 1,
+            kwargs={"autocommit": True, "application_name": "flpg-node-work"},
+            open=True,
+        )
+        names = ", ".join(f"{n.name} (id {n.id})" for n in registered)
+        log.info("serving node %s as %s, concurrency %d", names, self.worker, self.concurrency)
+        beat_stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(pool, beat_stop), daemon=True)
+        beat.start()
+        executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="flpg-handler")
+        try:
+            while not stop.is_set():
+                with self._inflight_lock:
+                    free = self.concurrency - len(self._inflight)
+                if free <= 0:
+                    self._slot_freed.wait(self.intervals.poll)
+                    self._slot_freed.clear()
+                    continue
+                claimed = store_messages.claim(
+                    conn,
+                    worker=self.worker,
+                    node_ids=self.node_ids,
+                    lease=self.intervals.lease,
+                    limit=free,
+                )
+                for row in claimed:
+                    with self._inflight_lock:
+                        self._inflight.add(row.id)
+                    executor.submit(self._handle, pool, host, row)
+                if len(claimed) < free:
+                    listener.wait(self.intervals.poll)
+        finally:
+            log.info("stopping: finishing %d in-flight message(s)", len(self._inflight))
+            executor.shutdown(wait=False, cancel_futures=True)
+            deadline = time.monotonic() + self.intervals.lease
+            while self._inflight and time.monotonic() < deadline:
+                time.sleep(0.05)
+            beat_stop.set()
+            released = store_messages.release(conn, worker=self.worker)
+            if released:
+                log.info("handed %d claimed message(s) back to the queue", released)
+            store_nodes.set_offline(conn, self.node_ids)
+            listener.close()
+            pool.close()
+            conn.close()
+            log.info("stopped")
+
+    def _heartbeat(self, pool: ConnectionPool, stop: threading.Event) -> None:
+        period = min(self.intervals.heartbeat, self.intervals.lease / 3)
+        while not stop.wait(period):
+            try:
+                with pool.connection() as conn:
+                    store_nodes.heartbeat(conn, self.node_ids)
+                    with self._inflight_lock:
+                        ids = sorted(self._inflight)
+                    store_messages.extend_lease(
+                        conn, worker=self.worker, ids=ids, lease=self.intervals.lease
+                    )
+            except Exception:
+                log.exception("heartbeat failed; retrying")
+
+    def _handle(self, pool: ConnectionPool, host: AppHost, row: MessageRow) -> None:
+        started = time.monotonic()
+        try:
+            with pool.connection() as conn:
+                try:
+                    message = bus.load(conn, [row])[0]
+                    assert row.dst_node_id is not None
+                    app, context = host.get(conn, row.run_id, row.dst_node_id)
+                    reply = app(message, context)
+                    if reply.metadata.reply_to_message_id != row.id:
+                        raise TypeError(
+                            "the handler's reply does not answer this message; "
+                            "build it with Message(content, reply_to=msg)"
+                        )
+                    bus.reply(conn, self.worker, row.id, row.run_id, reply)
+                    log.info(
+                        "run %d: %s message %d for node %d done in %.3f s",
+                        row.run_id, row.message_type, row.id, row.dst_node_id,
+                        time.monotonic() - started,
+                    )
+                except LeaseLost as exc:
+                    log.warning("run %d: %s", row.run_id, exc)
+                except Exception as exc:
+                    reason = f"{type(exc).__name__}: {exc}"
+                    code = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+                    log.warning("run %d: message %d failed: %s", row.run_id, row.id, reason)
+                    if isinstance(exc, FlpgError) and not isinstance(exc, LeaseLost):
+                        reason = str(exc)
+                    try:
+                        bus.error_reply(conn, self.worker, row.id, Error(code, reason))
+                    except FlpgError as inner:
+                        log.warning("run %d: error reply for %d not written: %s", row.run_id, row.id, inner)
+        except Exception:
+            log.exception("run %d: message %d could not be handled", row.run_id, row.id)
+        finally:
+            with self._inflight_lock:
+                self._inflight.discard(row.id)
+            self._slot_freed.set()

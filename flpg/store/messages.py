@@ -1,0 +1,221 @@
+"""Messages: inserting instructions, claiming, replying, pulling, and the link's sweeps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from flpg.db import Connection
+from flpg.errors import DuplicateReply, LeaseLost, SelectionError
+from flpg.store._exec import many, many_returning, one, rows, run
+
+_SELECTION_FKS = ("fk_messages_dst_in_selection", "fk_messages_src_in_selection")
+
+
+@dataclass(frozen=True)
+class ArrayLink:
+    """One array carried by a message: `record_name[array_name]` at `position`."""
+
+    record_name: str
+    position: int
+    array_name: str
+    array_id: int
+
+
+@dataclass(frozen=True)
+class NewInstruction:
+    dst_node_id: int
+    group_id: str
+    message_type: str
+    ttl: float
+    metrics: dict[str, Any]
+    configs: dict[str, Any]
+    arrays: Sequence[ArrayLink]
+
+
+@dataclass(frozen=True)
+class NewReply:
+    reply_to: int
+    metrics: dict[str, Any]
+    configs: dict[str, Any]
+    arrays: Sequence[ArrayLink]
+    error_code: int | None = None
+    error_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class MessageRow:
+    """A stored message as a worker or the ServerApp receives it."""
+
+    id: int
+    run_id: int
+    src_node_id: int | None
+    dst_node_id: int | None
+    reply_to: int | None
+    group_id: str
+    message_type: str
+    ttl_seconds: float
+    created_at: float
+    metrics: dict[str, Any]
+    configs: dict[str, Any]
+    error_code: int | None = None
+    error_reason: str | None = None
+    attempts: int = 0
+
+
+def _links(message_id: int, links: Sequence[ArrayLink]) -> list[dict[str, Any]]:
+    return [
+        {
+            "message_id": message_id,
+            "record_name": a.record_name,
+            "position": a.position,
+            "array_name": a.array_name,
+            "array_id": a.array_id,
+        }
+        for a in links
+    ]
+
+
+def insert_instructions(
+    conn: Connection, run_id: int, instructions: Sequence[NewInstruction]
+) -> list[tuple[int, float]]:
+    """Insert instructions and wake their nodes in one small transaction.
+
+    Returns `(message_id, created_at)` per instruction, in order. Raises
+    SelectionError (and inserts nothing) if a destination is outside the run's
+    node selection. Payloads must already be written (see `payloads.write`).
+    """
+    if not instructions:
+        return []
+    try:
+        with conn.transaction():
+            created = many_returning(
+                conn,
+                "message_insert",
+                [
+                    {
+                        "run_id": run_id,
+                        "dst_node_id": m.dst_node_id,
+                        "group_id": m.group_id,
+                        "message_type": m.message_type,
+                        "ttl": m.ttl,
+                        "metrics": Jsonb(m.metrics),
+                        "configs": Jsonb(m.configs),
+                    }
+                    for m in instructions
+                ],
+            )
+            links = [
+                link
+                for row, m in zip(created, instructions, strict=True)
+                for link in _links(row["id"], m.arrays)
+            ]
+            if links:
+                many(conn, "message_arrays_insert", links)
+            node_ids = sorted({m.dst_node_id for m in instructions})
+            run(conn, "notify_nodes", {"run_id": run_id, "node_ids": node_ids})
+    except psycopg.errors.ForeignKeyViolation as exc:
+        if exc.diag.constraint_name in _SELECTION_FKS:
+            selected = {int(r["node_id"]) for r in rows(conn, "run_online_node_ids", {"run_id": run_id})}
+            outside = sorted({m.dst_node_id for m in instructions} - selected)
+            raise SelectionError(
+                f"node {', '.join(map(str, outside)) or '?'} is not in the node selection "
+                f"of run {run_id}; address only nodes from grid.get_node_ids()"
+            ) from exc
+        raise
+    return [(int(r["id"]), float(r["created_at"])) for r in created]
+
+
+def claim(
+    conn: Connection, *, worker: str, node_ids: list[int], lease: float, limit: int
+) -> list[MessageRow]:
+    """Claim up to `limit` queued instructions addressed to `node_ids` (SKIP LOCKED)."""
+    if limit <= 0 or not node_ids:
+        return []
+    with conn.transaction():
+        found = rows(
+            conn,
+            "messages_claim",
+            {"worker": worker, "node_ids": node_ids, "lease": lease, "limit": limit},
+        )
+    return [
+        MessageRow(src_node_id=None, reply_to=None, **r) for r in sorted(found, key=lambda r: r["id"])
+    ]
+
+
+def extend_lease(conn: Connection, *, worker: str, ids: list[int], lease: float) -> list[int]:
+    """Extend the leases this worker holds; returns the ids it still holds."""
+    if not ids:
+        return []
+    return [int(r["id"]) for r in rows(conn, "messages_extend_lease", {"worker": worker, "ids": ids, "lease": lease})]
+
+
+def reply(conn: Connection, *, worker: str, new: NewReply) -> int:
+    """Complete a claimed instruction and insert its reply, in one transaction.
+
+    Raises LeaseLost if this worker no longer holds the claim (nothing is
+    written), DuplicateReply if the instruction already has a reply.
+    """
+    try:
+        with conn.transaction():
+            done = one(conn, "message_complete", {"id": new.reply_to, "worker": worker})
+            if done is None:
+                raise LeaseLost(
+                    f"message {new.reply_to} is no longer claimed by this worker "
+                    "(lease ran out, expired or cancelled); reply dropped"
+                )
+            row = one(
+                conn,
+                "reply_insert",
+                {
+                    "reply_to": new.reply_to,
+                    "metrics": Jsonb(new.metrics),
+                    "configs": Jsonb(new.configs),
+                    "error_code": new.error_code,
+                    "error_reason": new.error_reason,
+                },
+            )
+            assert row is not None
+            if new.arrays:
+                many(conn, "message_arrays_insert", _links(row["id"], new.arrays))
+            run(conn, "notify_run", {"run_id": row["run_id"], "message_id": row["id"]})
+    except psycopg.errors.UniqueViolation as exc:
+        raise DuplicateReply(f"message {new.reply_to} already has a reply") from exc
+    return int(row["id"])
+
+
+def release(conn: Connection, *, worker: str) -> int:
+    """Hand this worker's claimed instructions back to the queue and wake their nodes."""
+    with conn.transaction():
+        released = rows(conn, "messages_release", {"worker": worker})
+        for run_id in {r["run_id"] for r in released}:
+            node_ids = sorted({r["dst_node_id"] for r in released if r["run_id"] == run_id})
+            run(conn, "notify_nodes", {"run_id": run_id, "node_ids": node_ids})
+    return len(released)
+
+
+def pull_replies(conn: Connection, instruction_ids: list[int]) -> list[MessageRow]:
+    """Take (mark done) the replies that arrived for the given instructions."""
+    if not instruction_ids:
+        return []
+    with conn.transaction():
+        found = rows(conn, "replies_pull", {"ids": instruction_ids})
+    return [MessageRow(dst_node_id=None, **r) for r in sorted(found, key=lambda r: r["id"])]
+
+
+def requeue_lapsed(conn: Connection) -> int:
+    """Link sweep: make instructions whose lease ran out claimable again."""
+    with conn.transaction():
+        row = one(conn, "messages_requeue_lapsed")
+    return int(row["requeued"]) if row else 0
+
+
+def expire(conn: Connection, error_code: int) -> int:
+    """Link sweep: expire instructions past their TTL, each with an error reply."""
+    with conn.transaction():
+        row = one(conn, "messages_expire", {"error_code": error_code})
+    return int(row["expired"]) if row else 0

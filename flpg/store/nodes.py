@@ -1,0 +1,57 @@
+"""Federation members."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from flpg.db import Connection
+from flpg.store._exec import one, rows, run
+
+
+@dataclass(frozen=True)
+class Node:
+    id: int
+    name: str
+    node_config: dict[str, Any]
+    labels: dict[str, Any]
+    status: str
+    registered_at: datetime
+    last_seen_at: datetime
+
+
+def register(
+    conn: Connection, *, name: str, node_config: dict[str, Any], labels: dict[str, Any]
+) -> Node:
+    """Register `name` or re-attach to its existing id; the node is online."""
+    with conn.transaction():
+        row = one(
+            conn,
+            "node_register",
+            {"name": name, "node_config": Jsonb(node_config), "labels": Jsonb(labels)},
+        )
+    assert row is not None
+    return Node(**row)
+
+
+def heartbeat(conn: Connection, node_ids: list[int]) -> None:
+    """Record that the nodes' workers are alive."""
+    run(conn, "node_heartbeat", {"node_ids": node_ids})
+
+
+def set_offline(conn: Connection, node_ids: list[int]) -> None:
+    """Mark nodes offline (a worker deregistering)."""
+    run(conn, "node_set_offline", {"node_ids": node_ids})
+
+
+def list_all(conn: Connection) -> list[Node]:
+    """Every registered node, by id."""
+    return [Node(**r) for r in rows(conn, "node_list")]
+
+
+def mark_silent_offline(conn: Connection, after: float) -> list[tuple[int, str]]:
+    """Mark offline the nodes not seen for `after` s; returns their (id, name)."""
+    return [(r["id"], r["name"]) for r in rows(conn, "nodes_mark_silent_offline", {"after": after})]

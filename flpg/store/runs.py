@@ -1,0 +1,207 @@
+"""Runs: submission, selection, lifecycle, heartbeats and round metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from flpg.db import Connection
+from flpg.errors import InvalidState, NotFound
+from flpg.store._exec import one, rows, run
+
+TERMINAL = ("finished", "failed", "stopped")
+
+
+@dataclass(frozen=True)
+class Run:
+    id: int
+    app_hash: str
+    app_name: str
+    run_config: dict[str, Any]
+    status: str
+    reason: str | None
+    priority: int
+    submitted_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    exec_id: str | None
+    serverapp_pid: int | None
+    heartbeat_at: datetime | None
+    stop_requested_at: datetime | None
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_id: int
+    app_name: str
+    status: str
+    reason: str | None
+    num_nodes: int
+    rounds_completed: int | None
+    submitted_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class SelectedNode:
+    id: int
+    name: str
+    status: str
+
+
+def create(
+    conn: Connection,
+    *,
+    app_hash: str,
+    app_name: str,
+    bundle: bytes,
+    run_config: dict[str, Any],
+    node_ids: list[int],
+    priority: int = 0,
+) -> int:
+    """Store the bundle (once per hash) and a pending run with its node selection,
+    in one transaction; wake exec workers."""
+    with conn.transaction():
+        run(
+            conn,
+            "app_insert",
+            {"hash": app_hash, "name": app_name, "bundle": bundle, "size": len(bundle)},
+        )
+        row = one(
+            conn,
+            "run_insert",
+            {
+                "app_hash": app_hash,
+                "app_name": app_name,
+                "run_config": Jsonb(run_config),
+                "priority": priority,
+            },
+        )
+        assert row is not None
+        run_id = int(row["id"])
+        run(conn, "run_nodes_insert", {"run_id": run_id, "node_ids": node_ids})
+        run(conn, "notify_exec", {"run_id": run_id})
+    return run_id
+
+
+def get(conn: Connection, run_id: int) -> Run:
+    """The run; NotFound if there is none with this id."""
+    row = one(conn, "run_get", {"run_id": run_id})
+    if row is None:
+        raise NotFound(f"run {run_id} does not exist (see `flpg ls`)")
+    return Run(**row)
+
+
+def list_recent(conn: Connection, limit: int = 100) -> list[RunSummary]:
+    """The newest runs first."""
+    return [RunSummary(**r) for r in rows(conn, "run_list", {"limit": limit})]
+
+
+def selection(conn: Connection, run_id: int) -> list[SelectedNode]:
+    """The run's node selection with each node's status."""
+    return [SelectedNode(**r) for r in rows(conn, "run_selection", {"run_id": run_id})]
+
+
+def online_node_ids(conn: Connection, run_id: int) -> list[int]:
+    """Selected nodes of the run that are online, ascending."""
+    return [int(r["node_id"]) for r in rows(conn, "run_online_node_ids", {"run_id": run_id})]
+
+
+def claim_pending(conn: Connection, exec_id: str, limit: int) -> list[int]:
+    """Exec: claim up to `limit` pending runs (status -> starting)."""
+    if limit <= 0:
+        return []
+    with conn.transaction():
+        return [int(r["id"]) for r in rows(conn, "runs_claim_pending", {"exec_id": exec_id, "limit": limit})]
+
+
+def mark_running(conn: Connection, run_id: int, exec_id: str, pid: int) -> bool:
+    """Exec: the ServerApp process started; False if the run is no longer `starting`."""
+    return run(conn, "run_mark_running", {"run_id": run_id, "exec_id": exec_id, "pid": pid}) == 1
+
+
+def finish(conn: Connection, run_id: int, status: str, reason: str | None = None) -> bool:
+    """Record the outcome once and cancel undelivered messages; False if already ended."""
+    if status not in TERMINAL:
+        raise ValueError(f"{status!r} is not a terminal run status")
+    with conn.transaction():
+        changed = run(conn, "run_finish", {"run_id": run_id, "status": status, "reason": reason})
+        if changed:
+            run(conn, "run_cancel_messages", {"run_id": run_id})
+    return changed == 1
+
+
+def heartbeat(conn: Connection, run_id: int) -> bool:
+    """ServerApp heartbeat; returns True when a stop was requested."""
+    row = one(conn, "run_heartbeat", {"run_id": run_id})
+    return bool(row and row["stop_requested"])
+
+
+def request_stop(conn: Connection, run_id: int) -> str:
+    """Stop a run: a pending run stops at once, a launched one is signalled to its exec.
+
+    Returns the run's status after the request. Raises NotFound, or InvalidState
+    if the run already ended.
+    """
+    current = get(conn, run_id)
+    if current.status in TERMINAL:
+        raise InvalidState(f"run {run_id} already ended ({current.status})")
+    if current.status == "pending" and finish(conn, run_id, "stopped", "stopped by user"):
+        return "stopped"
+    with conn.transaction():
+        if run(conn, "run_request_stop", {"run_id": run_id}):
+            run(conn, "notify_exec", {"run_id": run_id})
+            return "stopping"
+    return get(conn, run_id).status
+
+
+def stop_requested(conn: Connection, exec_id: str) -> list[int]:
+    """Exec: its runs that have a stop request."""
+    return [int(r["id"]) for r in rows(conn, "runs_stop_requested", {"exec_id": exec_id})]
+
+
+def fail_silent(conn: Connection, after: float) -> list[int]:
+    """Link: fail running runs whose ServerApp has not heart-beaten for `after` s."""
+    with conn.transaction():
+        failed = [int(r["id"]) for r in rows(conn, "runs_fail_silent", {"after": after})]
+        for run_id in failed:
+            run(conn, "run_cancel_messages", {"run_id": run_id})
+    return failed
+
+
+def record_round(
+    conn: Connection,
+    run_id: int,
+    server_round: int,
+    phase: str,
+    metrics: dict[str, Any],
+    num_replies: int,
+    num_failures: int,
+) -> None:
+    """Store (or replace) one round's aggregated metrics."""
+    run(
+        conn,
+        "round_metrics_upsert",
+        {
+            "run_id": run_id,
+            "round": server_round,
+            "phase": phase,
+            "metrics": Jsonb(metrics),
+            "num_replies": num_replies,
+            "num_failures": num_failures,
+        },
+    )
+
+
+def round_metrics(conn: Connection, run_id: int) -> list[dict[str, Any]]:
+    """All stored round metrics of a run, by round then phase."""
+    return rows(conn, "round_metrics_for_run", {"run_id": run_id})
+
+
+def message_counts(conn: Connection, run_id: int) -> list[dict[str, Any]]:
+    """Message counts of a run by state and direction."""
+    return rows(conn, "message_counts_for_run", {"run_id": run_id})

@@ -1,0 +1,9 @@
+"""Strategies: the server-side federated algorithms (FedAvg and friends)."""
+
+from __future__ import annotations
+
+from flpg.strategy.fedavg import FedAvg
+from flpg.strategy.result import Result
+from flpg.strategy.strategy import Strategy
+
+__all__ = ["FedAvg", "Result", "Strategy"]

@@ -1,0 +1,164 @@
+"""The strategy contract and the round loop every strategy shares."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
+
+from flpg.grid import Grid
+from flpg.message import Message
+from flpg.records import ArrayRecord, ConfigRecord, MetricRecord
+from flpg.strategy.result import Result
+
+EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
+
+
+class ReplyTally:
+    """Wraps a reply stream and counts error replies and rejected replies."""
+
+    def __init__(self, replies: Iterable[Message]) -> None:
+        self._replies = replies
+        self.received = 0
+        self.failures = 0
+        self.reasons: list[str] = []
+
+    def __iter__(self) -> Iterator[Message]:
+        for reply in self._replies:
+            self.received += 1
+            if reply.has_error():
+                self.fail(f"node {reply.metadata.src_node_id}: {reply.error.reason}")
+                continue
+            yield reply
+
+    def fail(self, reason: str) -> None:
+        """Count one failed reply and remember why."""
+        self.failures += 1
+        self.reasons.append(reason)
+
+
+def log(message: str) -> None:
+    """A progress line on the ServerApp's stdout (which lands in the run's log)."""
+    print(message, flush=True)
+
+
+class Strategy(ABC):
+    """A federated algorithm: configure a round, aggregate its replies, repeat."""
+
+    min_available_nodes: int = 1
+
+    @abstractmethod
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """The training instructions of one round."""
+
+    @abstractmethod
+    def aggregate_train(
+        self, server_round: int, replies: ReplyTally
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Fold training replies (streamed) into new arrays and metrics."""
+
+    @abstractmethod
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """The federated-evaluation instructions of one round (may be empty)."""
+
+    @abstractmethod
+    def aggregate_evaluate(self, server_round: int, replies: ReplyTally) -> MetricRecord | None:
+        """Fold evaluation replies (streamed) into metrics."""
+
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: EvaluateFn | None = None,
+    ) -> Result:
+        """Run `num_rounds` rounds of train, federated evaluate and server evaluate.
+
+        `timeout` bounds each wait (for nodes, and for each round's replies).
+        Every round's aggregated metrics are also stored in the database.
+        Raises NodesUnavailable if `min_available_nodes` are not online in time.
+        """
+        if num_rounds < 1:
+            raise ValueError(f"num_rounds must be >= 1, got {num_rounds}")
+        result = Result(arrays=initial_arrays)
+        arrays = initial_arrays
+        log(f"starting {type(self).__name__}: {num_rounds} rounds, run {grid.run_id}")
+        grid.wait_for_nodes(self.min_available_nodes, timeout)
+        if evaluate_fn is not None:
+            self._server_evaluate(grid, 0, arrays, evaluate_fn, result)
+        for server_round in range(1, num_rounds + 1):
+            started = time.monotonic()
+            grid.wait_for_nodes(self.min_available_nodes, timeout)
+            config = ConfigRecord(dict(train_config or {}))
+            config["server-round"] = server_round
+            ids = grid.push_messages(self.configure_train(server_round, arrays, config, grid))
+            tally = ReplyTally(grid.receive(ids, timeout=timeout))
+            new_arrays, metrics = self.aggregate_train(server_round, tally)
+            missing = len(ids) - tally.received
+            if missing:
+                tally.failures += missing
+                tally.reasons.append(f"{missing} node(s) did not reply within {timeout:g} s")
+            if new_arrays is not None:
+                arrays = new_arrays
+            result.train_metrics_clientapp[server_round] = metrics or MetricRecord()
+            grid.record_round(
+                server_round, "train", metrics,
+                num_replies=tally.received - tally.failures + missing, num_failures=tally.failures,
+            )
+            log(
+                f"round {server_round}/{num_rounds} train: {len(ids) - tally.failures} ok, "
+                f"{tally.failures} failed{_fmt(metrics)} ({time.monotonic() - started:.2f} s)"
+            )
+            for reason in tally.reasons:
+                log(f"round {server_round}/{num_rounds} train failure: {reason}")
+
+            eval_config = ConfigRecord(dict(evaluate_config or {}))
+            eval_config["server-round"] = server_round
+            eval_messages = list(self.configure_evaluate(server_round, arrays, eval_config, grid))
+            if eval_messages:
+                ids = grid.push_messages(eval_messages)
+                tally = ReplyTally(grid.receive(ids, timeout=timeout))
+                eval_metrics = self.aggregate_evaluate(server_round, tally)
+                missing = len(ids) - tally.received
+                tally.failures += missing
+                result.evaluate_metrics_clientapp[server_round] = eval_metrics or MetricRecord()
+                grid.record_round(
+                    server_round, "evaluate", eval_metrics,
+                    num_replies=len(ids) - tally.failures, num_failures=tally.failures,
+                )
+                log(
+                    f"round {server_round}/{num_rounds} evaluate: {len(ids) - tally.failures} ok, "
+                    f"{tally.failures} failed{_fmt(eval_metrics)}"
+                )
+            if evaluate_fn is not None:
+                self._server_evaluate(grid, server_round, arrays, evaluate_fn, result)
+        result.arrays = arrays
+        log(f"finished {num_rounds} rounds")
+        return result
+
+    @staticmethod
+    def _server_evaluate(
+        grid: Grid, server_round: int, arrays: ArrayRecord, evaluate_fn: EvaluateFn, result: Result
+    ) -> None:
+        metrics = evaluate_fn(server_round, arrays)
+        if metrics is None:
+            return
+        result.evaluate_metrics_serverapp[server_round] = metrics
+        grid.record_round(server_round, "server_evaluate", metrics)
+        log(f"round {server_round} server evaluate:{_fmt(metrics)}")
+
+
+def _fmt(metrics: MetricRecord | None) -> str:
+    if not metrics:
+        return ""
+    parts = [
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
+    ]
+    return ", " + ", ".join(parts)

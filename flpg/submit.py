@@ -1,0 +1,57 @@
+"""Submitting a run: bundle the app, resolve its config and node selection, store it.
+
+Everything is checked before anything is written; the run and its selection are
+created in one transaction, so a rejected submission leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from flpg.appbundle import bundle, check_components, read_app
+from flpg.config import merge_run_config, parse_kv
+from flpg.db import Connection
+from flpg.errors import SelectionError
+from flpg.store import nodes as store_nodes
+from flpg.store import runs as store_runs
+
+
+@dataclass(frozen=True)
+class Submitted:
+    run_id: int
+    app_name: str
+    app_hash: str
+    node_ids: list[int]
+
+
+def submit(
+    conn: Connection,
+    app_dir: Path,
+    *,
+    run_config: str | None = None,
+    priority: int = 0,
+) -> Submitted:
+    """Validate and store a run of the app in `app_dir`; returns its id.
+
+    Raises AppError (directory, pyproject, components), ConfigError (run config),
+    SelectionError (no node registered).
+    """
+    spec = read_app(app_dir)
+    overrides = parse_kv(run_config, "--run-config")
+    config = merge_run_config(spec.config, overrides, spec.name)
+    check_components(app_dir, spec)
+    node_ids = [n.id for n in store_nodes.list_all(conn)]
+    if not node_ids:
+        raise SelectionError("no nodes are registered; start one with `flpg node --name NAME`")
+    app_hash, data = bundle(app_dir)
+    run_id = store_runs.create(
+        conn,
+        app_hash=app_hash,
+        app_name=spec.name,
+        bundle=data,
+        run_config=config,
+        node_ids=node_ids,
+        priority=priority,
+    )
+    return Submitted(run_id, spec.name, app_hash, node_ids)

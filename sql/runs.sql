@@ -1,0 +1,111 @@
+-- Runs, their node selection, metrics and lifecycle.
+
+-- name: run_insert
+INSERT INTO runs (app_hash, app_name, run_config, priority)
+VALUES (%(app_hash)s, %(app_name)s, %(run_config)s, %(priority)s)
+RETURNING id;
+
+-- name: run_nodes_insert
+INSERT INTO run_nodes (run_id, node_id)
+SELECT %(run_id)s, unnest(%(node_ids)s::bigint[]);
+
+-- name: run_get
+SELECT id, app_hash, app_name, run_config, status, reason, priority, submitted_at,
+       started_at, finished_at, exec_id, serverapp_pid, heartbeat_at, stop_requested_at
+FROM runs
+WHERE id = %(run_id)s;
+
+-- name: run_list
+SELECT run_id, app_name, status, reason, num_nodes, rounds_completed,
+       submitted_at, started_at, finished_at
+FROM run_history
+ORDER BY run_id DESC
+LIMIT %(limit)s;
+
+-- name: run_selection
+SELECT n.id, n.name, n.status
+FROM run_nodes rn
+JOIN nodes n ON n.id = rn.node_id
+WHERE rn.run_id = %(run_id)s
+ORDER BY n.id;
+
+-- name: run_online_node_ids
+SELECT rn.node_id
+FROM run_nodes rn
+JOIN nodes n ON n.id = rn.node_id
+WHERE rn.run_id = %(run_id)s AND n.status = 'online'
+ORDER BY rn.node_id;
+
+-- name: runs_claim_pending
+-- Exec: claim runs to launch, highest priority first, then submission order.
+UPDATE runs SET status = 'starting', exec_id = %(exec_id)s
+WHERE id IN (
+    SELECT id FROM runs
+    WHERE status = 'pending'
+    ORDER BY priority DESC, id
+    FOR UPDATE SKIP LOCKED
+    LIMIT %(limit)s
+)
+RETURNING id;
+
+-- name: run_mark_running
+UPDATE runs
+SET status = 'running', started_at = now(), heartbeat_at = now(), serverapp_pid = %(pid)s
+WHERE id = %(run_id)s AND status = 'starting' AND exec_id = %(exec_id)s
+RETURNING id;
+
+-- name: run_finish
+-- Records a run's outcome once: only a run that has not ended changes.
+UPDATE runs
+SET status = %(status)s, reason = %(reason)s, finished_at = now(), serverapp_pid = NULL
+WHERE id = %(run_id)s AND status IN ('pending', 'starting', 'running')
+RETURNING id;
+
+-- name: run_cancel_messages
+-- Undelivered instructions of an ended run are cancelled (kept, not deleted).
+UPDATE messages SET state = 'cancelled', finished_at = now(), lease_until = NULL
+WHERE run_id = %(run_id)s AND reply_to IS NULL AND state IN ('queued', 'claimed');
+
+-- name: run_heartbeat
+-- ServerApp heartbeat; returns whether a stop was requested.
+UPDATE runs SET heartbeat_at = now()
+WHERE id = %(run_id)s AND status = 'running'
+RETURNING stop_requested_at IS NOT NULL AS stop_requested;
+
+-- name: run_request_stop
+UPDATE runs SET stop_requested_at = coalesce(stop_requested_at, now())
+WHERE id = %(run_id)s AND status IN ('starting', 'running')
+RETURNING id;
+
+-- name: runs_stop_requested
+SELECT id FROM runs
+WHERE exec_id = %(exec_id)s AND status IN ('starting', 'running')
+  AND stop_requested_at IS NOT NULL;
+
+-- name: runs_fail_silent
+-- Link sweep: a running ServerApp that stopped heart-beating fails its run.
+UPDATE runs
+SET status = 'failed', finished_at = now(), serverapp_pid = NULL,
+    reason = format('ServerApp stopped heart-beating (last heartbeat %%s s ago)',
+                    round(extract(epoch FROM now() - heartbeat_at)::numeric, 1))
+WHERE status = 'running'
+  AND heartbeat_at < now() - make_interval(secs => %(after)s)
+RETURNING id;
+
+-- name: round_metrics_upsert
+INSERT INTO round_metrics (run_id, round, phase, metrics, num_replies, num_failures)
+VALUES (%(run_id)s, %(round)s, %(phase)s, %(metrics)s, %(num_replies)s, %(num_failures)s)
+ON CONFLICT (run_id, round, phase) DO UPDATE
+    SET metrics = EXCLUDED.metrics,
+        num_replies = EXCLUDED.num_replies,
+        num_failures = EXCLUDED.num_failures,
+        recorded_at = now();
+
+-- name: round_metrics_for_run
+SELECT round, phase, metrics, num_replies, num_failures, recorded_at
+FROM round_metrics
+WHERE run_id = %(run_id)s
+ORDER BY round, phase;
+
+-- name: notify_exec
+SELECT pg_notify('flpg_exec', %(run_id)s::text);

@@ -1,0 +1,432 @@
+"""Tests for flpg.records: validation, normalisation, equality and the JSON form."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flpg.errors import RecordError
+from flpg.records import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    MetricRecord,
+    RecordDict,
+    config_records_from_json,
+    metric_records_from_json,
+    records_to_json,
+)
+
+
+def same(a: Any, b: Any) -> bool:
+    """Type-strict deep equality with NaN == NaN (independent of the records' __eq__)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(v, b[k]) for k, v in a.items())
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    return bool(a == b)
+
+
+# --- Array ------------------------------------------------------------------
+
+
+def test_array_wraps_contiguous_little_endian_without_copy() -> None:
+    nd = np.arange(6, dtype="<f4").reshape(2, 3)
+    arr = Array(nd)
+    assert arr.numpy() is nd
+    assert arr.dtype == "<f4"
+    assert arr.shape == (2, 3)
+    assert arr.nbytes == 24
+
+
+def test_array_normalises_layout_and_byte_order() -> None:
+    nd = np.arange(12, dtype=">i4").reshape(3, 4)[:, ::2]
+    arr = Array(nd)
+    out = arr.numpy()
+    assert out.flags.c_contiguous
+    assert out.dtype == np.dtype("<i4")
+    assert arr.dtype == "<i4"
+    assert out.tolist() == nd.tolist()
+    assert not np.shares_memory(out, nd)
+
+
+def test_array_zero_d_and_bool() -> None:
+    assert Array(np.array(2.0)).shape == ()
+    assert Array(np.array([True, False])).dtype == "|b1"
+
+
+def test_array_equality_compares_dtype_shape_and_bytes() -> None:
+    a = np.array([1.0, math.nan], dtype="<f8")
+    assert Array(a) == Array(a.copy())  # NaN compares by bytes
+    assert Array(a) != Array(np.array([1.0, 2.0]))
+    assert Array(np.zeros(4, "<i4")) != Array(np.zeros(4, "<u4"))  # same bytes, other dtype
+    assert Array(np.zeros(4, "<i4")) != Array(np.zeros((2, 2), "<i4"))
+    assert Array(np.zeros(4, "<i4")) != "not an array"
+    assert Array(np.zeros(2, ">f8")) == Array(np.zeros(2, "<f8"))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.array([object()], dtype=object),
+        np.zeros(1, dtype=[("x", "<f4")]),
+        np.array(["s"]),
+        np.array([b"s"]),
+        np.array(["2020-01-01"], dtype="datetime64[D]"),
+    ],
+    ids=["object", "structured", "str", "bytes", "datetime"],
+)
+def test_array_rejects_unsupported_dtypes(bad: Any) -> None:
+    with pytest.raises(RecordError, match="cannot be stored"):
+        Array(bad)
+    record = ArrayRecord()
+    with pytest.raises(RecordError, match=r"'fc\.bias'"):
+        record["fc.bias"] = bad
+    assert "fc.bias" not in record
+
+
+def test_array_rejects_non_arrays_and_masked_arrays() -> None:
+    with pytest.raises(RecordError, match="ndarray"):
+        Array([1, 2, 3])  # type: ignore[arg-type]
+    with pytest.raises(RecordError, match="mask"):
+        Array(np.ma.masked_array([1, 2], mask=[True, False]))
+
+
+def test_array_repr_is_short() -> None:
+    assert repr(Array(np.zeros((1000, 1000), "<f4"))) == "Array(dtype='<f4', shape=(1000, 1000))"
+
+
+# --- ArrayRecord ------------------------------------------------------------
+
+
+def test_array_record_from_list_names_by_position() -> None:
+    a, b = np.zeros(2), np.ones(3, dtype="<i8")
+    record = ArrayRecord([a, b])
+    assert list(record) == ["0", "1"]
+    assert all(isinstance(v, Array) for v in record.values())
+    got = record.to_numpy_ndarrays()
+    assert got[0] is a and got[1] is b
+    assert ArrayRecord.from_numpy_ndarrays([a, b]) == record
+
+
+def test_array_record_from_mapping_and_copy() -> None:
+    w = np.arange(4, dtype="<f4")
+    record = ArrayRecord({"w": w, "b": Array(np.zeros(1))})
+    assert list(record) == ["w", "b"]
+    assert record["w"].numpy() is w
+    copy = ArrayRecord(record)
+    assert copy == record
+    del copy["w"]
+    assert "w" in record  # the copy is a new mapping
+
+
+def test_array_record_assignment_wraps_ndarrays() -> None:
+    record = ArrayRecord()
+    record["x"] = np.ones(3)
+    assert isinstance(record["x"], Array)
+    assert record["x"].shape == (3,)
+
+
+def test_array_record_rejects_bad_keys_and_values() -> None:
+    with pytest.raises(RecordError, match="str"):
+        ArrayRecord({1: np.zeros(1)})  # type: ignore[dict-item]
+    with pytest.raises(RecordError, match=r"'w'.*list"):
+        ArrayRecord({"w": [1.0, 2.0]})  # type: ignore[dict-item]
+    with pytest.raises(RecordError, match="list"):
+        ArrayRecord(np.zeros(3))  # type: ignore[arg-type]
+
+
+def test_array_record_equality_is_ordered() -> None:
+    a, b = np.zeros(1), np.ones(1)
+    assert ArrayRecord({"a": a, "b": b}) == ArrayRecord({"a": a.copy(), "b": b.copy()})
+    assert ArrayRecord({"a": a, "b": b}) != ArrayRecord({"b": b, "a": a})
+    assert ArrayRecord({"a": a}) != ArrayRecord({"a": b})
+
+
+def test_array_record_count_bytes() -> None:
+    record = ArrayRecord([np.zeros(3, "<f8"), np.zeros((2, 2), "<f2"), np.zeros(0)])
+    assert record.count_bytes() == 24 + 8
+
+
+# --- MetricRecord -----------------------------------------------------------
+
+
+def test_metric_record_converts_numpy_scalars() -> None:
+    record = MetricRecord(
+        {
+            "f32": np.float32(0.5),
+            "i64": np.int64(7),
+            "u8": np.uint8(3),
+            "floats": [np.float32(1.5), np.float64(2.5)],
+            "ints": [np.int32(1), 2],
+            "nan": math.nan,
+            "inf": -math.inf,
+        }
+    )
+    assert type(record["f32"]) is float and record["f32"] == 0.5
+    assert type(record["i64"]) is int and record["i64"] == 7
+    assert type(record["u8"]) is int
+    assert record["floats"] == [1.5, 2.5]
+    floats, ints = record["floats"], record["ints"]
+    assert isinstance(floats, list) and isinstance(ints, list)
+    assert all(type(x) is float for x in floats)
+    assert all(type(x) is int for x in ints)
+    assert math.isnan(record["nan"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("value", "type_name"),
+    [
+        (True, "bool"),
+        (np.bool_(False), "bool"),
+        ("0.5", "str"),
+        (None, "NoneType"),
+        ({"a": 1}, "dict"),
+        (1j, "complex"),
+        ((1, 2), "tuple"),
+        (np.zeros(2), "ndarray"),
+        ([1, "a"], "str"),
+        ([True], "bool"),
+    ],
+)
+def test_metric_record_rejects_other_types(value: Any, type_name: str) -> None:
+    record = MetricRecord()
+    with pytest.raises(RecordError, match=rf"'acc'.*{type_name}"):
+        record["acc"] = value
+    assert "acc" not in record
+
+
+def test_metric_record_rejects_mixed_lists_and_non_str_keys() -> None:
+    with pytest.raises(RecordError, match=r"'m'.*mixes"):
+        MetricRecord({"m": [1, 2.0]})
+    with pytest.raises(RecordError, match="str"):
+        MetricRecord({3: 1.0})  # type: ignore[dict-item]
+
+
+# --- ConfigRecord -----------------------------------------------------------
+
+
+def test_config_record_accepts_and_normalises() -> None:
+    record = ConfigRecord(
+        {
+            "lr": np.float32(0.25),
+            "epochs": np.int16(3),
+            "name": np.str_("cnn"),
+            "blob": np.bytes_(b"\x00\x01"),
+            "flag": np.bool_(True),
+            "layers": [np.int64(1), 2],
+            "tags": ["a", "b"],
+            "masks": [True, False],
+            "chunks": [b"x", b""],
+            "empty": [],
+        }
+    )
+    assert type(record["lr"]) is float and record["lr"] == 0.25
+    assert type(record["epochs"]) is int
+    assert type(record["name"]) is str
+    assert type(record["blob"]) is bytes
+    assert record["flag"] is True
+    assert [type(x) for x in record["layers"]] == [int, int]  # type: ignore[union-attr]
+    assert record["empty"] == []
+
+
+@pytest.mark.parametrize(
+    ("value", "type_name"),
+    [
+        (None, "NoneType"),
+        ({"a": 1}, "dict"),
+        (bytearray(b"x"), "bytearray"),
+        (1j, "complex"),
+        (np.zeros(2), "ndarray"),
+        ([None], "NoneType"),
+        ([[1]], "list"),
+    ],
+)
+def test_config_record_rejects_other_types(value: Any, type_name: str) -> None:
+    with pytest.raises(RecordError, match=rf"'opt'.*{type_name}"):
+        ConfigRecord({"opt": value})
+
+
+@pytest.mark.parametrize("mixed", [[True, 1], [1, 1.5], ["a", b"a"], [1.0, "x"]])
+def test_config_record_rejects_mixed_lists(mixed: list[Any]) -> None:
+    with pytest.raises(RecordError, match=r"'opt'.*mixes"):
+        ConfigRecord({"opt": mixed})
+
+
+def test_value_records_compare_type_strictly() -> None:
+    assert ConfigRecord({"x": True}) != ConfigRecord({"x": 1})
+    assert MetricRecord({"x": 1}) != MetricRecord({"x": 1.0})
+    assert MetricRecord({"x": math.nan}) == MetricRecord({"x": float("nan")})
+    assert MetricRecord({"a": 1, "b": 2}) == MetricRecord({"b": 2, "a": 1})
+    assert MetricRecord({"a": 1}) != ConfigRecord({"a": 1})
+
+
+# --- RecordDict -------------------------------------------------------------
+
+
+def test_record_dict_groups_records_by_type_in_order() -> None:
+    arrays = ArrayRecord([np.zeros(1)])
+    metrics = MetricRecord({"loss": 0.1})
+    config = ConfigRecord({"lr": 0.01})
+    more = ArrayRecord()
+    rd = RecordDict({"m": metrics, "a": arrays, "c": config, "z": more})
+    assert list(rd) == ["m", "a", "c", "z"]
+    assert list(rd.array_records) == ["a", "z"]
+    assert rd.array_records["a"] is arrays
+    assert rd.metric_records == {"m": metrics}
+    assert rd.config_records == {"c": config}
+
+
+def test_record_dict_rejects_other_values() -> None:
+    rd = RecordDict()
+    with pytest.raises(RecordError, match=r"'cfg'.*dict"):
+        rd["cfg"] = {"lr": 0.1}
+    with pytest.raises(RecordError, match="str"):
+        RecordDict({1: MetricRecord()})  # type: ignore[dict-item]
+
+
+def test_record_dict_equality() -> None:
+    def make() -> RecordDict:
+        return RecordDict({"a": ArrayRecord([np.arange(3)]), "m": MetricRecord({"acc": 0.5})})
+
+    assert make() == make()
+    other = make()
+    other["m"] = MetricRecord({"acc": 0.6})
+    assert make() != other
+    other = make()
+    other["a"] = ConfigRecord()
+    assert make() != other
+
+
+# --- JSON ---------------------------------------------------------------------
+
+INTS = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+FLOATS = st.floats(allow_nan=True, allow_infinity=True)
+KEYS = st.text(max_size=8)
+METRIC_VALUES = st.one_of(INTS, FLOATS, st.lists(INTS, max_size=4), st.lists(FLOATS, max_size=4))
+CONFIG_SCALARS = [INTS, FLOATS, st.text(max_size=8), st.booleans(), st.binary(max_size=8)]
+CONFIG_VALUES = st.one_of(*CONFIG_SCALARS, *(st.lists(s, max_size=4) for s in CONFIG_SCALARS))
+
+METRIC_RECORDS = st.dictionaries(KEYS, st.dictionaries(KEYS, METRIC_VALUES, max_size=5), max_size=3)
+CONFIG_RECORDS = st.dictionaries(KEYS, st.dictionaries(KEYS, CONFIG_VALUES, max_size=5), max_size=3)
+
+
+def through_json(doc: dict[str, dict[str, Any]]) -> Any:
+    """What the database hands back: strict JSON text, parsed."""
+    return json.loads(json.dumps(doc, allow_nan=False))
+
+
+@settings(max_examples=200)
+@given(raw=METRIC_RECORDS)
+def test_metric_records_json_round_trip_is_exact(raw: dict[str, dict[str, Any]]) -> None:
+    records = {name: MetricRecord(body) for name, body in raw.items()}
+    back = metric_records_from_json(through_json(records_to_json(records)))
+    assert same({k: dict(v) for k, v in back.items()}, raw)
+    assert back == records
+    assert all(type(v) is MetricRecord for v in back.values())
+
+
+@settings(max_examples=200)
+@given(raw=CONFIG_RECORDS)
+def test_config_records_json_round_trip_is_exact(raw: dict[str, dict[str, Any]]) -> None:
+    records = {name: ConfigRecord(body) for name, body in raw.items()}
+    back = config_records_from_json(through_json(records_to_json(records)))
+    assert same({k: dict(v) for k, v in back.items()}, raw)
+    assert back == records
+
+
+def test_json_keeps_plain_values_plain() -> None:
+    doc = records_to_json(
+        {
+            "config": ConfigRecord({"lr": 0.1, "epochs": 2, "opt": "sgd", "nesterov": True}),
+            "metrics": MetricRecord({"loss": 0.25, "n": 10, "hist": [1.0, 2.0]}),
+        }
+    )
+    text = json.dumps(doc, allow_nan=False)
+    assert json.loads(text) == {
+        "config": {"lr": 0.1, "epochs": 2, "opt": "sgd", "nesterov": True},
+        "metrics": {"loss": 0.25, "n": 10, "hist": [1.0, 2.0]},
+    }
+
+
+def test_json_encodes_non_finite_and_bytes_as_strict_json() -> None:
+    metrics = MetricRecord({"a": math.nan, "b": math.inf, "c": [-math.inf, 1.0]})
+    doc = records_to_json(
+        {
+            "m": metrics,
+            "c": ConfigRecord({"x": math.nan, "y": [-math.inf], "z": b"\x00\xff", "s": "NaN"}),
+        }
+    )
+    json.dumps(doc, allow_nan=False)  # must not raise
+    assert doc["m"] == {"a": "NaN", "b": "Infinity", "c": ["-Infinity", 1.0]}
+    assert doc["c"] == {
+        "x": {"$float": "NaN"},
+        "y": [{"$float": "-Infinity"}],
+        "z": {"$bytes": "AP8="},
+        "s": "NaN",  # a str in a config record stays a str
+    }
+    back = config_records_from_json(through_json({"c": doc["c"]}))["c"]
+    assert metric_records_from_json(through_json({"m": doc["m"]}))["m"] == metrics
+    assert back["s"] == "NaN"
+    assert back["z"] == b"\x00\xff"
+
+
+def test_json_decode_widens_int_float_mixes_from_the_database() -> None:
+    # PostgreSQL jsonb prints 1e16 as 10000000000000000, which parses as int.
+    back = metric_records_from_json({"m": {"h": [10000000000000000, 0.5]}})
+    assert back["m"]["h"] == [1e16, 0.5]
+    hist = back["m"]["h"]
+    assert isinstance(hist, list)
+    assert all(type(x) is float for x in hist)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"m": {"a": "nan"}},
+        {"m": {"a": True}},
+        {"m": {"a": None}},
+        {"m": {"a": {"$float": "NaN"}}},
+        {"m": [1]},
+        [],
+    ],
+)
+def test_metric_json_decode_rejects_invalid_documents(doc: Any) -> None:
+    with pytest.raises(RecordError):
+        metric_records_from_json(doc)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"c": {"a": {"$bytes": "not base64!"}}},
+        {"c": {"a": {"$float": "1.5"}}},
+        {"c": {"a": {"$other": "x"}}},
+        {"c": {"a": {"$bytes": "AA==", "$float": "NaN"}}},
+        {"c": {"a": None}},
+        {"c": {"a": [True, 1]}},
+    ],
+)
+def test_config_json_decode_rejects_invalid_documents(doc: Any) -> None:
+    with pytest.raises(RecordError):
+        config_records_from_json(doc)
+
+
+def test_json_decode_of_null_is_empty() -> None:
+    assert metric_records_from_json(None) == {}
+    assert config_records_from_json(None) == {}
+
+
+def test_records_to_json_rejects_array_records() -> None:
+    with pytest.raises(RecordError, match="'arrays'"):
+        records_to_json({"arrays": ArrayRecord()})  # type: ignore[dict-item]
