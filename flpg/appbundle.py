@@ -31,7 +31,16 @@ from typing import Any
 
 from flpg.errors import AppError
 
-_EXCLUDED_DIRS = {"__pycache__", ".git", ".venv", "venv", ".mypy_cache", ".pytest_cache", "build", "dist"}
+_EXCLUDED_DIRS = {
+    "__pycache__",
+    ".git",
+    ".venv",
+    "venv",
+    ".mypy_cache",
+    ".pytest_cache",
+    "build",
+    "dist",
+}
 _EXCLUDED_SUFFIXES = {".pyc", ".pyo"}
 _ZIP_DATE = (2020, 1, 1, 0, 0, 0)
 MAX_BUNDLE_BYTES = 64 << 20
@@ -71,7 +80,9 @@ def parse_pyproject(text: str, where: str) -> AppSpec:
     if not isinstance(config, dict):
         raise AppError(f"{where}: [tool.flpg.app.config] must be a table")
     name = doc.get("project", {}).get("name") or Path(where).parent.name
-    return AppSpec(name=str(name), serverapp=refs["serverapp"], clientapp=refs["clientapp"], config=config)
+    return AppSpec(
+        name=str(name), serverapp=refs["serverapp"], clientapp=refs["clientapp"], config=config
+    )
 
 
 def read_app(app_dir: Path) -> AppSpec:
@@ -107,8 +118,8 @@ def bundle(app_dir: Path) -> tuple[str, bytes]:
     data = buf.getvalue()
     if len(data) > MAX_BUNDLE_BYTES:
         raise AppError(
-            f"the bundle of {app_dir} is {len(data) >> 20} MiB (limit {MAX_BUNDLE_BYTES >> 20} MiB); "
-            "keep data sets out of the app directory"
+            f"the bundle of {app_dir} is {len(data) >> 20} MiB "
+            f"(limit {MAX_BUNDLE_BYTES >> 20} MiB); keep data sets out of the app directory"
         )
     return hashlib.sha256(data).hexdigest(), data
 
@@ -138,14 +149,18 @@ def load_component(root: Path, ref: str, kind: type) -> Any:
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:
-            raise AppError(f"component {ref!r} does not import: {type(exc).__name__}: {exc}") from exc
+            raise AppError(
+                f"component {ref!r} does not import: {type(exc).__name__}: {exc}"
+            ) from exc
         _loaded_roots[top] = root
     obj: Any = module
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise AppError(f"component {ref!r}: module {module_name} has no attribute {attr!r}") from None
+            raise AppError(
+                f"component {ref!r}: module {module_name} has no attribute {attr!r}"
+            ) from None
     if not isinstance(obj, kind):
         raise AppError(f"component {ref!r} is a {type(obj).__name__}, not a {kind.__name__}")
     return obj
@@ -178,7 +193,9 @@ class BundleCache:
         data: bytes = fetch()
         actual = hashlib.sha256(data).hexdigest()
         if actual != app_hash:
-            raise AppError(f"app bundle {app_hash[:12]} is corrupt (its bytes hash to {actual[:12]})")
+            raise AppError(
+                f"app bundle {app_hash[:12]} is corrupt (its bytes hash to {actual[:12]})"
+            )
         self.directory.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{app_hash[:12]}-", dir=self.directory))
         try:

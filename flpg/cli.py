@@ -61,12 +61,19 @@ format_option = click.option(
 
 def resolve_url(db: str | None) -> str:
     """The database URL to use, starting the embedded cluster if none was given."""
+    return resolve_url_started(db)[0]
+
+
+def resolve_url_started(db: str | None) -> tuple[str, bool]:
+    """The database URL, and whether this call started the embedded cluster."""
     url = explicit_database_url(db)
     if url:
-        return url
-    from flpg.embedded import ensure_url
+        return url, False
+    from flpg.embedded import cluster
 
-    return ensure_url()
+    embedded = cluster()
+    was_running = embedded.status().running
+    return embedded.ensure_running(), not was_running
 
 
 def open_db(db: str | None) -> tuple[str, Connection]:
@@ -94,7 +101,7 @@ def _table(columns: list[str], rows: list[list[Any]]) -> None:
     table = Table(*columns, box=None, pad_edge=False, header_style="bold")
     for row in rows:
         table.add_row(*["" if v is None else str(v) for v in row])
-    Console(soft_wrap=True).print(table)
+    Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200).print(table)
 
 
 @click.group()
@@ -140,7 +147,7 @@ def db_status(db: str | None) -> None:
         return
     status = cluster().status()
     click.echo(f"embedded cluster: {status.root}")
-    click.echo(f"running: {'yes (pid %s)' % status.pid if status.running else 'no'}")
+    click.echo(f"running: {f'yes (pid {status.pid})' if status.running else 'no'}")
     click.echo(f"initialised: {'yes' if status.initialised else 'no'}")
     click.echo(f"url: {status.url}")
     if status.running:
@@ -186,8 +193,13 @@ def link_cmd(db: str | None, sweep: float | None, verbose: bool) -> None:
 
 @main.command("exec")
 @db_option
-@click.option("--max-runs", type=click.IntRange(min=1), default=4, show_default=True,
-              help="ServerApps this worker runs at once.")
+@click.option(
+    "--max-runs",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="ServerApps this worker runs at once.",
+)
 @click.option("-v", "--verbose", is_flag=True)
 @handle_errors
 def exec_cmd(db: str | None, max_runs: int, verbose: bool) -> None:
@@ -202,12 +214,21 @@ def exec_cmd(db: str | None, max_runs: int, verbose: bool) -> None:
 @click.option("--name", required=True, help="The node's name; workers with one name share its id.")
 @click.option("--node-config", default="", help='e.g. "partition-id=0 num-partitions=2".')
 @click.option("--label", "labels", multiple=True, help="key=value label (repeatable).")
-@click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Messages handled at once.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Messages handled at once.",
+)
 @click.option("-v", "--verbose", is_flag=True)
 @handle_errors
 def node_cmd(
-    db: str | None, name: str, node_config: str, labels: tuple[str, ...], concurrency: int,
+    db: str | None,
+    name: str,
+    node_config: str,
+    labels: tuple[str, ...],
+    concurrency: int,
     verbose: bool,
 ) -> None:
     """Run a SuperNode worker: claim this node's messages and run ClientApps on them."""
@@ -228,8 +249,9 @@ def node_cmd(
 @click.argument("app_dir", type=click.Path(path_type=Path))
 @db_option
 @click.option("--run-config", default=None, help='Overrides, e.g. "num-server-rounds=5 lr=0.05".')
-@click.option("--priority", type=int, default=0, show_default=True,
-              help="Higher runs launch first.")
+@click.option(
+    "--priority", type=int, default=0, show_default=True, help="Higher runs launch first."
+)
 @click.option("--stream", is_flag=True, help="Follow the run's log; exit non-zero if it fails.")
 @format_option
 @handle_errors
@@ -243,23 +265,30 @@ def run_cmd(
     with conn:
         submitted = submit(conn, app_dir, run_config=run_config, priority=priority)
         if fmt == "json" and not stream:
-            _print_json({"run_id": submitted.run_id, "app": submitted.app_name,
-                         "app_hash": submitted.app_hash, "nodes": submitted.node_ids})
+            _print_json(
+                {
+                    "run_id": submitted.run_id,
+                    "app": submitted.app_name,
+                    "app_hash": submitted.app_hash,
+                    "nodes": submitted.node_ids,
+                }
+            )
             return
-        click.echo(f"submitted run {submitted.run_id} ({submitted.app_name}, "
-                   f"{len(submitted.node_ids)} nodes)")
+        click.echo(
+            f"submitted run {submitted.run_id} ({submitted.app_name}, "
+            f"{len(submitted.node_ids)} nodes)"
+        )
         if stream:
             _stream(conn, url, submitted.run_id)
 
 
 def _stream(conn: Connection, url: str, run_id: int) -> None:
-    from flpg.follow import follow
+    from flpg.progress import watch
+    from flpg.store import runs as store_runs
 
-    def emit(line: Any) -> None:
-        prefix = "" if line.stream == "stdout" else f"[{line.stream}] "
-        click.echo(f"{prefix}{line.line}")
-
-    run = follow(conn, url, run_id, emit)
+    rounds = store_runs.get(conn, run_id).run_config.get("num-server-rounds")
+    total = rounds if isinstance(rounds, int) and rounds > 0 else None
+    run = watch(conn, url, run_id, total_rounds=total, show_logs=True)
     click.echo(f"run {run_id} {run.status}" + (f": {run.reason}" if run.reason else ""))
     if run.status != "finished":
         sys.exit(1)
@@ -278,22 +307,38 @@ def ls_cmd(db: str | None, limit: int, fmt: str) -> None:
     with conn:
         found = store_runs.list_recent(conn, limit)
     if fmt == "json":
-        _print_json([
-            {"run_id": r.run_id, "app": r.app_name, "status": r.status, "reason": r.reason,
-             "nodes": r.num_nodes, "rounds": r.rounds_completed,
-             "submitted_at": _iso(r.submitted_at), "started_at": _iso(r.started_at),
-             "finished_at": _iso(r.finished_at)}
-            for r in found
-        ])
+        _print_json(
+            [
+                {
+                    "run_id": r.run_id,
+                    "app": r.app_name,
+                    "status": r.status,
+                    "reason": r.reason,
+                    "nodes": r.num_nodes,
+                    "rounds": r.rounds_completed,
+                    "submitted_at": _iso(r.submitted_at),
+                    "started_at": _iso(r.started_at),
+                    "finished_at": _iso(r.finished_at),
+                }
+                for r in found
+            ]
+        )
         return
     _table(
         ["RUN", "APP", "STATUS", "NODES", "ROUNDS", "SUBMITTED", "DURATION", "REASON"],
         [
-            [r.run_id, r.app_name, r.status, r.num_nodes, r.rounds_completed,
-             r.submitted_at.strftime("%Y-%m-%d %H:%M:%S"),
-             f"{(r.finished_at - r.started_at).total_seconds():.1f}s"
-             if r.finished_at and r.started_at else None,
-             r.reason]
+            [
+                r.run_id,
+                r.app_name,
+                r.status,
+                r.num_nodes,
+                r.rounds_completed,
+                r.submitted_at.strftime("%Y-%m-%d %H:%M:%S"),
+                f"{(r.finished_at - r.started_at).total_seconds():.1f}s"
+                if r.finished_at and r.started_at
+                else None,
+                r.reason,
+            ]
             for r in found
         ],
     )
@@ -352,14 +397,119 @@ def nodes_cmd(db: str | None, fmt: str) -> None:
     with conn:
         found = store_nodes.list_all(conn)
     if fmt == "json":
-        _print_json([
-            {"id": n.id, "name": n.name, "status": n.status, "node_config": n.node_config,
-             "labels": n.labels, "last_seen_at": _iso(n.last_seen_at)}
-            for n in found
-        ])
+        _print_json(
+            [
+                {
+                    "id": n.id,
+                    "name": n.name,
+                    "status": n.status,
+                    "node_config": n.node_config,
+                    "labels": n.labels,
+                    "last_seen_at": _iso(n.last_seen_at),
+                }
+                for n in found
+            ]
+        )
         return
     _table(
         ["ID", "NAME", "STATUS", "NODE CONFIG", "LABELS", "LAST SEEN"],
-        [[n.id, n.name, n.status, json.dumps(n.node_config), json.dumps(n.labels),
-          n.last_seen_at.strftime("%Y-%m-%d %H:%M:%S")] for n in found],
+        [
+            [
+                n.id,
+                n.name,
+                n.status,
+                json.dumps(n.node_config),
+                json.dumps(n.labels),
+                n.last_seen_at.strftime("%Y-%m-%d %H:%M:%S"),
+            ]
+            for n in found
+        ],
     )
+
+
+# ---------------------------------------------------------------- local federation
+
+
+@main.command("up")
+@db_option
+@click.option(
+    "--nodes",
+    "num_nodes",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Node workers to start (partition-id 0..N-1).",
+)
+@handle_errors
+def up_cmd(db: str | None, num_nodes: int) -> None:
+    """Start a local federation in the background: one link, one exec, N nodes."""
+    from flpg import federation
+    from flpg.embedded import home
+
+    url, started_db = resolve_url_started(db)
+    fed, started = federation.up(home(), url, num_nodes, started_db=started_db)
+    verb = "started" if started else "already up:"
+    click.echo(f"local federation {verb} 1 link, 1 exec, {fed.num_nodes} nodes on {redact(url)}")
+    click.echo(f"logs: {home() / 'logs'}; stop it with `flpg down`")
+
+
+@main.command("down")
+@handle_errors
+def down_cmd() -> None:
+    """Stop the local federation started by `flpg up`."""
+    from flpg import federation
+    from flpg.embedded import cluster, home
+
+    stopped, fed = federation.down(home())
+    if fed is None:
+        click.echo("no local federation is up")
+        return
+    click.echo(f"stopped {stopped} process(es) of the local federation")
+    if fed.started_db and cluster().stop():
+        click.echo("stopped the embedded database that `flpg up` started")
+
+
+@main.command("demo")
+@db_option
+@click.option("--nodes", "num_nodes", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option(
+    "--rounds",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Server rounds (default: the example's).",
+)
+@click.option("--keep", is_flag=True, help="Leave the federation up afterwards.")
+@handle_errors
+def demo_cmd(db: str | None, num_nodes: int, rounds: int | None, keep: bool) -> None:
+    """Train the digits example on a local federation and print a summary."""
+    from flpg.demo import run_demo
+
+    url, started_db = resolve_url_started(db)
+    result = run_demo(
+        url, started_db=started_db, nodes=num_nodes, rounds=rounds, keep=keep, tty=None
+    )
+    if result.status != "finished":
+        sys.exit(1)
+
+
+@main.command("new")
+@click.argument("name")
+@click.option(
+    "--dir",
+    "target",
+    type=click.Path(path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Where to create the app directory.",
+)
+@handle_errors
+def new_cmd(name: str, target: Path) -> None:
+    """Create a working app skeleton NAME (ServerApp with FedAvg, ClientApp)."""
+    from flpg.scaffold import create_app
+
+    path = create_app(name, target)
+    click.echo(f"created {path}; run it with `flpg up` and `flpg run {path} --stream`")
+
+
+if __name__ == "__main__":
+    main()

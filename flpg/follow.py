@@ -18,9 +18,10 @@ def follow(
     emit: Callable[[LogLine], None],
     *,
     poll: float = 1.0,
+    tick: Callable[[Run], None] | None = None,
 ) -> Run:
     """Emit the run's log lines as they are written; return the run once it ended
-    and every line was emitted."""
+    and every line was emitted. `tick(run)` is called after every wake-up."""
     listener = Listener(url, [log_channel(run_id)], application_name="flpg-follow")
     last_id = 0
     try:
@@ -33,6 +34,8 @@ def follow(
                     last_id = line.id
                 if len(lines) < 1000:
                     break
+            if tick is not None:
+                tick(run)
             if run.status in TERMINAL:
                 # The exec writes its last lines before recording the outcome.
                 for line in store_logs.tail(conn, run_id, last_id):

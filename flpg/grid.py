@@ -96,7 +96,9 @@ class Grid:
         rows = store_messages.pull_replies(self._conn, list(message_ids))
         return bus.load(self._conn, rows)
 
-    def receive(self, message_ids: Sequence[int], *, timeout: float | None = None) -> Iterator[Message]:
+    def receive(
+        self, message_ids: Sequence[int], *, timeout: float | None = None
+    ) -> Iterator[Message]:
         """Yield replies to `message_ids` as they arrive, until all arrived or `timeout` s.
 
         Woken by NOTIFY, with a slow poll as a safety net. Replies that do not arrive
@@ -106,7 +108,7 @@ class Grid:
         deadline = None if timeout is None else time.monotonic() + timeout
         while pending:
             for reply in self.pull_messages(sorted(pending)):
-                pending.discard(reply.metadata.reply_to_message_id)  # type: ignore[arg-type]
+                pending.discard(reply.metadata.reply_to_message_id or -1)
                 yield reply
             if not pending:
                 return

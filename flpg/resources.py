@@ -26,3 +26,8 @@ def sql_dir() -> Path:
 def migrations_dir() -> Path:
     """The Alembic script directory."""
     return _find("migrations")
+
+
+def examples_dir() -> Path:
+    """The examples shipped with flpg (the flagship `digits` app among them)."""
+    return _find("examples")

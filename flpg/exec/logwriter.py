@@ -80,7 +80,9 @@ class LogWriter:
                     try:
                         store_logs.append(conn, run_id, lines)
                     except Exception:
-                        log.exception("could not store %d log line(s) of run %d", len(lines), run_id)
+                        log.exception(
+                            "could not store %d log line(s) of run %d", len(lines), run_id
+                        )
                 for _ in range(taken):
                     self._queue.task_done()
         finally:

@@ -55,7 +55,10 @@ def run_serverapp(url: str, run_id: int) -> None:
     grid = Grid(url, run_id, poll=min(intervals.poll, 2.0))
     try:
         context = Context(
-            run_id=run_id, node_id=None, node_config={}, state=RecordDict(),
+            run_id=run_id,
+            node_id=None,
+            node_config={},
+            state=RecordDict(),
             run_config=dict(run.run_config),
         )
         app(grid, context)

@@ -6,6 +6,7 @@ one for writing run logs (3 in all); each ServerApp process holds its own.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -140,10 +141,8 @@ class ExecWorker:
     @staticmethod
     def _terminate(child: Child) -> None:
         child.terminated_at = time.monotonic()
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(child.proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
 
     def _shutdown(self, conn: Connection, logs: LogWriter) -> None:
         for child in self.children.values():

@@ -30,4 +30,5 @@ apps = Table(
 )
 
 # Bundles are zip files: already compressed.
-event.listen(apps, "after_create", DDL("ALTER TABLE apps ALTER COLUMN bundle SET STORAGE EXTERNAL"))
+_EXTERNAL = DDL("ALTER TABLE apps ALTER COLUMN bundle SET STORAGE EXTERNAL")  # type: ignore[no-untyped-call]
+event.listen(apps, "after_create", _EXTERNAL)

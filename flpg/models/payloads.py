@@ -63,7 +63,7 @@ array_chunks = Table(
 event.listen(
     array_chunks,
     "after_create",
-    DDL("ALTER TABLE array_chunks ALTER COLUMN data SET STORAGE EXTERNAL"),
+    DDL("ALTER TABLE array_chunks ALTER COLUMN data SET STORAGE EXTERNAL"),  # type: ignore[no-untyped-call]
 )
 
 message_arrays = Table(

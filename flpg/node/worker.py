@@ -164,7 +164,10 @@ class NodeWorker:
                     bus.reply(conn, self.worker, row.id, row.run_id, reply)
                     log.info(
                         "run %d: %s message %d for node %d done in %.3f s",
-                        row.run_id, row.message_type, row.id, row.dst_node_id,
+                        row.run_id,
+                        row.message_type,
+                        row.id,
+                        row.dst_node_id,
                         time.monotonic() - started,
                     )
                 except LeaseLost as exc:
@@ -178,7 +181,9 @@ class NodeWorker:
                     try:
                         bus.error_reply(conn, self.worker, row.id, Error(code, reason))
                     except FlpgError as inner:
-                        log.warning("run %d: error reply for %d not written: %s", row.run_id, row.id, inner)
+                        log.warning(
+                            "run %d: error reply for %d not written: %s", row.run_id, row.id, inner
+                        )
         except Exception:
             log.exception("run %d: message %d could not be handled", row.run_id, row.id)
         finally:

@@ -16,7 +16,7 @@ Params = Mapping[str, Any]
 def rows(conn: Connection, name: str, params: Params | None = None) -> list[dict[str, Any]]:
     """Run the named query and return all rows as dicts."""
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query(name), params or {})  # type: ignore[arg-type]
+        cur.execute(query(name), params or {})
         return cur.fetchall() if cur.description else []
 
 
@@ -29,14 +29,14 @@ def one(conn: Connection, name: str, params: Params | None = None) -> dict[str, 
 def run(conn: Connection, name: str, params: Params | None = None) -> int:
     """Run the named query; return the number of rows it affected."""
     with conn.cursor() as cur:
-        cur.execute(query(name), params or {})  # type: ignore[arg-type]
+        cur.execute(query(name), params or {})
         return cur.rowcount
 
 
 def many(conn: Connection, name: str, params_seq: Iterable[Params]) -> None:
     """Run the named query once per parameter set (pipelined by psycopg)."""
     with conn.cursor() as cur:
-        cur.executemany(query(name), params_seq)  # type: ignore[arg-type]
+        cur.executemany(query(name), params_seq)
 
 
 def many_returning(
@@ -45,7 +45,7 @@ def many_returning(
     """Run the named query once per parameter set; one returned row per set, in order."""
     out: list[dict[str, Any]] = []
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.executemany(query(name), params_seq, returning=True)  # type: ignore[arg-type]
+        cur.executemany(query(name), params_seq, returning=True)
         while True:
             out.extend(cur.fetchall())
             if not cur.nextset():

@@ -7,7 +7,6 @@ from flpg.errors import NotFound
 from flpg.store._exec import one
 
 
-
 def get(conn: Connection, hash: str) -> tuple[str, bytes]:
     """`(name, bundle)` of the app with this hash; NotFound if absent."""
     row = one(conn, "app_get", {"hash": hash})

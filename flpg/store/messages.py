@@ -120,7 +120,9 @@ def insert_instructions(
             run(conn, "notify_nodes", {"run_id": run_id, "node_ids": node_ids})
     except psycopg.errors.ForeignKeyViolation as exc:
         if exc.diag.constraint_name in _SELECTION_FKS:
-            selected = {int(r["node_id"]) for r in rows(conn, "run_online_node_ids", {"run_id": run_id})}
+            selected = {
+                int(r["node_id"]) for r in rows(conn, "run_online_node_ids", {"run_id": run_id})
+            }
             outside = sorted({m.dst_node_id for m in instructions} - selected)
             raise SelectionError(
                 f"node {', '.join(map(str, outside)) or '?'} is not in the node selection "
@@ -143,7 +145,8 @@ def claim(
             {"worker": worker, "node_ids": node_ids, "lease": lease, "limit": limit},
         )
     return [
-        MessageRow(src_node_id=None, reply_to=None, **r) for r in sorted(found, key=lambda r: r["id"])
+        MessageRow(src_node_id=None, reply_to=None, **r)
+        for r in sorted(found, key=lambda r: r["id"])
     ]
 
 
@@ -151,7 +154,10 @@ def extend_lease(conn: Connection, *, worker: str, ids: list[int], lease: float)
     """Extend the leases this worker holds; returns the ids it still holds."""
     if not ids:
         return []
-    return [int(r["id"]) for r in rows(conn, "messages_extend_lease", {"worker": worker, "ids": ids, "lease": lease})]
+    return [
+        int(r["id"])
+        for r in rows(conn, "messages_extend_lease", {"worker": worker, "ids": ids, "lease": lease})
+    ]
 
 
 def reply(conn: Connection, *, worker: str, new: NewReply) -> int:

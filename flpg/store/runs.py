@@ -116,7 +116,10 @@ def claim_pending(conn: Connection, exec_id: str, limit: int) -> list[int]:
     if limit <= 0:
         return []
     with conn.transaction():
-        return [int(r["id"]) for r in rows(conn, "runs_claim_pending", {"exec_id": exec_id, "limit": limit})]
+        return [
+            int(r["id"])
+            for r in rows(conn, "runs_claim_pending", {"exec_id": exec_id, "limit": limit})
+        ]
 
 
 def mark_running(conn: Connection, run_id: int, exec_id: str, pid: int) -> bool:

@@ -68,12 +68,12 @@ class WeightedArrayMean:
             raise ValueError("no replies were aggregated")
         out = ArrayRecord()
         for name, dtype, _ in self._spec:
-            mean = self._acc[name] / self.total_weight
+            mean: np.ndarray[Any, Any] = self._acc[name] / self.total_weight
             target = np.dtype(dtype)
             if target.kind in "iu":
                 mean = np.rint(mean)
             elif target.kind == "b":
-                mean = mean >= 0.5
+                mean = mean.real >= 0.5
             out[name] = mean.astype(target)
         return out
 

@@ -37,7 +37,10 @@ class FedAvg(Strategy):
         evaluate_metrics_aggr_fn: MetricsAggrFn | None = None,
         seed: int | None = None,
     ) -> None:
-        for name, value in (("fraction_train", fraction_train), ("fraction_evaluate", fraction_evaluate)):
+        for name, value in (
+            ("fraction_train", fraction_train),
+            ("fraction_evaluate", fraction_evaluate),
+        ):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1], got {value}")
         self.fraction_train = fraction_train
@@ -61,8 +64,13 @@ class FedAvg(Strategy):
         return sorted(self._rng.sample(nodes, wanted))
 
     def _messages(
-        self, grid: Grid, node_ids: list[int], arrays: ArrayRecord, config: ConfigRecord,
-        message_type: str, server_round: int,
+        self,
+        grid: Grid,
+        node_ids: list[int],
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        message_type: str,
+        server_round: int,
     ) -> list[Message]:
         return [
             grid.create_message(
@@ -108,7 +116,11 @@ class FedAvg(Strategy):
                 continue
             metrics.add(record, weight)
             if self.train_metrics_aggr_fn is not None:
-                kept.append(RecordDict({k: v for k, v in reply.content.items() if isinstance(v, MetricRecord)}))
+                kept.append(
+                    RecordDict(
+                        {k: v for k, v in reply.content.items() if isinstance(v, MetricRecord)}
+                    )
+                )
         if not arrays.count:
             return None, None
         if self.train_metrics_aggr_fn is not None:
@@ -133,7 +145,9 @@ class FedAvg(Strategy):
                 replies.fail(f"node {reply.metadata.src_node_id}: reply rejected: {exc}")
                 continue
             metrics.add(record, weight)
-            kept.append(RecordDict({k: v for k, v in reply.content.items() if isinstance(v, MetricRecord)}))
+            kept.append(
+                RecordDict({k: v for k, v in reply.content.items() if isinstance(v, MetricRecord)})
+            )
         if not kept:
             return None
         if self.evaluate_metrics_aggr_fn is not None:

@@ -109,8 +109,11 @@ class Strategy(ABC):
                 arrays = new_arrays
             result.train_metrics_clientapp[server_round] = metrics or MetricRecord()
             grid.record_round(
-                server_round, "train", metrics,
-                num_replies=tally.received - tally.failures + missing, num_failures=tally.failures,
+                server_round,
+                "train",
+                metrics,
+                num_replies=tally.received - tally.failures + missing,
+                num_failures=tally.failures,
             )
             log(
                 f"round {server_round}/{num_rounds} train: {len(ids) - tally.failures} ok, "
@@ -130,8 +133,11 @@ class Strategy(ABC):
                 tally.failures += missing
                 result.evaluate_metrics_clientapp[server_round] = eval_metrics or MetricRecord()
                 grid.record_round(
-                    server_round, "evaluate", eval_metrics,
-                    num_replies=len(ids) - tally.failures, num_failures=tally.failures,
+                    server_round,
+                    "evaluate",
+                    eval_metrics,
+                    num_replies=len(ids) - tally.failures,
+                    num_failures=tally.failures,
                 )
                 log(
                     f"round {server_round}/{num_rounds} evaluate: {len(ids) - tally.failures} ok, "
@@ -158,7 +164,5 @@ class Strategy(ABC):
 def _fmt(metrics: MetricRecord | None) -> str:
     if not metrics:
         return ""
-    parts = [
-        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
-    ]
+    parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()]
     return ", " + ", ".join(parts)

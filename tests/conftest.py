@@ -1,0 +1,113 @@
+"""Shared fixtures: a throwaway PostgreSQL cluster for the whole test session.
+
+The cluster is started by flpg's own launcher (as an unprivileged account when the
+tests run as root, since PostgreSQL refuses root) in a private /tmp directory,
+listening on a unix socket only, so it never touches a server that happens to run
+on this machine. pytest-postgresql then creates a fresh database per test from a
+template that already holds the migrated schema.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import psycopg
+import pytest
+from pytest_postgresql import factories
+from pytest_postgresql.executors import NoopExecutor
+from pytest_postgresql.janitor import DatabaseJanitor
+
+from flpg.pgcluster import Cluster
+
+# Short intervals for every worker the tests start.
+TEST_ENV = {
+    "FLPG_HEARTBEAT": "0.5",
+    "FLPG_OFFLINE_AFTER": "2",
+    "FLPG_LEASE": "3",
+    "FLPG_POLL": "1",
+    "FLPG_SWEEP": "0.2",
+}
+
+
+def url_for(host: str, port: int, user: str, dbname: str) -> str:
+    """A libpq URL for a unix-socket host."""
+    return f"postgresql://{user}@/{dbname}?host={quote(host, safe='')}&port={port}"
+
+
+def _migrate(host: str, port: int, user: str, dbname: str, **_: Any) -> None:
+    from flpg.migrate import upgrade
+
+    upgrade(url_for(host, port, user, dbname))
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """The session's PostgreSQL cluster (destroyed at the end)."""
+    root = Path(tempfile.mkdtemp(prefix="flpg-test-", dir="/tmp"))
+    cluster = Cluster(root, dbname="postgres")
+    cluster.ensure_running()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture(scope="session")
+def pg_server(pg_cluster: Cluster) -> Iterator[NoopExecutor]:
+    """pytest-postgresql's view of the cluster, with a migrated template database."""
+    executor = NoopExecutor(
+        host=str(pg_cluster.socket_dir), port=pg_cluster.port, user="flpg", options="",
+        dbname="flpg_test",
+    )
+    janitor = DatabaseJanitor(
+        user=executor.user, host=executor.host, port=executor.port,
+        dbname=executor.template_dbname, as_template=True,
+    )
+    with janitor:
+        janitor.load(_migrate)
+        yield executor
+
+
+postgresql = factories.postgresql("pg_server")
+
+
+@pytest.fixture
+def db_url(postgresql: psycopg.Connection[Any]) -> str:
+    """URL of a fresh, migrated database for this test."""
+    info = postgresql.info
+    return url_for(info.host, info.port, info.user, info.dbname)
+
+
+_empty_counter = itertools.count()
+
+
+@pytest.fixture
+def empty_db_url(pg_server: NoopExecutor) -> Iterator[str]:
+    """URL of a fresh database without any schema."""
+    name = f"flpg_empty_{os.getpid()}_{next(_empty_counter)}"
+    admin = url_for(pg_server.host, pg_server.port, pg_server.user, "postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield url_for(pg_server.host, pg_server.port, pg_server.user, name)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def flpg_env(db_url: str, tmp_path: Path) -> dict[str, str]:
+    """Environment for flpg processes started by a test: its database, short
+    intervals, a private app cache and flpg home."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLPG_")}
+    env.update(TEST_ENV)
+    env["FLPG_DATABASE_URL"] = db_url
+    env["FLPG_CACHE_DIR"] = str(tmp_path / "cache")
+    env["FLPG_HOME"] = str(tmp_path / "home")
+    return env

@@ -1,0 +1,209 @@
+"""Migrations rebuild exactly the models' schema, go down cleanly, and run once under
+concurrency."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+import sqlalchemy
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from flpg import migrate
+from flpg.models import metadata
+from flpg.resources import sql_dir
+
+from ._schema import describe, diff, leftovers, upgrade_in_process
+
+MIGRATION_LOCK_KEY = 0x666C7067  # migrations/env.py
+
+
+def _engine(url: str) -> sqlalchemy.Engine:
+    return sqlalchemy.create_engine(
+        "postgresql+psycopg://",
+        creator=lambda: psycopg.connect(url),
+        poolclass=sqlalchemy.pool.NullPool,
+    )
+
+
+def _build_from_models(url: str) -> None:
+    engine = _engine(url)
+    try:
+        metadata.create_all(engine)
+    finally:
+        engine.dispose()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute((sql_dir() / "views.sql").read_text())
+
+
+@pytest.fixture
+def second_empty_db_url(pg_server: Any) -> Any:
+    """Another empty database (the `empty_db_url` fixture gives only one per test)."""
+    from tests.conftest import url_for
+
+    name = f"flpg_models_{time.monotonic_ns()}"
+    admin = url_for(pg_server.host, pg_server.port, pg_server.user, "postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield url_for(pg_server.host, pg_server.port, pg_server.user, name)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_migrations_build_exactly_the_models(empty_db_url: str, second_empty_db_url: str) -> None:
+    migrate.upgrade(empty_db_url)
+    _build_from_models(second_empty_db_url)
+
+    migrated, modelled = describe(empty_db_url), describe(second_empty_db_url)
+    assert diff(migrated, modelled) == []
+    assert migrated == modelled  # also column order, which `diff` ignores
+
+    # The description is not vacuous: it sees what the design promises.
+    tables = {t[0] for t in migrated["tables"]}
+    assert tables == {
+        "apps",
+        "array_chunks",
+        "arrays",
+        "message_arrays",
+        "messages",
+        "nodes",
+        "round_metrics",
+        "run_logs",
+        "run_nodes",
+        "runs",
+    }
+    storage = {(c[0], c[2]): c[8] for c in migrated["columns"]}
+    assert storage[("array_chunks", "data")] == "e"  # EXTERNAL: no compression attempts
+    assert storage[("apps", "bundle")] == "e"
+    assert {v[0] for v in migrated["views"]} == {
+        "message_latency",
+        "node_participation",
+        "round_history",
+        "run_history",
+    }
+    enums = dict(migrated["enums"])
+    assert enums["message_state"] == ["queued", "claimed", "done", "expired", "cancelled"]
+    assert enums["run_status"] == [
+        "pending",
+        "starting",
+        "running",
+        "finished",
+        "failed",
+        "stopped",
+    ]
+    constraint_names = {c[1] for c in migrated["constraints"]}
+    assert {
+        "fk_messages_dst_in_selection",
+        "fk_messages_src_in_selection",
+        "uq_messages_reply_to",
+        "ck_messages_claimed_has_lease",
+    } <= constraint_names
+
+
+def test_alembic_autogenerate_finds_no_difference(db_url: str) -> None:
+    engine = _engine(db_url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(
+                conn, opts={"compare_type": True, "compare_server_default": True}
+            )
+            diffs = compare_metadata(context, metadata)
+    finally:
+        engine.dispose()
+    assert diffs == []
+
+
+def test_upgrade_downgrade_upgrade_round_trip(empty_db_url: str) -> None:
+    migrate.upgrade(empty_db_url)
+    first = describe(empty_db_url)
+    assert migrate.current_revision(empty_db_url) == migrate.head_revision()
+
+    migrate.downgrade(empty_db_url, "base")
+    assert leftovers(empty_db_url) == {"relations": [], "types": [], "functions": []}
+    assert migrate.current_revision(empty_db_url) is None
+
+    migrate.upgrade(empty_db_url)
+    assert migrate.current_revision(empty_db_url) == migrate.head_revision()
+    again = describe(empty_db_url)
+    assert diff(first, again) == []
+    assert first == again
+
+
+def test_concurrent_upgrades_migrate_once(empty_db_url: str) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(target=upgrade_in_process, args=(empty_db_url, barrier, results, tag))
+        for tag in ("a", "b")
+    ]
+    for p in procs:
+        p.start()
+    try:
+        outcomes = [results.get(timeout=60) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    assert [o[1] for o in outcomes] == [True, True], outcomes
+    ran = [tag for tag, _, _, logs, _ in outcomes if any("Running upgrade" in m for m in logs)]
+    assert len(ran) == 1, f"the migration ran in {ran!r}, expected exactly one process"
+
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        versions = conn.execute("SELECT version_num FROM alembic_version").fetchall()
+        assert versions == [(migrate.head_revision(),)]
+        # Every table and the version row were written by one and the same transaction.
+        xmins = conn.execute(
+            """
+            SELECT DISTINCT c.xmin::text FROM pg_class c
+            JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = 'public' AND c.relkind = 'r'
+            UNION
+            SELECT xmin::text FROM alembic_version
+            """
+        ).fetchall()
+        assert len(xmins) == 1, xmins
+
+
+def test_ensure_schema_migrates_an_empty_database(empty_db_url: str) -> None:
+    assert migrate.current_revision(empty_db_url) is None
+    migrate.ensure_schema(empty_db_url)
+    assert migrate.current_revision(empty_db_url) == migrate.head_revision()
+
+
+def test_ensure_schema_is_a_noop_on_a_migrated_database(db_url: str) -> None:
+    before = describe(db_url)
+    # Hold the migration lock: if ensure_schema tried to migrate, it would block on it.
+    with psycopg.connect(db_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        done = threading.Event()
+        errors: list[BaseException] = []
+        elapsed: list[float] = []
+
+        def call() -> None:
+            t0 = time.monotonic()
+            try:
+                migrate.ensure_schema(db_url)
+            except BaseException as exc:
+                errors.append(exc)
+            elapsed.append(time.monotonic() - t0)
+            done.set()
+
+        thread = threading.Thread(target=call, daemon=True)
+        thread.start()
+        finished = done.wait(5)
+        holder.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+        thread.join(30)
+    assert finished, "ensure_schema waited for the migration lock on a migrated database"
+    assert errors == []
+    assert elapsed[0] < 1.0
+    assert migrate.current_revision(db_url) == migrate.head_revision()
+    assert describe(db_url) == before

@@ -1,0 +1,1 @@
+"""A deterministic federated app: every update and weight is known in advance."""
