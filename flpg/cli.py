@@ -252,18 +252,45 @@ def node_cmd(
 @click.option(
     "--priority", type=int, default=0, show_default=True, help="Higher runs launch first."
 )
+@click.option(
+    "--nodes",
+    "nodes",
+    default=None,
+    metavar="IDS",
+    help="Comma-separated node ids or names, e.g. 1,3 (default: all nodes).",
+)
+@click.option(
+    "--node-selector",
+    default=None,
+    metavar="K=V",
+    help='Nodes whose labels or node config match, e.g. "region=eu".',
+)
 @click.option("--stream", is_flag=True, help="Follow the run's log; exit non-zero if it fails.")
 @format_option
 @handle_errors
 def run_cmd(
-    app_dir: Path, db: str | None, run_config: str | None, priority: int, stream: bool, fmt: str
+    app_dir: Path,
+    db: str | None,
+    run_config: str | None,
+    priority: int,
+    nodes: str | None,
+    node_selector: str | None,
+    stream: bool,
+    fmt: str,
 ) -> None:
     """Submit a run of the app in APP_DIR."""
     from flpg.submit import submit
 
     url, conn = open_db(db)
     with conn:
-        submitted = submit(conn, app_dir, run_config=run_config, priority=priority)
+        submitted = submit(
+            conn,
+            app_dir,
+            run_config=run_config,
+            priority=priority,
+            nodes=nodes,
+            node_selector=node_selector,
+        )
         if fmt == "json" and not stream:
             _print_json(
                 {
@@ -342,6 +369,95 @@ def ls_cmd(db: str | None, limit: int, fmt: str) -> None:
             for r in found
         ],
     )
+
+
+@main.command("show")
+@click.argument("run_id", type=int)
+@db_option
+@format_option
+@handle_errors
+def show_cmd(run_id: int, db: str | None, fmt: str) -> None:
+    """Show one run: status, config, node selection, messages and round metrics."""
+    from flpg.store import runs as store_runs
+
+    _, conn = open_db(db)
+    with conn:
+        run = store_runs.get(conn, run_id)
+        selection = store_runs.selection(conn, run_id)
+        counts = store_runs.message_counts(conn, run_id)
+        rounds = store_runs.round_metrics(conn, run_id)
+    messages = [
+        {"kind": "reply" if c["is_reply"] else "instruction", "state": c["state"], "count": c["n"]}
+        for c in counts
+    ]
+    doc: dict[str, Any] = {
+        "run_id": run.id,
+        "app": run.app_name,
+        "app_hash": run.app_hash,
+        "status": run.status,
+        "reason": run.reason,
+        "priority": run.priority,
+        "run_config": run.run_config,
+        "submitted_at": _iso(run.submitted_at),
+        "started_at": _iso(run.started_at),
+        "finished_at": _iso(run.finished_at),
+        "exec_id": run.exec_id,
+        "nodes": [{"id": n.id, "name": n.name, "status": n.status} for n in selection],
+        "messages": [
+            {
+                "kind": "reply" if c["is_reply"] else "instruction",
+                "state": c["state"],
+                "count": c["n"],
+            }
+            for c in counts
+        ],
+        "rounds": [
+            {
+                "round": r["round"],
+                "phase": r["phase"],
+                "metrics": r["metrics"],
+                "replies": r["num_replies"],
+                "failures": r["num_failures"],
+            }
+            for r in rounds
+        ],
+    }
+    if fmt == "json":
+        _print_json(doc)
+        return
+    for key in (
+        "run_id",
+        "app",
+        "status",
+        "reason",
+        "priority",
+        "submitted_at",
+        "started_at",
+        "finished_at",
+        "exec_id",
+    ):
+        if doc[key] is not None:
+            click.echo(f"{key + ':':14} {doc[key]}")
+    click.echo(f"{'run_config:':14} {json.dumps(run.run_config)}")
+    click.echo(f"{'nodes:':14} " + ", ".join(f"{n.id}:{n.name} ({n.status})" for n in selection))
+    click.echo(
+        f"{'messages:':14} " + ", ".join(f"{m['count']} {m['kind']} {m['state']}" for m in messages)
+        or "none"
+    )
+    if rounds:
+        _table(
+            ["ROUND", "PHASE", "REPLIES", "FAILURES", "METRICS"],
+            [
+                [
+                    r["round"],
+                    r["phase"],
+                    r["num_replies"],
+                    r["num_failures"],
+                    json.dumps(r["metrics"]),
+                ]
+                for r in rounds
+            ],
+        )
 
 
 @main.command("log")

@@ -12,7 +12,7 @@ from pathlib import Path
 from flpg.appbundle import bundle, check_components, read_app
 from flpg.config import merge_run_config, parse_kv
 from flpg.db import Connection
-from flpg.errors import SelectionError
+from flpg.selection import select_nodes
 from flpg.store import nodes as store_nodes
 from flpg.store import runs as store_runs
 
@@ -31,19 +31,19 @@ def submit(
     *,
     run_config: str | None = None,
     priority: int = 0,
+    nodes: str | None = None,
+    node_selector: str | None = None,
 ) -> Submitted:
     """Validate and store a run of the app in `app_dir`; returns its id.
 
     Raises AppError (directory, pyproject, components), ConfigError (run config),
-    SelectionError (no node registered).
+    SelectionError (unknown node, or a selection that matches no node).
     """
     spec = read_app(app_dir)
     overrides = parse_kv(run_config, "--run-config")
     config = merge_run_config(spec.config, overrides, spec.name)
     check_components(app_dir, spec)
-    node_ids = [n.id for n in store_nodes.list_all(conn)]
-    if not node_ids:
-        raise SelectionError("no nodes are registered; start one with `flpg node --name NAME`")
+    node_ids = select_nodes(store_nodes.list_all(conn), nodes, node_selector)
     app_hash, data = bundle(app_dir)
     run_id = store_runs.create(
         conn,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,7 +94,6 @@ class NodeWorker:
         beat_stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(pool, beat_stop), daemon=True)
         beat.start()
-        executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="flpg-handler")
         try:
             while not stop.is_set():
                 with self._inflight_lock:
@@ -114,15 +112,28 @@ class NodeWorker:
                 for row in claimed:
                     with self._inflight_lock:
                         self._inflight.add(row.id)
-                    executor.submit(self._handle, pool, host, row)
+                    # A daemon thread per message (at most `concurrency` at once): a
+                    # handler that never returns must not keep the process alive after
+                    # stop (a ThreadPoolExecutor's threads are joined at exit).
+                    threading.Thread(
+                        target=self._handle,
+                        args=(pool, host, row),
+                        name=f"flpg-handler-{row.id}",
+                        daemon=True,
+                    ).start()
                 if len(claimed) < free:
                     listener.wait(self.intervals.poll)
         finally:
             log.info("stopping: finishing %d in-flight message(s)", len(self._inflight))
-            executor.shutdown(wait=False, cancel_futures=True)
             deadline = time.monotonic() + self.intervals.lease
             while self._inflight and time.monotonic() < deadline:
                 time.sleep(0.05)
+            if self._inflight:
+                log.warning(
+                    "abandoning %d handler(s) still running after %.1f s; "
+                    "their messages go back to the queue",
+                    len(self._inflight), self.intervals.lease,
+                )
             beat_stop.set()
             released = store_messages.release(conn, worker=self.worker)
             if released:

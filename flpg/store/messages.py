@@ -120,9 +120,9 @@ def insert_instructions(
             run(conn, "notify_nodes", {"run_id": run_id, "node_ids": node_ids})
     except psycopg.errors.ForeignKeyViolation as exc:
         if exc.diag.constraint_name in _SELECTION_FKS:
-            selected = {
-                int(r["node_id"]) for r in rows(conn, "run_online_node_ids", {"run_id": run_id})
-            }
+            # The whole selection, offline nodes included: an offline selected node
+            # is a valid destination and must not be named as outside it.
+            selected = {int(r["id"]) for r in rows(conn, "run_selection", {"run_id": run_id})}
             outside = sorted({m.dst_node_id for m in instructions} - selected)
             raise SelectionError(
                 f"node {', '.join(map(str, outside)) or '?'} is not in the node selection "

@@ -158,7 +158,7 @@ class Strategy(ABC):
             return
         result.evaluate_metrics_serverapp[server_round] = metrics
         grid.record_round(server_round, "server_evaluate", metrics)
-        log(f"round {server_round} server evaluate:{_fmt(metrics)}")
+        log(f"round {server_round} server evaluate{_fmt(metrics)}")
 
 
 def _fmt(metrics: MetricRecord | None) -> str:

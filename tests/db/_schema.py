@@ -15,8 +15,13 @@ import psycopg
 IGNORED_TABLES = ("alembic_version",)
 
 
+def _frozen(value: Any) -> Any:
+    return tuple(_frozen(v) for v in value) if isinstance(value, list | tuple) else value
+
+
 def _rows(conn: psycopg.Connection[Any], sql: str) -> list[tuple[Any, ...]]:
-    return [tuple(r) for r in conn.execute(sql, {"ignored": list(IGNORED_TABLES)}).fetchall()]
+    """Rows as (hashable) tuples; arrays become tuples too."""
+    return [_frozen(r) for r in conn.execute(sql, {"ignored": list(IGNORED_TABLES)}).fetchall()]
 
 
 def describe(url: str) -> dict[str, Any]:

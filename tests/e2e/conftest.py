@@ -51,21 +51,31 @@ def make_env(db_url: str, workdir: Path) -> dict[str, str]:
 
 @dataclass
 class FinishedRun:
-    """A run of the deterministic app, done by real processes that have since stopped."""
+    """A run of the deterministic app, done by real processes that have since stopped.
+
+    The same federation then ran apps/faulty with a ClientApp that raises on
+    partition 1 (`faulty_run_id`), so the database also holds an error reply."""
 
     url: str
     run_id: int
+    faulty_run_id: int
     fed: Federation
     stream: CliResult
     stop_report: StopReport
 
 
+def _submitted_id(result: CliResult) -> int:
+    first = result.stdout.splitlines()[0] if result.stdout else ""
+    assert first.startswith("submitted run "), result
+    return int(first.split()[2])
+
+
 @pytest.fixture(scope="session")
 def finished_run(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FinishedRun]:
     """One federated run of apps/deterministic (link, exec, two nodes, submitted with
-    `flpg run --stream`), shared by the tests that only read its outcome. Its own
-    database is a copy of the migrated template; the processes are stopped before
-    the tests look at it."""
+    `flpg run --stream`) and one of apps/faulty, shared by the tests that only read
+    their outcome. Its own database is a copy of the migrated template; the processes
+    are stopped before the tests look at it."""
     name = f"flpg_e2e_run_{os.getpid()}"
     admin = url_for(pg_server.host, pg_server.port, pg_server.user, "postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
@@ -77,12 +87,16 @@ def finished_run(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> It
         try:
             fed.federation(2)
             stream = fed.cli("run", str(APPS / "deterministic"), "--stream", timeout=90, check=False)
+            faulty = fed.cli(
+                "run", str(APPS / "faulty"), "--run-config", 'mode="client-raises"', "--stream",
+                timeout=90, check=False,
+            )
         finally:
             report = fed.stop_all()
         assert not report.left, f"processes left running: {report.left}\n{fed.logs()}"
         assert stream.returncode == 0, f"{stream}\n{fed.logs()}"
-        run_id = int(fed.scalar("SELECT max(id) FROM runs"))
-        yield FinishedRun(url, run_id, fed, stream, report)
+        assert faulty.returncode == 0, f"{faulty}\n{fed.logs()}"
+        yield FinishedRun(url, _submitted_id(stream), _submitted_id(faulty), fed, stream, report)
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

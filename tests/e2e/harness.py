@@ -183,7 +183,7 @@ class Federation:
 
     def check_alive(self) -> None:
         """Raise HarnessError if a started process has exited."""
-        dead = [p for p in self.procs if not p.alive()]
+        dead = [p for p in self.procs if p.exit_code is None and not p.alive()]
         if dead:
             raise HarnessError(
                 "process(es) exited unexpectedly: "
@@ -221,6 +221,14 @@ class Federation:
             proc.exit_code = proc.popen.returncode
             report.exit_codes[proc.name] = proc.exit_code
         return report
+
+    def kill(self, proc: Proc) -> int:
+        """SIGKILL a process (its whole process group) on purpose, as a crash would;
+        returns its exit code. It no longer counts as a process that should be alive."""
+        _signal_group(proc.pid, signal.SIGKILL)
+        proc.exit_code = proc.popen.wait(10)
+        proc.killed = True
+        return proc.exit_code
 
     def stop_all(self) -> StopReport:
         """Stop every process: nodes and execs first, links last; then kill strays
@@ -362,7 +370,8 @@ class Federation:
     def sql(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None) -> list[Any]:
         """Rows of one query against the federation's database."""
         with psycopg.connect(self.url, autocommit=True) as conn:
-            return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+            cur = conn.execute(query, params)  # type: ignore[arg-type]
+            return cur.fetchall() if cur.description is not None else []
 
     def scalar(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None) -> Any:
         rows = self.sql(query, params)

@@ -1,0 +1,210 @@
+"""The ServerApp's Grid against a real run row, real nodes and a thread acting as a node."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from flpg import bus
+from flpg.db import Connection, Listener, connect, node_channel
+from flpg.errors import SelectionError
+from flpg.grid import Grid, NodesUnavailable
+from flpg.message import Message
+from flpg.records import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flpg.store import messages as store_messages
+from flpg.store import nodes as store_nodes
+
+from .conftest import Federation, scalar
+
+POLL = 5.0
+"""The grid's safety-net poll: long, so only a NOTIFY can make it answer promptly."""
+
+
+@pytest.fixture
+def grid(fed: Federation) -> Iterator[Grid]:
+    g = Grid(fed.url, fed.run_id, poll=POLL)
+    try:
+        yield g
+    finally:
+        g.close()
+
+
+class FakeNode(threading.Thread):
+    """A node worker in a thread: waits on NOTIFY, claims, answers with `x + node_id`."""
+
+    def __init__(self, url: str, node_ids: list[int], delay: float = 0.0) -> None:
+        super().__init__(daemon=True)
+        self.url, self.node_ids, self.delay = url, node_ids, delay
+        self.stop = threading.Event()
+        self.answered: list[int] = []
+        self.errors: list[BaseException] = []
+        self.listener = Listener(
+            url, [node_channel(n) for n in node_ids], application_name="fake-node-listen"
+        )
+
+    def run(self) -> None:
+        try:
+            with connect(self.url, application_name="fake-node") as conn:
+                while not self.stop.is_set():
+                    rows = store_messages.claim(
+                        conn, worker="fake", node_ids=self.node_ids, lease=30, limit=10
+                    )
+                    if not rows:
+                        self.listener.wait(POLL)
+                        continue
+                    time.sleep(self.delay)
+                    for msg in bus.load(conn, rows):
+                        x = msg.content["arrays"]["x"].numpy()
+                        node = msg.metadata.dst_node_id
+                        assert node is not None
+                        content = RecordDict(
+                            {
+                                "arrays": ArrayRecord({"y": x + node}),
+                                "metrics": MetricRecord({"node": node, "num-examples": 10}),
+                            }
+                        )
+                        reply = Message(content, reply_to=msg)
+                        bus.reply(conn, "fake", msg.metadata.message_id, msg.metadata.run_id, reply)  # type: ignore[arg-type]
+                        self.answered.append(msg.metadata.message_id)  # type: ignore[arg-type]
+        except BaseException as exc:
+            self.errors.append(exc)
+        finally:
+            self.listener.close()
+
+    def finish(self) -> None:
+        self.stop.set()
+        with connect(self.url) as conn:  # wake it up
+            conn.execute("SELECT pg_notify(%s, '')", (node_channel(self.node_ids[0]),))
+        self.join(10)
+        assert not self.is_alive()
+        assert self.errors == []
+
+
+def _messages(grid: Grid, node_ids: list[int], x: np.ndarray) -> list[Message]:
+    content = RecordDict({"arrays": ArrayRecord({"x": x}), "config": ConfigRecord({"lr": 0.1})})
+    return [grid.create_message(content, "train", n, group_id="1") for n in node_ids]
+
+
+def test_get_node_ids_returns_online_selected_nodes(
+    conn: Connection, fed: Federation, grid: Grid
+) -> None:
+    assert grid.get_node_ids() == sorted(fed.selected)
+    store_nodes.set_offline(conn, [fed.selected[1]])
+    assert grid.get_node_ids() == [fed.selected[0], fed.selected[2]]
+    store_nodes.heartbeat(conn, [fed.selected[1]])
+    assert grid.get_node_ids() == sorted(fed.selected)
+    assert fed.outside not in grid.get_node_ids()  # online but not selected
+
+
+def test_send_and_receive_returns_replies_promptly(fed: Federation, grid: Grid) -> None:
+    node = FakeNode(fed.url, fed.selected)
+    node.start()
+    try:
+        x = np.arange(5, dtype=np.float32)
+        t0 = time.monotonic()
+        replies = grid.send_and_receive(_messages(grid, fed.selected, x), timeout=10)
+        elapsed = time.monotonic() - t0
+    finally:
+        node.finish()
+    assert elapsed < 1.0, f"took {elapsed:.2f} s: not woken by NOTIFY (poll is {POLL} s)"
+    assert sorted(r.metadata.src_node_id for r in replies) == sorted(fed.selected)  # type: ignore[type-var]
+    for r in replies:
+        assert r.has_content()
+        assert r.metadata.run_id == grid.run_id
+        assert r.metadata.group_id == "1"
+        src = r.metadata.src_node_id
+        assert src is not None
+        np.testing.assert_array_equal(r.content["arrays"]["y"].numpy(), x + src)
+        assert r.content["metrics"]["node"] == src
+    # Each reply is handed out once.
+    assert grid.pull_messages([r.metadata.reply_to_message_id for r in replies]) == []  # type: ignore[misc]
+
+
+def test_receive_yields_replies_as_they_arrive(fed: Federation, grid: Grid) -> None:
+    ids = grid.push_messages(_messages(grid, fed.selected[:2], np.zeros(3)))
+    node = FakeNode(fed.url, fed.selected[:1], delay=0.0)
+    node.start()
+    try:
+        stream = grid.receive(ids, timeout=0.8)
+        first = next(stream)
+        assert first.metadata.src_node_id == fed.selected[0]
+        t0 = time.monotonic()
+        rest = list(stream)  # the second node never answers
+        waited = time.monotonic() - t0
+    finally:
+        node.finish()
+    assert rest == []
+    assert waited < 0.8 + 0.3
+
+
+def test_send_and_receive_without_replier_honours_timeout(fed: Federation, grid: Grid) -> None:
+    t0 = time.monotonic()
+    replies = grid.send_and_receive(_messages(grid, fed.selected, np.ones(2)), timeout=0.5)
+    elapsed = time.monotonic() - t0
+    assert replies == []
+    assert 0.5 <= elapsed < 0.5 + 0.3
+
+
+def test_send_and_receive_includes_expiry_error_replies(
+    conn: Connection, fed: Federation, grid: Grid
+) -> None:
+    """A node that never answers: once the TTL passes the link's sweep answers for it."""
+    messages = _messages(grid, fed.selected[:1], np.ones(2))
+    messages = [grid.create_message(m.content, "train", fed.selected[0], "1", ttl=0.2) for m in messages]
+
+    def sweep_later() -> None:
+        time.sleep(0.4)
+        with connect(fed.url) as c:
+            store_messages.expire(c, 2)
+
+    sweeper = threading.Thread(target=sweep_later)
+    sweeper.start()
+    t0 = time.monotonic()
+    replies = grid.send_and_receive(messages, timeout=5)
+    elapsed = time.monotonic() - t0
+    sweeper.join()
+    assert [r.error.code for r in replies] == [2]
+    assert elapsed < 1.5
+
+
+def test_push_outside_selection_raises(fed: Federation, grid: Grid, conn: Connection) -> None:
+    with pytest.raises(SelectionError):
+        grid.push_messages(_messages(grid, [fed.selected[0], fed.outside], np.ones(1)))
+    assert scalar(conn, "SELECT count(*) FROM messages") == 0
+
+
+def test_wait_for_nodes(conn: Connection, fed: Federation, grid: Grid) -> None:
+    assert grid.wait_for_nodes(3, timeout=0.1) == sorted(fed.selected)
+    store_nodes.set_offline(conn, fed.selected[1:])
+    t0 = time.monotonic()
+    with pytest.raises(NodesUnavailable, match=r"needs 2 online node\(s\).*only 1"):
+        grid.wait_for_nodes(2, timeout=0.5)
+    elapsed = time.monotonic() - t0
+    assert 0.5 <= elapsed < 0.5 + 0.5
+
+    # A node coming online while waiting is picked up.
+    def come_back() -> None:
+        time.sleep(0.3)
+        with connect(fed.url) as c:
+            store_nodes.heartbeat(c, [fed.selected[2]])
+
+    t = threading.Thread(target=come_back)
+    t.start()
+    assert grid.wait_for_nodes(2, timeout=5) == [fed.selected[0], fed.selected[2]]
+    t.join()
+
+
+def test_record_round_is_visible_in_sql(fed: Federation, grid: Grid, conn: Connection) -> None:
+    grid.record_round(1, "train", MetricRecord({"loss": 0.5}), num_replies=3, num_failures=0)
+    grid.record_round(1, "train", MetricRecord({"loss": 0.25}), num_replies=2, num_failures=1)
+    row = conn.execute(
+        "SELECT (metrics->>'loss')::float8, num_replies, num_failures FROM round_history"
+        " WHERE run_id = %s AND round = 1 AND phase = 'train'",
+        (fed.run_id,),
+    ).fetchone()
+    assert row == (0.25, 2, 1)
+    assert scalar(conn, "SELECT rounds_completed FROM run_history WHERE run_id = %s", (fed.run_id,)) == 1
