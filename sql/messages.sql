@@ -19,7 +19,9 @@ FROM unnest(%(node_ids)s::bigint[]) AS n;
 
 -- name: messages_claim
 -- Claims up to `limit` queued instructions for the given nodes with a lease.
--- Matches ix_messages_claim (dst_node_id, id WHERE state = 'queued').
+-- Fair across runs: each run's oldest messages take turns (round-robin), so a run
+-- with a deep backlog cannot starve another run on the same node.
+-- Matches ix_messages_claim (dst_node_id, run_id, id WHERE state = 'queued').
 UPDATE messages m
 SET state = 'claimed',
     claimed_by = %(worker)s,
@@ -27,12 +29,24 @@ SET state = 'claimed',
     lease_until = now() + make_interval(secs => %(lease)s),
     attempts = m.attempts + 1
 WHERE m.id IN (
-    SELECT id FROM messages
-    WHERE dst_node_id = ANY(%(node_ids)s)
-      AND state = 'queued' AND reply_to IS NULL
-      AND deadline > now()
-    ORDER BY id
-    FOR UPDATE SKIP LOCKED
+    SELECT c.id
+    FROM (
+        SELECT DISTINCT q.run_id
+        FROM messages q
+        WHERE q.dst_node_id = ANY(%(node_ids)s) AND q.state = 'queued' AND q.reply_to IS NULL
+    ) AS r
+    CROSS JOIN LATERAL (
+        SELECT x.id, row_number() OVER (ORDER BY x.id) AS turn
+        FROM (
+            SELECT id FROM messages
+            WHERE run_id = r.run_id AND dst_node_id = ANY(%(node_ids)s)
+              AND state = 'queued' AND reply_to IS NULL AND deadline > now()
+            ORDER BY id
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+        ) AS x
+    ) AS c
+    ORDER BY c.turn, c.id
     LIMIT %(limit)s
 )
 RETURNING m.id, m.run_id, m.dst_node_id, m.group_id, m.message_type, m.ttl_seconds,

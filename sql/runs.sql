@@ -66,6 +66,21 @@ RETURNING id;
 UPDATE messages SET state = 'cancelled', finished_at = now(), lease_until = NULL
 WHERE run_id = %(run_id)s AND reply_to IS NULL AND state IN ('queued', 'claimed');
 
+-- name: run_delete_messages
+-- Retention, step 1 of 2 (same transaction as run_delete): an ended run's messages;
+-- their array links and replies cascade. Deleting the run alone fails: its arrays
+-- cascade fires before the message_arrays cascade and fk_message_arrays_array_id
+-- (NO ACTION) still sees the links.
+DELETE FROM messages m
+USING runs r
+WHERE m.run_id = %(run_id)s AND r.id = m.run_id
+  AND r.status IN ('finished', 'failed', 'stopped');
+
+-- name: run_delete
+-- Retention, step 2 of 2: the ended run with its selection, payloads, logs, metrics.
+DELETE FROM runs
+WHERE id = %(run_id)s AND status IN ('finished', 'failed', 'stopped');
+
 -- name: run_heartbeat
 -- ServerApp heartbeat; returns whether a stop was requested.
 UPDATE runs SET heartbeat_at = now()
@@ -83,11 +98,16 @@ WHERE exec_id = %(exec_id)s AND status IN ('starting', 'running')
   AND stop_requested_at IS NOT NULL;
 
 -- name: runs_fail_silent
--- Link sweep: a running ServerApp that stopped heart-beating fails its run.
+-- Link sweep: a running ServerApp that stopped heart-beating fails its run
+-- (or stops it, when the user had asked for that and no exec was left to do it).
 UPDATE runs
-SET status = 'failed', finished_at = now(), serverapp_pid = NULL,
-    reason = format('ServerApp stopped heart-beating (last heartbeat %%s s ago)',
+SET status = CASE WHEN stop_requested_at IS NOT NULL THEN 'stopped' ELSE 'failed' END::run_status,
+    finished_at = now(), serverapp_pid = NULL,
+    reason = CASE
+        WHEN stop_requested_at IS NOT NULL THEN 'stopped by user'
+        ELSE format('ServerApp stopped heart-beating (last heartbeat %%s s ago)',
                     round(extract(epoch FROM now() - heartbeat_at)::numeric, 1))
+    END
 WHERE status = 'running'
   AND heartbeat_at < now() - make_interval(secs => %(after)s)
 RETURNING id;

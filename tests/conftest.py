@@ -62,12 +62,18 @@ def pg_cluster() -> Iterator[Cluster]:
 def pg_server(pg_cluster: Cluster) -> Iterator[NoopExecutor]:
     """pytest-postgresql's view of the cluster, with a migrated template database."""
     executor = NoopExecutor(
-        host=str(pg_cluster.socket_dir), port=pg_cluster.port, user="flpg", options="",
+        host=str(pg_cluster.socket_dir),
+        port=pg_cluster.port,
+        user="flpg",
+        options="",
         dbname="flpg_test",
     )
     janitor = DatabaseJanitor(
-        user=executor.user, host=executor.host, port=executor.port,
-        dbname=executor.template_dbname, as_template=True,
+        user=executor.user,
+        host=executor.host,
+        port=executor.port,
+        dbname=executor.template_dbname,
+        as_template=True,
     )
     with janitor:
         janitor.load(_migrate)

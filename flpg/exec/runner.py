@@ -3,11 +3,18 @@
 Started by an exec worker with `FLPG_DATABASE_URL` set. Heart-beats the run while
 the ServerApp's main function runs. On failure, the last line on stderr starts
 with RESULT_PREFIX and states the reason the exec worker records.
+
+The exec worker normally ends a stopped run's ServerApp with SIGTERM. The heartbeat
+is the fallback when no exec does (its exec died: the ServerApp lives in its own
+session and would run on): when it sees a stop request, or that the run already
+ended, the ServerApp terminates itself (and its process group).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import threading
 import traceback
@@ -21,8 +28,24 @@ from flpg.serverapp import ServerApp
 from flpg.settings import DATABASE_URL_ENV, Intervals
 from flpg.store import apps as store_apps
 from flpg.store import runs as store_runs
+from flpg.store.runs import TERMINAL
 
 RESULT_PREFIX = "flpg-serverapp-failed: "
+
+
+def _say(line: str) -> None:
+    """A line on stderr; never raises (the exec reading it may be gone: broken pipe)."""
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=sys.stderr, flush=True)
+
+
+def _terminate_self(why: str) -> None:
+    """End this ServerApp as the exec's SIGTERM would (its whole process group)."""
+    _say(f"flpg: {why}; terminating the ServerApp")
+    if os.getpgrp() == os.getpid():  # launched by an exec: leader of its own group
+        os.killpg(os.getpgrp(), signal.SIGTERM)
+    else:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _heartbeat(url: str, run_id: int, period: float, stop: threading.Event) -> None:
@@ -30,9 +53,19 @@ def _heartbeat(url: str, run_id: int, period: float, stop: threading.Event) -> N
     try:
         while not stop.wait(period):
             try:
-                store_runs.heartbeat(conn, run_id)
+                stop_requested = store_runs.heartbeat(conn, run_id)
+                status = None if stop_requested else store_runs.get(conn, run_id).status
             except Exception as exc:  # a transient database error must not kill the run
-                print(f"heartbeat failed: {exc}", file=sys.stderr, flush=True)
+                _say(f"heartbeat failed: {exc}")
+                continue
+            if stop.is_set():
+                return
+            if stop_requested:
+                _terminate_self(f"run {run_id}: a stop was requested")
+                return
+            if status in TERMINAL:
+                _terminate_self(f"run {run_id} already ended ({status})")
+                return
     finally:
         conn.close()
 

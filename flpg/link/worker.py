@@ -7,10 +7,14 @@ held: one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 
+import psycopg
+
 from flpg.db import Connection, connect
+from flpg.errors import DatabaseUnavailable
 from flpg.message import ErrorCode
 from flpg.migrate import ensure_schema
 from flpg.settings import Intervals
@@ -61,7 +65,16 @@ class LinkWorker:
         log.info("link sweeping every %.1f s", self.intervals.sweep)
         try:
             while not stop.wait(self.intervals.sweep):
-                self._sweep(conn)
+                try:
+                    self._sweep(conn)
+                except psycopg.errors.DeadlockDetected:
+                    log.warning("a sweep met another link's sweep (deadlock); retrying")
+                except (psycopg.OperationalError, DatabaseUnavailable) as exc:
+                    log.warning("database unavailable (%s); reconnecting", exc)
+                    conn.close()
+                    stop.wait(self.intervals.sweep)
+                    with contextlib.suppress(DatabaseUnavailable):
+                        conn = connect(self.url, application_name="flpg-link")
         finally:
             conn.close()
             log.info("stopped")

@@ -84,10 +84,12 @@ messages = Table(
     CheckConstraint("jsonb_typeof(metrics) = 'object'", name="metrics_is_object"),
     CheckConstraint("jsonb_typeof(configs) = 'object'", name="configs_is_object"),
 )
-# The claim query's filter and order, exactly.
+# The claim query's filter and order, exactly: queued instructions of a node, per
+# run (for fair round-robin claiming across runs), oldest first.
 Index(
     "ix_messages_claim",
     messages.c.dst_node_id,
+    messages.c.run_id,
     messages.c.id,
     postgresql_where=text("state = 'queued' AND reply_to IS NULL"),
 )

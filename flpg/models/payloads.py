@@ -78,7 +78,14 @@ message_arrays = Table(
     Column("record_name", Text, primary_key=True),
     Column("position", Integer, primary_key=True),
     Column("array_name", Text, nullable=False),
-    Column("array_id", BigInteger, ForeignKey("arrays.id"), nullable=False),
+    # Deferred: deleting a run cascades to its arrays and its messages in one
+    # statement, in an order PostgreSQL chooses; the reference is checked at commit.
+    Column(
+        "array_id",
+        BigInteger,
+        ForeignKey("arrays.id", deferrable=True, initially="DEFERRED"),
+        nullable=False,
+    ),
     UniqueConstraint("message_id", "record_name", "array_name"),
     CheckConstraint("position >= 0", name="position_not_negative"),
 )

@@ -132,7 +132,8 @@ class NodeWorker:
                 log.warning(
                     "abandoning %d handler(s) still running after %.1f s; "
                     "their messages go back to the queue",
-                    len(self._inflight), self.intervals.lease,
+                    len(self._inflight),
+                    self.intervals.lease,
                 )
             beat_stop.set()
             released = store_messages.release(conn, worker=self.worker)

@@ -138,6 +138,14 @@ def finish(conn: Connection, run_id: int, status: str, reason: str | None = None
     return changed == 1
 
 
+def delete_ended(conn: Connection, run_id: int) -> bool:
+    """Retention: delete an ended run and all it owns (messages, payloads, selection,
+    logs, metrics) in one transaction; False if the run is absent or not ended."""
+    with conn.transaction():
+        run(conn, "run_delete_messages", {"run_id": run_id})
+        return run(conn, "run_delete", {"run_id": run_id}) == 1
+
+
 def heartbeat(conn: Connection, run_id: int) -> bool:
     """ServerApp heartbeat; returns True when a stop was requested."""
     row = one(conn, "run_heartbeat", {"run_id": run_id})

@@ -416,7 +416,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_messages_claim",
         "messages",
-        ["dst_node_id", "id"],
+        ["dst_node_id", "run_id", "id"],
         unique=False,
         postgresql_where=sa.text("state = 'queued' AND reply_to IS NULL"),
     )
@@ -444,7 +444,11 @@ def upgrade() -> None:
         sa.Column("array_id", sa.BigInteger(), nullable=False),
         sa.CheckConstraint("position >= 0", name=op.f("ck_message_arrays_position_not_negative")),
         sa.ForeignKeyConstraint(
-            ["array_id"], ["arrays.id"], name=op.f("fk_message_arrays_array_id")
+            ["array_id"],
+            ["arrays.id"],
+            name=op.f("fk_message_arrays_array_id"),
+            initially="DEFERRED",
+            deferrable=True,
         ),
         sa.ForeignKeyConstraint(
             ["message_id"],

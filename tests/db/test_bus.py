@@ -23,7 +23,8 @@ from flpg.message import Error, ErrorCode, Message
 from flpg.records import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flpg.store import messages as store_messages
 from flpg.store import nodes as store_nodes
-from flpg.store.messages import NewReply
+from flpg.store import runs as store_runs
+from flpg.store.messages import NewInstruction, NewReply
 
 from .conftest import Federation, instruction, scalar
 
@@ -34,8 +35,7 @@ def _claim_all(conn: Connection, worker: str, node_ids: list[int], lease: float 
 
 def _reply_rows(conn: Connection, instruction_id: int) -> list[tuple[Any, ...]]:
     return conn.execute(
-        "SELECT id, src_node_id, state, error_code, error_reason FROM messages"
-        " WHERE reply_to = %s",
+        "SELECT id, src_node_id, state, error_code, error_reason FROM messages WHERE reply_to = %s",
         (instruction_id,),
     ).fetchall()
 
@@ -45,9 +45,7 @@ def _reply_rows(conn: Connection, instruction_id: int) -> list[tuple[Any, ...]]:
 
 def test_racing_workers_never_claim_a_message_twice(conn: Connection, fed: Federation) -> None:
     n_messages, n_workers = 500, 4
-    sent = bus.send(
-        conn, fed.run_id, [instruction(fed.selected[i % 3]) for i in range(n_messages)]
-    )
+    sent = bus.send(conn, fed.run_id, [instruction(fed.selected[i % 3]) for i in range(n_messages)])
     claimed: dict[str, list[int]] = {f"w{i}": [] for i in range(n_workers)}
     barrier = threading.Barrier(n_workers)
     failures: list[BaseException] = []
@@ -95,19 +93,21 @@ def test_lapsed_lease_is_requeued_and_the_first_worker_loses_its_reply(
 ) -> None:
     node = fed.selected[0]
     (mid,) = bus.send(conn, fed.run_id, [instruction(node)])
-    (first,) = store_messages.claim(conn, worker="a", node_ids=[node], lease=0.2, limit=5)
+    (first,) = store_messages.claim(conn, worker="a", node_ids=[node], lease=0.5, limit=5)
     assert (first.id, first.attempts) == (mid, 1)
     # While the lease holds, nobody else gets the message and the sweep leaves it alone.
     assert _claim_all(conn, "b", [node]) == []
     assert store_messages.requeue_lapsed(conn) == 0
 
-    time.sleep(0.3)
+    time.sleep(0.6)
     assert store_messages.requeue_lapsed(conn) == 1
     assert store_messages.requeue_lapsed(conn) == 0
     (second,) = _claim_all(conn, "b", [node])
     assert (second.id, second.attempts) == (mid, 2)
 
-    late = Message(RecordDict({"m": MetricRecord({"loss": 1.0})}), reply_to=bus.load(conn, [first])[0])
+    late = Message(
+        RecordDict({"m": MetricRecord({"loss": 1.0})}), reply_to=bus.load(conn, [first])[0]
+    )
     with pytest.raises(LeaseLost, match=str(mid)):
         bus.reply(conn, "a", mid, fed.run_id, late)
     assert _reply_rows(conn, mid) == []
@@ -156,11 +156,11 @@ def test_expire_answers_with_exactly_one_error_reply(conn: Connection, fed: Fede
     queued, claimed, fresh = bus.send(
         conn,
         fed.run_id,
-        [instruction(a, ttl=0.2), instruction(b, ttl=0.2), instruction(a, ttl=600)],
+        [instruction(a, ttl=0.5), instruction(b, ttl=0.5), instruction(a, ttl=600)],
     )
     store_messages.claim(conn, worker="w", node_ids=[b], lease=60, limit=1)
     assert store_messages.expire(conn, ErrorCode.MESSAGE_UNAVAILABLE) == 0
-    time.sleep(0.3)
+    time.sleep(0.6)
 
     assert store_messages.expire(conn, ErrorCode.MESSAGE_UNAVAILABLE) == 2
     assert store_messages.expire(conn, ErrorCode.MESSAGE_UNAVAILABLE) == 0
@@ -205,12 +205,13 @@ def test_notify_wakes_a_listener_within_milliseconds(
 ) -> None:
     node = fed.selected[1]
     listener = Listener(fed.url, [node_channel(node)], application_name="flpg-test-listen")
-    latencies: list[float] = []
+    from_send: list[float] = []  # send start -> wake: an upper bound
+    from_commit: list[float] = []  # bus.send returned (committed) -> wake; may be < 0
     try:
         for _ in range(10):
             sent_at: list[float] = []
 
-            def send() -> None:
+            def send(sent_at: list[float] = sent_at) -> None:
                 time.sleep(0.05)
                 with connect(fed.url) as c:
                     sent_at.append(time.monotonic())
@@ -225,15 +226,20 @@ def test_notify_wakes_a_listener_within_milliseconds(
             sender.join(10)
             assert [(n.channel, n.payload) for n in got] == [(node_channel(node), str(fed.run_id))]
             assert woke - t0 < 1.0, "the wait ran into its timeout instead of being woken"
-            latencies.append(woke - sent_at[0])
+            from_send.append(woke - sent_at[0])
+            from_commit.append(woke - sent_at[1])
     finally:
         listener.close()
-    median, worst = statistics.median(latencies), max(latencies)
-    record_property("notify_latency_median_ms", round(median * 1000, 2))
-    record_property("notify_latency_max_ms", round(worst * 1000, 2))
-    print(f"\nNOTIFY wake-up latency (send start -> wake): median {median * 1000:.2f} ms, "
-          f"max {worst * 1000:.2f} ms")
-    assert worst < 0.5
+    ms = {
+        "notify_latency_from_send_median_ms": statistics.median(from_send) * 1000,
+        "notify_latency_from_send_max_ms": max(from_send) * 1000,
+        "notify_latency_from_commit_median_ms": statistics.median(from_commit) * 1000,
+        "notify_latency_from_commit_max_ms": max(from_commit) * 1000,
+    }
+    for key, value in ms.items():
+        record_property(key, round(value, 3))
+    print("\nNOTIFY wake-up: " + ", ".join(f"{k} {v:.2f}" for k, v in ms.items()))
+    assert max(from_send) < 0.5
 
 
 def test_listener_is_not_woken_by_other_nodes(conn: Connection, fed: Federation) -> None:
@@ -311,9 +317,7 @@ def test_broadcast_stores_each_array_once(
     model = {"w": rng.standard_normal((300, 10)), "b": rng.standard_normal(10).astype(np.float32)}
     record = ArrayRecord(model)
     messages = [
-        instruction(
-            node, RecordDict({"model": record if shared_record else ArrayRecord(model)})
-        )
+        instruction(node, RecordDict({"model": record if shared_record else ArrayRecord(model)}))
         for node in fed.selected
     ]
     ids = bus.send(conn, fed.run_id, messages, chunk_size=4096)
@@ -371,7 +375,7 @@ DTYPE_CASES = {
 def test_chunked_arrays_round_trip_byte_exact(conn: Connection, fed: Federation) -> None:
     node = fed.selected[0]
     record = ArrayRecord(DTYPE_CASES)
-    (mid,) = bus.send(conn, fed.run_id, [instruction(node, RecordDict({"a": record}))], 1000)
+    bus.send(conn, fed.run_id, [instruction(node, RecordDict({"a": record}))], chunk_size=1000)
 
     stored = conn.execute(
         "SELECT ma.array_name, a.dtype, a.shape, a.nbytes, a.n_chunks,"
@@ -585,3 +589,44 @@ def test_run_log_append_wakes_followers_and_tails_in_order(
     assert [(x.stream, x.line) for x in lines] == [("stdout", "a"), ("stderr", "b"), ("event", "c")]
     assert [(x.line) for x in store_logs.tail(conn, fed.run_id, after_id=lines[0].id)] == ["b", "c"]
     assert store_logs.tail(conn, fed.run_id, after_id=lines[-1].id) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="records bug (flpg/records.py): jsonb prints floats >= 1e16 without a decimal "
+    "point, so a float metric/config value comes back as an int (lists only get widened "
+    "when mixed)",
+)
+def test_large_float_values_keep_their_type(conn: Connection, fed: Federation) -> None:
+    content = RecordDict(
+        {
+            "m": MetricRecord({"big": 1e16, "many": [1e16, 2e16]}),
+            "c": ConfigRecord({"big": 1e20}),
+        }
+    )
+    bus.send(conn, fed.run_id, [instruction(fed.selected[0], content)])
+    (msg,) = bus.load(conn, _claim_all(conn, "w", fed.selected))
+    assert type(msg.content["m"]["big"]) is float
+    assert [type(x) for x in msg.content["m"]["many"]] == [float, float]  # type: ignore[union-attr]
+    assert type(msg.content["c"]["big"]) is float
+
+
+def test_claims_are_fair_across_runs(conn: Connection, fed: Federation) -> None:
+    """A run with a deep backlog on a node cannot starve another run's message."""
+    node = fed.selected[0]
+    other = store_runs.create(
+        conn,
+        app_hash="b" * 64,
+        app_name="other",
+        bundle=b"\x00",
+        run_config={},
+        node_ids=[node],
+    )
+    flood = [NewInstruction(node, "1", "train", 60.0, {}, {}, []) for _ in range(200)]
+    store_messages.insert_instructions(conn, fed.run_id, flood)
+    (single,) = store_messages.insert_instructions(
+        conn, other, [NewInstruction(node, "1", "train", 60.0, {}, {}, [])]
+    )
+    claimed = store_messages.claim(conn, worker="w", node_ids=[node], lease=30, limit=2)
+    assert single[0] in {m.id for m in claimed}  # served before the 200-message backlog drains
+    assert {m.run_id for m in claimed} == {fed.run_id, other}

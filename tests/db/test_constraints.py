@@ -16,7 +16,9 @@ from psycopg import errors
 
 from flpg import bus
 from flpg.db import Connection, connect
+from flpg.message import Message
 from flpg.store import messages as store_messages
+from flpg.store import runs as store_runs
 
 from .conftest import Federation, create_run, instruction, make_federation, scalar
 
@@ -149,8 +151,7 @@ CASES: dict[str, Case] = {
         prepare=_instruction_id,
     ),
     "finished run without finished_at": Case(
-        "UPDATE runs SET status = 'finished', started_at = now(), exec_id = 'e'"
-        " WHERE id = %(run)s",
+        "UPDATE runs SET status = 'finished', started_at = now(), exec_id = 'e' WHERE id = %(run)s",
         errors.CheckViolation,
         "ck_runs_finished_at_iff_terminal",
     ),
@@ -191,8 +192,9 @@ CASES: dict[str, Case] = {
         errors.CheckViolation,
         "ck_arrays_n_chunks_matches",
     ),
+    # The reference is checked at commit (deferred); IMMEDIATE checks it now.
     "array referenced by a message cannot be deleted": Case(
-        "DELETE FROM arrays",
+        "SET CONSTRAINTS fk_message_arrays_array_id IMMEDIATE; DELETE FROM arrays",
         errors.ForeignKeyViolation,
         "fk_message_arrays_array_id",
         prepare=lambda conn, fed: {
@@ -306,8 +308,7 @@ def test_valid_rows_are_accepted(rolled_back: tuple[Connection, Federation]) -> 
         (fed.run_id, fed.selected[0], mid),
     )
     conn.execute(
-        "UPDATE messages SET state = 'done', finished_at = now(), lease_until = NULL"
-        " WHERE id = %s",
+        "UPDATE messages SET state = 'done', finished_at = now(), lease_until = NULL WHERE id = %s",
         (mid,),
     )
     conn.execute(
@@ -328,52 +329,71 @@ def test_run_creation_with_an_unknown_node_writes_nothing(
     assert _row_counts(conn) == before
 
 
-def test_deleting_a_run_removes_everything_it_owns(
+def _populate(conn: Connection, fed: Federation, run_id: int) -> None:
+    """An answered instruction carrying arrays (and a reply carrying arrays), a log line
+    and round metrics."""
+    (mid,) = bus.send(conn, run_id, [instruction(fed.selected[0], _content_with_array())])
+    store_messages.claim(conn, worker="w", node_ids=[fed.selected[0]], lease=60, limit=1)
+    (received,) = bus.load(conn, _rows_for(conn, mid))
+    bus.reply(conn, "w", mid, run_id, Message(_content_with_array(), reply_to=received))
+    conn.execute(
+        "INSERT INTO run_logs (run_id, stream, line) VALUES (%s, 'stdout', 'x')", (run_id,)
+    )
+    conn.execute(
+        "INSERT INTO round_metrics (run_id, round, phase, metrics) VALUES (%s, 1, 'train', '{}')",
+        (run_id,),
+    )
+
+
+OWNED = {
+    "messages": "run_id = %s",
+    "message_arrays": "message_id IN (SELECT id FROM messages WHERE run_id = %s)",
+    "arrays": "run_id = %s",
+    "array_chunks": "array_id IN (SELECT id FROM arrays WHERE run_id = %s)",
+    "run_nodes": "run_id = %s",
+    "run_logs": "run_id = %s",
+    "round_metrics": "run_id = %s",
+    "runs": "id = %s",
+}
+
+
+def _owned(conn: Connection, run_id: int) -> dict[str, int]:
+    return {
+        t: scalar(conn, f"SELECT count(*) FROM {t} WHERE {w}", (run_id,)) for t, w in OWNED.items()
+    }
+
+
+def test_delete_ended_run_removes_everything_it_owns(
     rolled_back: tuple[Connection, Federation],
 ) -> None:
-    """The retention path: one DELETE of the run cascades through every table."""
+    """The retention path: one transaction removes a run and every row it owns."""
     conn, fed = rolled_back
-    keep = create_run(conn, fed.selected)
-    for run_id in (fed.run_id, keep):
-        (mid,) = bus.send(conn, run_id, [instruction(fed.selected[0], _content_with_array())])
-        store_messages.claim(conn, worker="w", node_ids=[fed.selected[0]], lease=60, limit=1)
-        bus.reply(
-            conn,
-            "w",
-            mid,
-            run_id,
-            bus.Message(_content_with_array(), reply_to=bus.load(conn, _rows_for(conn, mid))[0]),
-        )
-        conn.execute(
-            "INSERT INTO run_logs (run_id, stream, line) VALUES (%s, 'stdout', 'x')", (run_id,)
-        )
-        conn.execute(
-            "INSERT INTO round_metrics (run_id, round, phase, metrics) VALUES (%s, 1, 'train', '{}')",
-            (run_id,),
-        )
-    tables = ("messages", "message_arrays", "arrays", "array_chunks", "run_nodes", "run_logs",
-              "round_metrics")
+    other = create_run(conn, fed.selected)
+    _populate(conn, fed, fed.run_id)
+    _populate(conn, fed, other)
+    before = _owned(conn, fed.run_id)
+    assert all(before.values()), before
+    other_before = _owned(conn, other)
 
-    def owned(run_id: int) -> dict[str, int]:
-        return {
-            t: scalar(
-                conn,
-                f"SELECT count(*) FROM {t} x WHERE "
-                + {
-                    "message_arrays": "message_id IN (SELECT id FROM messages WHERE run_id = %s)",
-                    "array_chunks": "array_id IN (SELECT id FROM arrays WHERE run_id = %s)",
-                }.get(t, "run_id = %s"),
-                (run_id,),
-            )
-            for t in tables
-        }
+    assert store_runs.delete_ended(conn, fed.run_id) is False  # still pending: kept
+    assert _owned(conn, fed.run_id) == before
 
-    kept_before = owned(keep)
-    assert all(owned(fed.run_id).values())
-    conn.execute("DELETE FROM runs WHERE id = %s", (fed.run_id,))
-    assert set(owned(fed.run_id).values()) == {0}
-    assert owned(keep) == kept_before
+    store_runs.finish(conn, fed.run_id, "stopped", "stopped by user")
+    assert store_runs.delete_ended(conn, fed.run_id) is True
+    assert set(_owned(conn, fed.run_id).values()) == {0}
+    assert _owned(conn, other) == other_before
     assert scalar(conn, "SELECT count(*) FROM nodes") == 4  # nodes outlive runs
+    assert store_runs.delete_ended(conn, fed.run_id) is False
+
+
+def test_single_delete_of_a_run_with_payloads(
+    rolled_back: tuple[Connection, Federation],
+) -> None:
+    conn, fed = rolled_back
+    _populate(conn, fed, fed.run_id)
+    with conn.transaction():
+        conn.execute("DELETE FROM runs WHERE id = %s", (fed.run_id,))
+    assert set(_owned(conn, fed.run_id).values()) == {0}
 
 
 def _rows_for(conn: Connection, mid: int) -> list[store_messages.MessageRow]:
@@ -384,6 +404,20 @@ def _rows_for(conn: Connection, mid: int) -> list[store_messages.MessageRow]:
         (mid,),
     ).fetchone()
     assert row is not None
-    keys = ("id", "run_id", "dst_node_id", "group_id", "message_type", "ttl_seconds",
-            "created_at", "metrics", "configs", "attempts")
-    return [store_messages.MessageRow(src_node_id=None, reply_to=None, **dict(zip(keys, row)))]
+    keys = (
+        "id",
+        "run_id",
+        "dst_node_id",
+        "group_id",
+        "message_type",
+        "ttl_seconds",
+        "created_at",
+        "metrics",
+        "configs",
+        "attempts",
+    )
+    return [
+        store_messages.MessageRow(
+            src_node_id=None, reply_to=None, **dict(zip(keys, row, strict=True))
+        )
+    ]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from collections import Counter
 
 from flpg import bus
 from flpg.db import Connection, connect
+from flpg.errors import LeaseLost
 from flpg.link.worker import LinkWorker
 from flpg.message import ErrorCode
 from flpg.settings import Intervals
@@ -53,7 +54,9 @@ def test_sweep_requeues_lapsed_leases(conn: Connection, fed: Federation) -> None
     assert _link(fed.url).sweep_once()["requeued"] == 1
     rows = {
         r[0]: r[1:]
-        for r in conn.execute("SELECT id, state::text, claimed_by, lease_until IS NULL FROM messages")
+        for r in conn.execute(
+            "SELECT id, state::text, claimed_by, lease_until IS NULL FROM messages"
+        )
     }
     assert rows[lapsed] == ("queued", None, True)
     assert rows[held] == ("claimed", "alive", False)
@@ -104,7 +107,8 @@ def test_sweep_fails_a_run_whose_serverapp_went_silent(conn: Connection, fed: Fe
     assert scalar(conn, "SELECT count(*) FROM messages") == n_rows  # rows are kept
     # The claimed message's worker can no longer reply.
     assert scalar(
-        conn, "SELECT lease_until IS NULL AND finished_at IS NOT NULL FROM messages WHERE id = %s",
+        conn,
+        "SELECT lease_until IS NULL AND finished_at IS NOT NULL FROM messages WHERE id = %s",
         (claimed,),
     )
 
@@ -113,41 +117,64 @@ def test_sweep_fails_a_run_whose_serverapp_went_silent(conn: Connection, fed: Fe
     assert _link(fed.url).sweep_once()["runs_failed"] == 0
 
 
+def _sweep_concurrently(url: str, n_links: int = 2) -> list[dict[str, int]]:
+    """Run one sweep in each of `n_links` links, released at the same moment."""
+    barrier = threading.Barrier(n_links)
+    results: list[dict[str, int]] = []
+    failures: list[BaseException] = []
+
+    def sweep() -> None:
+        try:
+            link = _link(url)
+            with connect(url, application_name="flpg-link") as c:
+                barrier.wait(10)
+                # The loop body of LinkWorker.run, so both sweeps start together
+                # (sweep_once would add a connect to the race).
+                results.append(link._sweep(c))
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=sweep) for _ in range(n_links)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert failures == []
+    assert len(results) == n_links
+    return results
+
+
 def test_two_links_sweeping_concurrently_never_double_reply(
     conn: Connection, fed: Federation
 ) -> None:
     more = [register(conn, f"extra-{i}") for i in range(5)]
-    run_id = create_run(conn, fed.selected + more)
     nodes = fed.selected + more
+    run_id = create_run(conn, nodes)
+    # Work for the other sweeps too: a silent node and a run whose ServerApp went silent.
+    conn.execute(
+        "UPDATE nodes SET last_seen_at = now() - interval '1 hour' WHERE id = %s", (more[0],)
+    )
+    _set_running(conn, fed.run_id, heartbeat_age_s=3600)
+    (stale_msg,) = bus.send(conn, fed.run_id, [instruction(fed.selected[0])])
+
     total = 0
+    totals: Counter[str] = Counter()
     for _ in range(3):
-        ids = bus.send(conn, run_id, [instruction(nodes[i % len(nodes)], ttl=0.1) for i in range(150)])
-        # Half of them claimed by a worker that died, with leases also running out.
-        store_messages.claim(conn, worker="dead", node_ids=nodes, lease=0.05, limit=75)
+        ids = bus.send(
+            conn, run_id, [instruction(nodes[i % len(nodes)], ttl=0.1) for i in range(150)]
+        )
+        # Many of them held by a worker that died, whose leases ran out too.
+        store_messages.claim(conn, worker="dead", node_ids=more, lease=0.05, limit=75)
         total += len(ids)
         time.sleep(0.15)
-        barrier = threading.Barrier(2)
-        results: list[dict[str, Any]] = []
-        failures: list[BaseException] = []
-
-        def sweep() -> None:
-            try:
-                link = _link(fed.url)
-                with connect(fed.url) as c:
-                    barrier.wait(10)
-                    results.append(link._sweep(c))
-            except BaseException as exc:
-                failures.append(exc)
-
-        threads = [threading.Thread(target=sweep) for _ in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-        assert failures == []
+        results = _sweep_concurrently(fed.url)
         assert sum(r["expired"] for r in results) == len(ids)
         assert sum(r["requeued"] for r in results) == 0  # past their TTL: expire, not requeue
+        for r in results:
+            totals.update(r)
 
+    assert totals["nodes_offline"] == 1
+    assert totals["runs_failed"] == 1
     counts = conn.execute(
         "SELECT i.id, count(r.id) FROM messages i LEFT JOIN messages r ON r.reply_to = i.id"
         " WHERE i.reply_to IS NULL AND i.run_id = %s GROUP BY i.id",
@@ -155,6 +182,72 @@ def test_two_links_sweeping_concurrently_never_double_reply(
     ).fetchall()
     assert len(counts) == total
     assert {n for _, n in counts} == {1}
-    assert scalar(
-        conn, "SELECT count(*) FROM messages WHERE run_id = %s AND state = 'expired'", (run_id,)
-    ) == total
+    states = conn.execute(
+        "SELECT state::text, count(*) FROM messages WHERE run_id = %s AND reply_to IS NULL"
+        " GROUP BY 1",
+        (run_id,),
+    ).fetchall()
+    assert states == [("expired", total)]
+    assert scalar(conn, "SELECT state::text FROM messages WHERE id = %s", (stale_msg,)) == (
+        "cancelled"
+    )
+
+
+def test_replies_racing_the_expiry_sweep_give_one_answer_each(
+    conn: Connection, fed: Federation
+) -> None:
+    """A worker answers while the link expires the same messages: every instruction
+    ends with exactly one reply, real or error, and a dropped reply is a LeaseLost."""
+    node = fed.selected[0]
+    ids = bus.send(conn, fed.run_id, [instruction(node, ttl=0.5) for _ in range(200)])
+    store_messages.claim(conn, worker="w", node_ids=[node], lease=60, limit=200)
+    answered: list[int] = []
+    lost: list[int] = []
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            with connect(fed.url) as c:
+                for mid in ids:
+                    try:
+                        store_messages.reply(
+                            c,
+                            worker="w",
+                            new=store_messages.NewReply(mid, {"m": {"ok": 1}}, {}, []),
+                        )
+                        answered.append(mid)
+                    except LeaseLost:
+                        lost.append(mid)
+                    time.sleep(0.004)
+        except BaseException as exc:
+            failures.append(exc)
+
+    def link() -> None:
+        try:
+            with connect(fed.url) as c:
+                while not stop.is_set():
+                    store_messages.expire(c, ErrorCode.MESSAGE_UNAVAILABLE)
+                    time.sleep(0.005)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker), threading.Thread(target=link)]
+    for t in threads:
+        t.start()
+    threads[0].join(30)
+    time.sleep(0.05)
+    stop.set()
+    threads[1].join(30)
+    assert failures == []
+    assert answered and lost, "the race did not happen (tune the TTL)"
+    assert sorted(answered + lost) == sorted(ids)
+
+    rows = conn.execute(
+        "SELECT i.id, i.state::text, count(r.id), min(r.error_code)"
+        " FROM messages i LEFT JOIN messages r ON r.reply_to = i.id"
+        " WHERE i.reply_to IS NULL GROUP BY i.id, i.state"
+    ).fetchall()
+    outcome = {mid: (state, n, code) for mid, state, n, code in rows}
+    assert {outcome[mid] for mid in answered} == {("done", 1, None)}
+    assert {outcome[mid] for mid in lost} == {("expired", 1, ErrorCode.MESSAGE_UNAVAILABLE)}

@@ -6,8 +6,8 @@ from __future__ import annotations
 import multiprocessing
 import threading
 import time
+
 import psycopg
-import pytest
 import sqlalchemy
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import psycopg
 import pytest
 
 from tests.conftest import TEST_ENV, url_for
-from tests.e2e.harness import APPS, CliResult, Federation, StopReport
+from tests.e2e.harness import APPS, CliResult, Federation, FinishedRun
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -49,21 +48,6 @@ def make_env(db_url: str, workdir: Path) -> dict[str, str]:
     return env
 
 
-@dataclass
-class FinishedRun:
-    """A run of the deterministic app, done by real processes that have since stopped.
-
-    The same federation then ran apps/faulty with a ClientApp that raises on
-    partition 1 (`faulty_run_id`), so the database also holds an error reply."""
-
-    url: str
-    run_id: int
-    faulty_run_id: int
-    fed: Federation
-    stream: CliResult
-    stop_report: StopReport
-
-
 def _submitted_id(result: CliResult) -> int:
     first = result.stdout.splitlines()[0] if result.stdout else ""
     assert first.startswith("submitted run "), result
@@ -86,10 +70,17 @@ def finished_run(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> It
         fed = Federation(make_env(url, workdir), workdir)
         try:
             fed.federation(2)
-            stream = fed.cli("run", str(APPS / "deterministic"), "--stream", timeout=90, check=False)
+            stream = fed.cli(
+                "run", str(APPS / "deterministic"), "--stream", timeout=90, check=False
+            )
             faulty = fed.cli(
-                "run", str(APPS / "faulty"), "--run-config", 'mode="client-raises"', "--stream",
-                timeout=90, check=False,
+                "run",
+                str(APPS / "faulty"),
+                "--run-config",
+                'mode="client-raises"',
+                "--stream",
+                timeout=90,
+                check=False,
             )
         finally:
             report = fed.stop_all()

@@ -11,6 +11,7 @@ so a test can assert that nothing is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -115,6 +116,21 @@ class StopReport:
         )
 
 
+@dataclass
+class FinishedRun:
+    """A run of the deterministic app, done by real processes that have since stopped.
+
+    The same federation then ran apps/faulty with a ClientApp that raises on
+    partition 1 (`faulty_run_id`), so the database also holds an error reply."""
+
+    url: str
+    run_id: int
+    faulty_run_id: int
+    fed: Federation
+    stream: CliResult
+    stop_report: StopReport
+
+
 class Federation:
     """The flpg processes of one test, sharing one database (from `env`)."""
 
@@ -159,7 +175,12 @@ class Federation:
         return self.start(name, "exec", "--max-runs", str(max_runs))
 
     def node(
-        self, name: str, node_config: str = "", *, concurrency: int | None = None, proc_name: str = ""
+        self,
+        name: str,
+        node_config: str = "",
+        *,
+        concurrency: int | None = None,
+        proc_name: str = "",
     ) -> Proc:
         args = ["node", "--name", name, "--node-config", node_config]
         if concurrency is not None:
@@ -380,17 +401,13 @@ class Federation:
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _kill(pid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _cmdline(pid: int) -> str:

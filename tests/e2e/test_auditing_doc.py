@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.e2e.conftest import FinishedRun
+from tests.e2e.harness import FinishedRun
 
 pytestmark = pytest.mark.e2e
 

@@ -66,30 +66,44 @@ def test_client_exception_becomes_an_error_reply_and_the_node_keeps_serving(
 
     # The node workers survived the exception: the same processes serve the next run.
     fed.check_alive()
-    workers_before = {r[0] for r in fed.sql(
-        "SELECT DISTINCT claimed_by FROM messages WHERE run_id = %s AND claimed_by IS NOT NULL",
-        [first],
-    )}
+    workers_before = {
+        r[0]
+        for r in fed.sql(
+            "SELECT DISTINCT claimed_by FROM messages WHERE run_id = %s AND claimed_by IS NOT NULL",
+            [first],
+        )
+    }
     second = fed.submit(DETERMINISTIC)
     assert fed.wait_run(second, timeout=60)["status"] == "finished"
-    workers_after = {r[0] for r in fed.sql(
-        "SELECT DISTINCT claimed_by FROM messages WHERE run_id = %s AND claimed_by IS NOT NULL",
-        [second],
-    )}
+    workers_after = {
+        r[0]
+        for r in fed.sql(
+            "SELECT DISTINCT claimed_by FROM messages WHERE run_id = %s AND claimed_by IS NOT NULL",
+            [second],
+        )
+    }
     assert len(workers_before) == 2
     assert workers_after == workers_before
     assert all(p.alive() for p in procs)
-    assert fed.scalar(
-        "SELECT count(*) FROM messages WHERE run_id = %s AND error_code IS NOT NULL", [second]
-    ) == 0
+    assert (
+        fed.scalar(
+            "SELECT count(*) FROM messages WHERE run_id = %s AND error_code IS NOT NULL", [second]
+        )
+        == 0
+    )
 
 
 def test_serverapp_exception_fails_the_run_with_its_reason(federation: Federation) -> None:
     fed = federation
     fed.federation(2)
     result = fed.cli(
-        "run", str(FAULTY), "--run-config", 'mode="server-raises"', "--stream",
-        check=False, timeout=60,
+        "run",
+        str(FAULTY),
+        "--run-config",
+        'mode="server-raises"',
+        "--stream",
+        check=False,
+        timeout=60,
     )
     assert result.returncode == 1, result
     run_id = int(fed.scalar("SELECT max(id) FROM runs"))
@@ -122,11 +136,13 @@ def test_stop_ends_a_running_run_and_cancels_its_undelivered_messages(
     fed.wait_run(run_id, statuses=["running"], timeout=30)
 
     def states() -> dict[str, int]:
-        return dict(fed.sql(
-            "SELECT state::text, count(*) FROM messages "
-            "WHERE run_id = %s AND reply_to IS NULL GROUP BY 1",
-            [run_id],
-        ))
+        return dict(
+            fed.sql(
+                "SELECT state::text, count(*) FROM messages "
+                "WHERE run_id = %s AND reply_to IS NULL GROUP BY 1",
+                [run_id],
+            )
+        )
 
     wait_for(lambda: states() == {"claimed": 2, "queued": 2}, 30, "two claimed, two queued")
 
@@ -138,12 +154,16 @@ def test_stop_ends_a_running_run_and_cancels_its_undelivered_messages(
 
     # The rows are kept, every undelivered instruction cancelled, no reply written.
     assert states() == {"cancelled": 4}
-    assert fed.scalar(
-        "SELECT count(*) FROM messages WHERE run_id = %s AND reply_to IS NOT NULL", [run_id]
-    ) == 0
+    assert (
+        fed.scalar(
+            "SELECT count(*) FROM messages WHERE run_id = %s AND reply_to IS NOT NULL", [run_id]
+        )
+        == 0
+    )
     assert fed.scalar(
         "SELECT bool_and(finished_at IS NOT NULL AND lease_until IS NULL) FROM messages "
-        "WHERE run_id = %s", [run_id]
+        "WHERE run_id = %s",
+        [run_id],
     )
     log = fed.cli("log", str(run_id)).stdout
     assert "sent 4 messages, waiting for replies" in log
@@ -156,10 +176,12 @@ def test_stop_ends_a_running_run_and_cancels_its_undelivered_messages(
     second = fed.submit(DETERMINISTIC)
     assert fed.wait_run(second, timeout=60)["status"] == "finished"
     assert states() == {"cancelled": 4}
-    assert fed.scalar(
-        "SELECT count(*) FROM messages WHERE run_id = %s AND reply_to IS NOT NULL", [run_id]
-    ) == 0
-
+    assert (
+        fed.scalar(
+            "SELECT count(*) FROM messages WHERE run_id = %s AND reply_to IS NOT NULL", [run_id]
+        )
+        == 0
+    )
 
 
 def test_node_stops_promptly_and_hands_back_a_message_its_handler_still_runs(
@@ -173,11 +195,13 @@ def test_node_stops_promptly_and_hands_back_a_message_its_handler_still_runs(
     run_id = fed.submit(FAULTY, "--run-config", 'mode="slow" client-sleep=60.0')
 
     def states() -> dict[str, int]:
-        return dict(fed.sql(
-            "SELECT state::text, count(*) FROM messages "
-            "WHERE run_id = %s AND reply_to IS NULL GROUP BY 1",
-            [run_id],
-        ))
+        return dict(
+            fed.sql(
+                "SELECT state::text, count(*) FROM messages "
+                "WHERE run_id = %s AND reply_to IS NULL GROUP BY 1",
+                [run_id],
+            )
+        )
 
     wait_for(lambda: states() == {"claimed": 2, "queued": 2}, 30, "two claimed, two queued")
     node0 = next(p for p in fed.procs if p.name == "node-node0")
@@ -214,9 +238,12 @@ def test_stop_reaches_a_serverapp_whose_exec_died(federation: Federation) -> Non
     run_id = fed.submit(FAULTY, "--run-config", 'mode="slow" client-sleep=60.0')
     fed.wait_run(run_id, statuses=["running"], timeout=30)
     wait_for(
-        lambda: fed.scalar(
-            "SELECT count(*) FROM messages WHERE run_id = %s AND state = 'claimed'", [run_id]
-        ) == 2,
+        lambda: (
+            fed.scalar(
+                "SELECT count(*) FROM messages WHERE run_id = %s AND state = 'claimed'", [run_id]
+            )
+            == 2
+        ),
         30,
         "both nodes to claim a message",
     )
@@ -233,9 +260,11 @@ def test_stop_reaches_a_serverapp_whose_exec_died(federation: Federation) -> Non
     # stops heart-beating.
     assert run["status"] in ("stopped", "failed"), run
     assert run["reason"], run
-    states = dict(fed.sql(
-        "SELECT state::text, count(*) FROM messages WHERE run_id = %s AND reply_to IS NULL "
-        "GROUP BY 1",
-        [run_id],
-    ))
+    states = dict(
+        fed.sql(
+            "SELECT state::text, count(*) FROM messages WHERE run_id = %s AND reply_to IS NULL "
+            "GROUP BY 1",
+            [run_id],
+        )
+    )
     assert states == {"cancelled": 4}

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import FinishedRun
+from tests.e2e.harness import FinishedRun
 
 pytestmark = pytest.mark.e2e
 
@@ -83,9 +83,7 @@ def test_each_train_instruction_has_exactly_one_reply(finished_run: FinishedRun)
     assert rows == [
         (str(rnd), node, "done", 1, True) for rnd in range(1, ROUNDS + 1) for node in node_ids
     ]
-    types = fed.sql(
-        "SELECT DISTINCT message_type FROM messages WHERE run_id = %s", [run_id]
-    )
+    types = fed.sql("SELECT DISTINCT message_type FROM messages WHERE run_id = %s", [run_id])
     assert types == [("train",)]
     # The replies carry the metrics the ClientApp sent, queryable as jsonb.
     weights = fed.sql(

@@ -111,8 +111,12 @@ def test_up_run_new_app_and_down_leave_no_process(home_env: dict[str, str], tmp_
 
     again = flpg(home_env, "up", "--nodes", "2")  # idempotent
     assert again.returncode == 0 and "already up" in again.stdout
-    assert [m["pid"] for m in json.loads(
-        (Path(home_env["FLPG_HOME"]) / "federation.json").read_text())["members"]] == pids
+    assert [
+        m["pid"]
+        for m in json.loads((Path(home_env["FLPG_HOME"]) / "federation.json").read_text())[
+            "members"
+        ]
+    ] == pids
 
     nodes = json.loads(flpg(home_env, "nodes", "--format", "json").stdout)
     assert sorted(n["node_config"]["partition-id"] for n in nodes) == [0, 1]

@@ -20,7 +20,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run(argv: list[str], *, cwd: Path, timeout: float, env: dict[str, str]) -> str:
     done = subprocess.run(
-        argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+        argv,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
     assert done.returncode == 0, (
@@ -32,18 +37,26 @@ def run(argv: list[str], *, cwd: Path, timeout: float, env: dict[str, str]) -> s
 def clean_env() -> dict[str, str]:
     """The environment without anything that points at the checkout or a database."""
     drop = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PIP_REQUIRE_VIRTUALENV")
-    return {
-        k: v for k, v in os.environ.items() if k not in drop and not k.startswith("FLPG_")
-    }
+    return {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("FLPG_")}
 
 
 def test_wheel_ships_sql_and_migrations(tmp_path: Path, empty_db_url: str) -> None:
     env = clean_env()
     dist = tmp_path / "dist"
     run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist),
-         str(ROOT)],
-        cwd=tmp_path, timeout=180, env=env,
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--wheel",
+            "--no-isolation",
+            "--outdir",
+            str(dist),
+            str(ROOT),
+        ],
+        cwd=tmp_path,
+        timeout=180,
+        env=env,
     )
     wheels = list(dist.glob("flpg-*.whl"))
     assert len(wheels) == 1, list(dist.iterdir())
@@ -67,17 +80,32 @@ def test_wheel_ships_sql_and_migrations(tmp_path: Path, empty_db_url: str) -> No
     assert "include-system-site-packages = false" in cfg
     python = venv / "bin" / "python"
     run(
-        [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
-         "--quiet", str(wheel)],
-        cwd=tmp_path, timeout=300, env=env,
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--quiet",
+            str(wheel),
+        ],
+        cwd=tmp_path,
+        timeout=300,
+        env=env,
     )
 
     # The installed flpg is the wheel's, and finds its data inside the package.
     where = run(
-        [str(python), "-c",
-         "import flpg, flpg.resources as r; print(flpg.__file__); print(r.sql_dir()); "
-         "print(r.migrations_dir())"],
-        cwd=tmp_path, timeout=60, env=env,
+        [
+            str(python),
+            "-c",
+            "import flpg, flpg.resources as r; print(flpg.__file__); print(r.sql_dir()); "
+            "print(r.migrations_dir())",
+        ],
+        cwd=tmp_path,
+        timeout=60,
+        env=env,
     ).split()
     site = str(venv / "lib")
     assert all(p.startswith(site) for p in where), where
@@ -85,21 +113,33 @@ def test_wheel_ships_sql_and_migrations(tmp_path: Path, empty_db_url: str) -> No
 
     out = run(
         [str(venv / "bin" / "flpg"), "db", "upgrade", "--db", empty_db_url],
-        cwd=tmp_path, timeout=120, env=env,
+        cwd=tmp_path,
+        timeout=120,
+        env=env,
     )
     assert "(was empty)" in out, out
 
     with psycopg.connect(empty_db_url) as conn:
-        tables = {r[0] for r in conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-        )}
-        views = {r[0] for r in conn.execute(
-            "SELECT viewname FROM pg_views WHERE schemaname = 'public'"
-        )}
+        tables = {
+            r[0]
+            for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        }
+        views = {
+            r[0] for r in conn.execute("SELECT viewname FROM pg_views WHERE schemaname = 'public'")
+        }
         revision = conn.execute("SELECT version_num FROM alembic_version").fetchone()
     assert {
-        "apps", "nodes", "runs", "run_nodes", "messages", "message_arrays", "arrays",
-        "array_chunks", "run_logs", "round_metrics", "alembic_version",
+        "apps",
+        "nodes",
+        "runs",
+        "run_nodes",
+        "messages",
+        "message_arrays",
+        "arrays",
+        "array_chunks",
+        "run_logs",
+        "round_metrics",
+        "alembic_version",
     } <= tables
     assert {"run_history", "round_history", "message_latency", "node_participation"} <= views
     assert revision is not None
@@ -107,11 +147,15 @@ def test_wheel_ships_sql_and_migrations(tmp_path: Path, empty_db_url: str) -> No
     # Idempotent, and the rest of the installed CLI works against it.
     again = run(
         [str(venv / "bin" / "flpg"), "db", "upgrade", "--db", empty_db_url],
-        cwd=tmp_path, timeout=120, env=env,
+        cwd=tmp_path,
+        timeout=120,
+        env=env,
     )
     assert f"(was {revision[0]})" in again
     listed = run(
         [str(venv / "bin" / "flpg"), "ls", "--format", "json", "--db", empty_db_url],
-        cwd=tmp_path, timeout=60, env=env,
+        cwd=tmp_path,
+        timeout=60,
+        env=env,
     )
     assert listed.strip() == "[]"

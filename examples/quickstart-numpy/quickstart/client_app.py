@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from flpg import ArrayRecord, ClientApp, Context, Message, MetricRecord, RecordDict
-
 from quickstart.task import load_partition, loss_and_accuracy, train
 
 app = ClientApp()
@@ -20,9 +19,17 @@ def _data(context: Context):
 def train_handler(msg: Message, context: Context) -> Message:
     x_train, y_train, _, _ = _data(context)
     params = msg.content["arrays"].to_numpy_ndarrays()
-    params = train(params, x_train, y_train, int(context.run_config["local-epochs"]), float(context.run_config["lr"]))
+    params = train(
+        params,
+        x_train,
+        y_train,
+        int(context.run_config["local-epochs"]),
+        float(context.run_config["lr"]),
+    )
     loss, acc = loss_and_accuracy(params, x_train, y_train)
-    metrics = MetricRecord({"train-loss": loss, "train-accuracy": acc, "num-examples": len(y_train)})
+    metrics = MetricRecord(
+        {"train-loss": loss, "train-accuracy": acc, "num-examples": len(y_train)}
+    )
     return Message(RecordDict({"arrays": ArrayRecord(params), "metrics": metrics}), reply_to=msg)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from flpg import ArrayRecord, Context, Grid, ServerApp
 from flpg.strategy import FedAvg
-
 from quickstart.task import initial_params
 
 app = ServerApp()

@@ -34,14 +34,18 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def loss_and_accuracy(params: list[np.ndarray], x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+def loss_and_accuracy(
+    params: list[np.ndarray], x: np.ndarray, y: np.ndarray
+) -> tuple[float, float]:
     w, b = params
     p = np.clip(_sigmoid(x @ w + b[0]), 1e-12, 1 - 1e-12)
     loss = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
     return loss, float(np.mean((p > 0.5) == y))
 
 
-def train(params: list[np.ndarray], x: np.ndarray, y: np.ndarray, epochs: int, lr: float) -> list[np.ndarray]:
+def train(
+    params: list[np.ndarray], x: np.ndarray, y: np.ndarray, epochs: int, lr: float
+) -> list[np.ndarray]:
     """Full-batch gradient descent."""
     w, b = params[0].copy(), params[1].copy()
     for _ in range(epochs):
