@@ -33,7 +33,7 @@ def grid(fed: Federation) -> Iterator[Grid]:
         g.close()
 
 
-class FakeNode(threading.Thread):
+class ThreadNode(threading.Thread):
     """A node worker in a thread: waits on NOTIFY, claims, answers with `x + node_id`."""
 
     def __init__(self, url: str, node_ids: list[int], delay: float = 0.0) -> None:
@@ -101,7 +101,7 @@ def test_get_node_ids_returns_online_selected_nodes(
 
 
 def test_send_and_receive_returns_replies_promptly(fed: Federation, grid: Grid) -> None:
-    node = FakeNode(fed.url, fed.selected)
+    node = ThreadNode(fed.url, fed.selected)
     node.start()
     try:
         x = np.arange(5, dtype=np.float32)
@@ -126,7 +126,7 @@ def test_send_and_receive_returns_replies_promptly(fed: Federation, grid: Grid) 
 
 def test_receive_yields_replies_as_they_arrive(fed: Federation, grid: Grid) -> None:
     ids = grid.push_messages(_messages(grid, fed.selected[:2], np.zeros(3)))
-    node = FakeNode(fed.url, fed.selected[:1], delay=0.0)
+    node = ThreadNode(fed.url, fed.selected[:1], delay=0.0)
     node.start()
     try:
         stream = grid.receive(ids, timeout=0.8)

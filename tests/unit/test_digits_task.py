@@ -4,7 +4,6 @@ ClientApp running FedAvg in-process over an in-memory grid."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +12,7 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-from flpg import ClientApp, Context, Message, MetricRecord, RecordDict, ServerApp
-from flpg.appbundle import check_components, load_component, read_app
-from flpg.records import records_to_json
+from flpg.appbundle import read_app
 
 DIGITS_DIR = Path(__file__).resolve().parents[2] / "examples" / "digits"
 sys.path.insert(0, str(DIGITS_DIR))
@@ -23,129 +20,6 @@ sys.path.insert(0, str(DIGITS_DIR))
 from digits import task  # noqa: E402
 
 DEFAULT_CONFIG: dict[str, Any] = read_app(DIGITS_DIR).config
-
-
-class InMemoryGrid:
-    """Just enough of `flpg.Grid` to run a ServerApp in-process: every node answers
-    at once, by calling the ClientApp with that node's Context."""
-
-    run_id = 1
-
-    def __init__(self, client_app: ClientApp, run_config: dict[str, Any], num_nodes: int) -> None:
-        self._client_app = client_app
-        self._contexts = {
-            100 + i: Context(
-                run_id=self.run_id,
-                node_id=100 + i,
-                node_config={"partition-id": i, "num-partitions": num_nodes},
-                state=RecordDict(),
-                run_config=dict(run_config),
-            )
-            for i in range(num_nodes)
-        }
-        self._replies: dict[int, Message] = {}
-        self.rounds: list[tuple[int, str, dict[str, Any]]] = []
-
-    def get_node_ids(self) -> list[int]:
-        return sorted(self._contexts)
-
-    def wait_for_nodes(self, min_nodes: int, timeout: float) -> list[int]:
-        assert len(self._contexts) >= min_nodes
-        return self.get_node_ids()
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
-
-    def push_messages(self, messages: Iterable[Message]) -> list[int]:
-        ids = []
-        for message in messages:
-            message_id = len(self._replies) + 1
-            message.metadata.run_id = self.run_id
-            message.metadata.message_id = message_id
-            dst = message.metadata.dst_node_id
-            assert dst is not None
-            self._replies[message_id] = self._client_app(message, self._contexts[dst])
-            ids.append(message_id)
-        return ids
-
-    def receive(
-        self, message_ids: Sequence[int], *, timeout: float | None = None
-    ) -> Iterator[Message]:
-        for message_id in message_ids:
-            yield self._replies[message_id]
-
-    def record_round(
-        self,
-        server_round: int,
-        phase: str,
-        metrics: MetricRecord | None,
-        *,
-        num_replies: int = 0,
-        num_failures: int = 0,
-    ) -> None:
-        assert num_failures == 0, f"round {server_round} {phase}: {num_failures} failures"
-        doc = records_to_json({"m": metrics or MetricRecord()})["m"]  # storable, as in the db
-        self.rounds.append((server_round, phase, doc))
-
-
-def run_federation(num_nodes: int, **overrides: Any) -> InMemoryGrid:
-    """Run the digits ServerApp with the default config (plus overrides) over `num_nodes`."""
-    spec = read_app(DIGITS_DIR)
-    check_components(DIGITS_DIR, spec)
-    server_app = load_component(DIGITS_DIR.resolve(), spec.serverapp, ServerApp)
-    client_app = load_component(DIGITS_DIR.resolve(), spec.clientapp, ClientApp)
-    run_config = {**spec.config, **overrides}
-    grid = InMemoryGrid(client_app, run_config, num_nodes)
-    context = Context(
-        run_id=1, node_id=None, node_config={}, state=RecordDict(), run_config=run_config
-    )
-    server_app(grid, context)  # type: ignore[arg-type]
-    return grid
-
-
-def metrics_of(grid: InMemoryGrid, phase: str) -> dict[int, dict[str, Any]]:
-    return {r: m for r, p, m in grid.rounds if p == phase}
-
-
-@pytest.mark.parametrize("num_nodes", [2, 3, 10])
-def test_default_config_reaches_90_percent(
-    num_nodes: int, capsys: pytest.CaptureFixture[str]
-) -> None:
-    grid = run_federation(num_nodes)
-    num_rounds = int(DEFAULT_CONFIG["num-server-rounds"])
-    server = metrics_of(grid, "server_evaluate")
-    assert sorted(server) == list(range(num_rounds + 1))
-    assert server[num_rounds]["accuracy"] >= 0.90
-    assert server[num_rounds]["loss"] < server[0]["loss"]
-    train = metrics_of(grid, "train")
-    evaluate = metrics_of(grid, "evaluate")
-    assert sorted(train) == sorted(evaluate) == list(range(1, num_rounds + 1))
-    assert {"train-loss", "train-accuracy"} <= set(train[num_rounds])
-    assert {"eval-loss", "eval-accuracy"} <= set(evaluate[num_rounds])
-    assert evaluate[num_rounds]["eval-accuracy"] >= 0.85
-    out = capsys.readouterr().out
-    assert f"final centralised accuracy: {server[num_rounds]['accuracy']:.3f}" in out
-
-
-def test_dirichlet_run_learns() -> None:
-    grid = run_federation(5, partitioning="dirichlet", alpha=0.5)
-    server = metrics_of(grid, "server_evaluate")
-    assert server[max(server)]["accuracy"] >= 0.85
-
-
-def test_runs_are_deterministic() -> None:
-    first = run_federation(3, **{"num-server-rounds": 2})
-    second = run_federation(3, **{"num-server-rounds": 2})
-    assert first.rounds == second.rounds
-    other_seed = run_federation(3, **{"num-server-rounds": 2, "seed": 1})
-    assert other_seed.rounds != first.rounds
 
 
 def test_fedavg_in_plain_numpy_over_three_partitions() -> None:

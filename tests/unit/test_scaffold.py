@@ -3,77 +3,16 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from flpg import ClientApp, ConfigRecord, Context, Message, MetricRecord, RecordDict, ServerApp
+from flpg import ClientApp, ConfigRecord, Context, Message, MessageType, RecordDict
 from flpg.appbundle import check_components, load_component, read_app
 from flpg.errors import AppError
 from flpg.records import ArrayRecord
 from flpg.scaffold import create_app, package_name
-from flpg.strategy import FedAvg
-
-
-class InMemoryGrid:
-    """Just enough of `flpg.Grid` for a strategy: nodes answer at once, in-process."""
-
-    run_id = 1
-
-    def __init__(self, client_app: ClientApp | None, contexts: dict[int, Context]) -> None:
-        self._client_app = client_app
-        self._contexts = contexts
-        self._replies: dict[int, Message] = {}
-        self.rounds: list[tuple[int, str, MetricRecord | None, int]] = []
-
-    def get_node_ids(self) -> list[int]:
-        return sorted(self._contexts)
-
-    def wait_for_nodes(self, min_nodes: int, timeout: float) -> list[int]:
-        assert len(self._contexts) >= min_nodes
-        return self.get_node_ids()
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
-
-    def push_messages(self, messages: Iterable[Message]) -> list[int]:
-        assert self._client_app is not None
-        ids = []
-        for message in messages:
-            message_id = len(self._replies) + 1
-            message.metadata.run_id = self.run_id
-            message.metadata.message_id = message_id
-            dst = message.metadata.dst_node_id
-            assert dst is not None
-            self._replies[message_id] = self._client_app(message, self._contexts[dst])
-            ids.append(message_id)
-        return ids
-
-    def receive(
-        self, message_ids: Sequence[int], *, timeout: float | None = None
-    ) -> Iterator[Message]:
-        for message_id in message_ids:
-            yield self._replies[message_id]
-
-    def record_round(
-        self,
-        server_round: int,
-        phase: str,
-        metrics: MetricRecord | None,
-        *,
-        num_replies: int = 0,
-        num_failures: int = 0,
-    ) -> None:
-        self.rounds.append((server_round, phase, metrics, num_failures))
 
 
 def node_context(node_id: int, partition_id: int, run_config: dict[str, Any]) -> Context:
@@ -119,10 +58,9 @@ def test_train_handler_replies_with_arrays_of_the_same_shapes(tmp_path: Path) ->
     task = importlib.import_module("my_app.task")
     initial = ArrayRecord(task.initial_params())
     context = node_context(7, 0, spec.config)
-    # The train message exactly as FedAvg builds it for the ServerApp to send.
-    grid = InMemoryGrid(None, {7: context})
+    # The train message as FedAvg builds it for the ServerApp to send.
     config = ConfigRecord({"server-round": 1})
-    (msg,) = FedAvg(min_train_nodes=1).configure_train(1, initial, config, grid)  # type: ignore[arg-type]
+    msg = Message(RecordDict({"arrays": initial, "config": config}), 7, MessageType.TRAIN)
     msg.metadata.message_id = 1
 
     reply = client_app(msg, context)
@@ -137,35 +75,11 @@ def test_train_handler_replies_with_arrays_of_the_same_shapes(tmp_path: Path) ->
     assert metrics["train-loss"] >= 0
     assert arrays != initial  # it trained
 
-    (eval_msg,) = FedAvg(min_evaluate_nodes=1).configure_evaluate(1, arrays, config, grid)  # type: ignore[arg-type]
+    eval_msg = Message(RecordDict({"arrays": arrays, "config": config}), 7, MessageType.EVALUATE)
     eval_msg.metadata.message_id = 2
     eval_reply = client_app(eval_msg, context)
     eval_metrics = eval_reply.content.metric_records["metrics"]
     assert eval_metrics["num-examples"] > 0 and eval_metrics["eval-loss"] >= 0
-
-
-@pytest.mark.parametrize("num_nodes", [1, 2])
-def test_generated_server_app_runs_fedavg(
-    tmp_path: Path, num_nodes: int, capsys: pytest.CaptureFixture[str]
-) -> None:
-    app_dir = create_app("fl-skeleton", tmp_path)
-    spec = read_app(app_dir)
-    root = app_dir.resolve()
-    server_app = load_component(root, spec.serverapp, ServerApp)
-    client_app = load_component(root, spec.clientapp, ClientApp)
-    contexts = {10 + i: node_context(10 + i, i, spec.config) for i in range(num_nodes)}
-    grid = InMemoryGrid(client_app, contexts)
-    server_context = Context(
-        run_id=1, node_id=None, node_config={}, state=RecordDict(), run_config=dict(spec.config)
-    )
-
-    server_app(grid, server_context)  # type: ignore[arg-type]
-
-    assert all(failures == 0 for *_, failures in grid.rounds)
-    eval_losses = [m["eval-loss"] for _, phase, m, _ in grid.rounds if phase == "evaluate" and m]
-    assert len(eval_losses) == spec.config["num-server-rounds"]
-    assert eval_losses[-1] < eval_losses[0]
-    assert "final federated evaluation" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
