@@ -467,6 +467,7 @@ def show_cmd(run_id: int, db: str | None, fmt: str) -> None:
 @handle_errors
 def log_cmd(run_id: int, db: str | None, follow_: bool) -> None:
     """Print a run's ServerApp output and events."""
+    from flpg.follow import render
     from flpg.store import logs as store_logs
     from flpg.store import runs as store_runs
 
@@ -480,8 +481,7 @@ def log_cmd(run_id: int, db: str | None, follow_: bool) -> None:
         while True:
             lines = store_logs.tail(conn, run_id, last)
             for line in lines:
-                prefix = "" if line.stream == "stdout" else f"[{line.stream}] "
-                click.echo(f"{prefix}{line.line}")
+                click.echo(render(line))
                 last = line.id
             if len(lines) < 1000:
                 break

@@ -11,6 +11,11 @@ from flpg.store.logs import LogLine
 from flpg.store.runs import TERMINAL, Run
 
 
+def render(line: LogLine) -> str:
+    """A log line as the CLI prints it: stdout bare, other streams tagged."""
+    return line.line if line.stream == "stdout" else f"[{line.stream}] {line.line}"
+
+
 def follow(
     conn: Connection,
     url: str,

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from flpg.db import Connection
-from flpg.follow import follow
+from flpg.follow import follow, render
 from flpg.store import runs as store_runs
 from flpg.store.logs import LogLine
 from flpg.store.runs import TERMINAL, Run
@@ -65,8 +65,7 @@ def watch(
 
         def emit(line: LogLine) -> None:
             if show_logs:
-                prefix = "" if line.stream == "stdout" else f"[{line.stream}] "
-                progress.console.print(f"{prefix}{line.line}", markup=False)
+                progress.console.print(render(line), markup=False)
 
         def tick(_run: Run) -> None:
             nonlocal seen_round
@@ -81,8 +80,7 @@ def watch(
 
     def emit_plain(line: LogLine) -> None:
         if show_logs:
-            prefix = "" if line.stream == "stdout" else f"[{line.stream}] "
-            print(f"{prefix}{line.line}", flush=True)
+            print(render(line), flush=True)
 
     def tick_plain(_run: Run) -> None:
         nonlocal seen_round

@@ -9,6 +9,7 @@ template that already holds the migrated schema.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import tempfile
@@ -90,21 +91,32 @@ def db_url(postgresql: psycopg.Connection[Any]) -> str:
     return url_for(info.host, info.port, info.user, info.dbname)
 
 
-_empty_counter = itertools.count()
+_scratch_counter = itertools.count()
 
 
-@pytest.fixture
-def empty_db_url(pg_server: NoopExecutor) -> Iterator[str]:
-    """URL of a fresh database without any schema."""
-    name = f"flpg_empty_{os.getpid()}_{next(_empty_counter)}"
+@contextlib.contextmanager
+def scratch_database(
+    pg_server: NoopExecutor, prefix: str, template: str | None = None
+) -> Iterator[str]:
+    """A database created for the caller (empty, or copied from `template`) and
+    dropped afterwards; yields its URL."""
+    name = f"{prefix}_{os.getpid()}_{next(_scratch_counter)}"
     admin = url_for(pg_server.host, pg_server.port, pg_server.user, "postgres")
+    source = f' TEMPLATE "{template}"' if template else ""
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"{source}')
     try:
         yield url_for(pg_server.host, pg_server.port, pg_server.user, name)
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def empty_db_url(pg_server: NoopExecutor) -> Iterator[str]:
+    """URL of a fresh database without any schema."""
+    with scratch_database(pg_server, "flpg_empty") as url:
+        yield url
 
 
 @pytest.fixture

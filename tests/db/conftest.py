@@ -7,13 +7,10 @@ tests/conftest.py); `db_url` is a fresh, migrated database per test.
 from __future__ import annotations
 
 import hashlib
-import itertools
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 import pytest
 
 from flpg.db import Connection, connect
@@ -21,7 +18,7 @@ from flpg.message import Message
 from flpg.records import RecordDict
 from flpg.store import nodes as store_nodes
 from flpg.store import runs as store_runs
-from tests.conftest import url_for
+from tests.conftest import scratch_database
 
 BUNDLE = b"PK\x05\x06" + bytes(18)  # an empty zip file
 APP_HASH = hashlib.sha256(BUNDLE).hexdigest()
@@ -44,36 +41,19 @@ def conn(db_url: str) -> Iterator[Connection]:
         yield c
 
 
-_models_counter = itertools.count()
-
-
 @pytest.fixture
 def second_empty_db_url(pg_server: Any) -> Iterator[str]:
     """Another empty database (`empty_db_url` gives only one per test)."""
-    name = f"flpg_models_{os.getpid()}_{next(_models_counter)}"
-    admin = url_for(pg_server.host, pg_server.port, pg_server.user, "postgres")
-    with psycopg.connect(admin, autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield url_for(pg_server.host, pg_server.port, pg_server.user, name)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as c:
-            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database(pg_server, "flpg_models") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def module_db_url(pg_server: Any) -> Iterator[str]:
     """A migrated database shared by one module's tests (copied from the session's
     template); tests that use it must roll back what they write."""
-    name = f"flpg_module_{os.getpid()}_{next(_models_counter)}"
-    admin = url_for(pg_server.host, pg_server.port, pg_server.user, "postgres")
-    with psycopg.connect(admin, autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_server.template_dbname}"')
-    try:
-        yield url_for(pg_server.host, pg_server.port, pg_server.user, name)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as c:
-            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database(pg_server, "flpg_module", pg_server.template_dbname) as url:
+        yield url
 
 
 def register(conn: Connection, name: str, **config: Any) -> int:
