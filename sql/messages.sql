@@ -19,26 +19,27 @@ FROM unnest(%(node_ids)s::bigint[]) AS n;
 
 -- name: messages_claim
 -- Claims up to `limit` queued instructions for the given nodes with a lease.
--- Fair across runs: each run's oldest messages take turns (round-robin), so a run
--- with a deep backlog cannot starve another run on the same node.
+-- Fair across runs: runs take turns (each run's oldest message first, then its
+-- second, ...), and within a turn the run this node served least recently goes
+-- first (run_nodes.last_claimed_at), so a run with a deep backlog cannot starve
+-- another run on the same node, even when workers claim one message at a time.
 -- Matches ix_messages_claim (dst_node_id, run_id, id WHERE state = 'queued').
-UPDATE messages m
-SET state = 'claimed',
-    claimed_by = %(worker)s,
-    claimed_at = now(),
-    lease_until = now() + make_interval(secs => %(lease)s),
-    attempts = m.attempts + 1
-WHERE m.id IN (
-    SELECT c.id
+WITH picked AS (
+    SELECT c.id, r.run_id, c.dst_node_id
     FROM (
-        SELECT DISTINCT q.run_id
-        FROM messages q
-        WHERE q.dst_node_id = ANY(%(node_ids)s) AND q.state = 'queued' AND q.reply_to IS NULL
+        SELECT q.run_id, max(rn.last_claimed_at) AS last_claimed_at
+        FROM (
+            SELECT DISTINCT run_id
+            FROM messages
+            WHERE dst_node_id = ANY(%(node_ids)s) AND state = 'queued' AND reply_to IS NULL
+        ) AS q
+        JOIN run_nodes rn ON rn.run_id = q.run_id AND rn.node_id = ANY(%(node_ids)s)
+        GROUP BY q.run_id
     ) AS r
     CROSS JOIN LATERAL (
-        SELECT x.id, row_number() OVER (ORDER BY x.id) AS turn
+        SELECT x.id, x.dst_node_id, row_number() OVER (ORDER BY x.id) AS turn
         FROM (
-            SELECT id FROM messages
+            SELECT id, dst_node_id FROM messages
             WHERE run_id = r.run_id AND dst_node_id = ANY(%(node_ids)s)
               AND state = 'queued' AND reply_to IS NULL AND deadline > now()
             ORDER BY id
@@ -46,9 +47,26 @@ WHERE m.id IN (
             FOR UPDATE SKIP LOCKED
         ) AS x
     ) AS c
-    ORDER BY c.turn, c.id
+    ORDER BY c.turn, r.last_claimed_at NULLS FIRST, c.id
     LIMIT %(limit)s
+), served AS (
+    -- SKIP LOCKED: a row another claimer is updating gets a fresh time from it anyway,
+    -- and claimers never wait on each other here (nor deadlock).
+    UPDATE run_nodes SET last_claimed_at = now()
+    WHERE (run_id, node_id) IN (
+        SELECT rn.run_id, rn.node_id FROM run_nodes rn
+        WHERE (rn.run_id, rn.node_id) IN (SELECT run_id, dst_node_id FROM picked)
+        FOR NO KEY UPDATE SKIP LOCKED
+    )
 )
+UPDATE messages m
+SET state = 'claimed',
+    claimed_by = %(worker)s,
+    claimed_at = now(),
+    lease_until = now() + make_interval(secs => %(lease)s),
+    attempts = m.attempts + 1
+FROM picked p
+WHERE m.id = p.id
 RETURNING m.id, m.run_id, m.dst_node_id, m.group_id, m.message_type, m.ttl_seconds,
           extract(epoch FROM m.created_at)::float8 AS created_at, m.metrics, m.configs,
           m.attempts;

@@ -97,6 +97,15 @@ SELECT id FROM runs
 WHERE exec_id = %(exec_id)s AND status IN ('starting', 'running')
   AND stop_requested_at IS NOT NULL;
 
+-- name: runs_ended
+-- Node: which of the given runs have ended (or no longer exist).
+SELECT i AS id
+FROM unnest(%(ids)s::bigint[]) AS i
+WHERE NOT EXISTS (
+    SELECT 1 FROM runs r
+    WHERE r.id = i AND r.status NOT IN ('finished', 'failed', 'stopped')
+);
+
 -- name: runs_fail_silent
 -- Link sweep: a running ServerApp that stopped heart-beating fails its run
 -- (or stops it, when the user had asked for that and no exec was left to do it).

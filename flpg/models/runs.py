@@ -82,6 +82,9 @@ run_nodes = Table(
         primary_key=True,
     ),
     Column("node_id", BigInteger, ForeignKey("nodes.id"), primary_key=True),
+    # When a worker of this node last claimed a message of this run: claims serve
+    # the least recently served run first.
+    Column("last_claimed_at", TIMESTAMP(timezone=True), nullable=True),
 )
 Index("ix_run_nodes_node_id", run_nodes.c.node_id)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,14 +20,15 @@ from psycopg_pool import ConnectionPool
 from flpg import bus
 from flpg.appbundle import default_cache_dir
 from flpg.db import Listener, connect, node_channel
-from flpg.errors import FlpgError, LeaseLost
+from flpg.errors import FlpgError
 from flpg.lifecycle import worker_id
 from flpg.message import Error, ErrorCode
 from flpg.migrate import ensure_schema
-from flpg.node.apphost import AppHost
+from flpg.node.apphost import AppHost, AppProcessDied
 from flpg.settings import Intervals
 from flpg.store import messages as store_messages
 from flpg.store import nodes as store_nodes
+from flpg.store import runs as store_runs
 from flpg.store.messages import MessageRow
 
 log = logging.getLogger("flpg.node")
@@ -67,6 +69,7 @@ class NodeWorker:
         self._inflight: set[int] = set()
         self._inflight_lock = threading.Lock()
         self._slot_freed = threading.Event()
+        self._node_configs: dict[int, dict[str, Any]] = {}
 
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set; then finish in-flight messages (up to one lease),
@@ -78,7 +81,10 @@ class NodeWorker:
             for s in self.specs
         ]
         self.node_ids = [n.id for n in registered]
-        host = AppHost(self.cache_dir, {n.id: n.node_config for n in registered})
+        self._node_configs = {n.id: dict(n.node_config) for n in registered}
+        host = AppHost(
+            self.url, self.worker, self.cache_dir, self.concurrency, grace=self.intervals.lease
+        )
         listener = Listener(
             self.url, [node_channel(i) for i in self.node_ids], application_name="flpg-node-listen"
         )
@@ -94,8 +100,12 @@ class NodeWorker:
         beat_stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(pool, beat_stop), daemon=True)
         beat.start()
+        next_retire = time.monotonic() + self.intervals.heartbeat
         try:
             while not stop.is_set():
+                if time.monotonic() >= next_retire:
+                    next_retire = time.monotonic() + self.intervals.heartbeat
+                    host.retire(store_runs.ended(conn, host.run_ids()))
                 with self._inflight_lock:
                     free = self.concurrency - len(self._inflight)
                 if free <= 0:
@@ -135,6 +145,7 @@ class NodeWorker:
                     len(self._inflight),
                     self.intervals.lease,
                 )
+            host.close_all(timeout=2.0)
             beat_stop.set()
             released = store_messages.release(conn, worker=self.worker)
             if released:
@@ -160,42 +171,67 @@ class NodeWorker:
                 log.exception("heartbeat failed; retrying")
 
     def _handle(self, pool: ConnectionPool, host: AppHost, row: MessageRow) -> None:
-        started = time.monotonic()
+        """Run the message in its run's ClientApp process; answer for it if that dies."""
+        assert row.dst_node_id is not None
         try:
-            with pool.connection() as conn:
+            proc = host.process(row.run_id)
+            future = proc.submit(row, self._node_configs.get(row.dst_node_id, {}))
+            # A handler may run until the message expires (plus one sweep for the
+            # link to answer it); past that its process is killed to free the slot.
+            budget = row.created_at + row.ttl_seconds + self.intervals.sweep - time.time()
+            hung = False
+            try:
                 try:
-                    message = bus.load(conn, [row])[0]
-                    assert row.dst_node_id is not None
-                    app, context = host.get(conn, row.run_id, row.dst_node_id)
-                    reply = app(message, context)
-                    if reply.metadata.reply_to_message_id != row.id:
-                        raise TypeError(
-                            "the handler's reply does not answer this message; "
-                            "build it with Message(content, reply_to=msg)"
-                        )
-                    bus.reply(conn, self.worker, row.id, row.run_id, reply)
-                    log.info(
-                        "run %d: %s message %d for node %d done in %.3f s",
+                    outcome = future.result(timeout=max(budget, 0.0))
+                except FutureTimeout:
+                    hung = True
+                    log.warning(
+                        "run %d: ClientApp still busy with message %d past its TTL of %.1f s; "
+                        "killing the run's ClientApp process",
                         row.run_id,
-                        row.message_type,
                         row.id,
-                        row.dst_node_id,
-                        time.monotonic() - started,
+                        row.ttl_seconds,
                     )
-                except LeaseLost as exc:
-                    log.warning("run %d: %s", row.run_id, exc)
-                except Exception as exc:
-                    reason = f"{type(exc).__name__}: {exc}"
-                    code = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
-                    log.warning("run %d: message %d failed: %s", row.run_id, row.id, reason)
-                    if isinstance(exc, FlpgError) and not isinstance(exc, LeaseLost):
-                        reason = str(exc)
+                    proc.kill()
+                    outcome = future.result(timeout=self.intervals.lease)
+            except AppProcessDied as exc:
+                why = "ran past the message's TTL and was killed" if hung else exc.how
+                reason = (
+                    f"the ClientApp process of run {row.run_id} on node {row.dst_node_id} "
+                    f"{why} while handling message {row.id}; the run's next message starts "
+                    "a fresh one"
+                )
+                log.warning("run %d: message %d: %s", row.run_id, row.id, reason)
+                with pool.connection() as conn:
                     try:
-                        bus.error_reply(conn, self.worker, row.id, Error(code, reason))
+                        bus.error_reply(
+                            conn,
+                            self.worker,
+                            row.id,
+                            Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason),
+                        )
                     except FlpgError as inner:
-                        log.warning(
+                        log.info(
                             "run %d: error reply for %d not written: %s", row.run_id, row.id, inner
                         )
+                return
+            if outcome.outcome == "replied":
+                log.info(
+                    "run %d: %s message %d for node %d done in %s",
+                    row.run_id,
+                    row.message_type,
+                    row.id,
+                    row.dst_node_id,
+                    outcome.detail,
+                )
+            else:
+                log.warning(
+                    "run %d: message %d: %s: %s",
+                    row.run_id,
+                    row.id,
+                    outcome.outcome,
+                    outcome.detail,
+                )
         except Exception:
             log.exception("run %d: message %d could not be handled", row.run_id, row.id)
         finally:

@@ -175,6 +175,13 @@ def stop_requested(conn: Connection, exec_id: str) -> list[int]:
     return [int(r["id"]) for r in rows(conn, "runs_stop_requested", {"exec_id": exec_id})]
 
 
+def ended(conn: Connection, run_ids: list[int]) -> list[int]:
+    """Those of `run_ids` that have ended or no longer exist."""
+    if not run_ids:
+        return []
+    return [int(r["id"]) for r in rows(conn, "runs_ended", {"ids": run_ids})]
+
+
 def fail_silent(conn: Connection, after: float) -> list[int]:
     """Link: fail running runs whose ServerApp has not heart-beaten for `after` s."""
     with conn.transaction():

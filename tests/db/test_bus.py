@@ -630,3 +630,43 @@ def test_claims_are_fair_across_runs(conn: Connection, fed: Federation) -> None:
     claimed = store_messages.claim(conn, worker="w", node_ids=[node], lease=30, limit=2)
     assert single[0] in {m.id for m in claimed}  # served before the 200-message backlog drains
     assert {m.run_id for m in claimed} == {fed.run_id, other}
+
+
+def test_one_at_a_time_claims_alternate_between_runs(conn: Connection, fed: Federation) -> None:
+    """A worker that claims one message at a time serves the run it served least
+    recently first: two backlogged runs alternate, and a run arriving late is next."""
+    node = fed.selected[0]
+
+    def new_run(name: str) -> int:
+        return store_runs.create(
+            conn,
+            app_hash=name[0] * 64,
+            app_name=name,
+            bundle=b"\x00",
+            run_config={},
+            node_ids=[node],
+        )
+
+    second, late = new_run("b"), new_run("c")
+    for run_id in (fed.run_id, second):
+        store_messages.insert_instructions(
+            conn, run_id, [NewInstruction(node, "1", "train", 60.0, {}, {}, [])] * 5
+        )
+
+    def claim_one() -> int:
+        (row,) = store_messages.claim(conn, worker="w", node_ids=[node], lease=30, limit=1)
+        return row.run_id
+
+    order = [claim_one() for _ in range(4)]
+    assert order == [fed.run_id, second, fed.run_id, second]
+    store_messages.insert_instructions(
+        conn, late, [NewInstruction(node, "1", "train", 60.0, {}, {}, [])]
+    )
+    assert claim_one() == late
+    served = dict(
+        conn.execute(
+            "SELECT run_id, last_claimed_at IS NOT NULL FROM run_nodes WHERE node_id = %s",
+            [node],
+        ).fetchall()
+    )
+    assert served == {fed.run_id: True, second: True, late: True}

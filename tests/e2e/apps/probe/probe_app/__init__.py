@@ -1,0 +1,1 @@
+"""Reports how nodes ran it: which process, what context state, when."""
