@@ -139,6 +139,7 @@ def load(conn: Connection, rows: Sequence[MessageRow]) -> list[Message]:
     handed_out: set[int] = set()
     by_message: dict[int, dict[str, ArrayRecord]] = {}
     for ref in refs:
+        assert ref.message_id is not None
         nd = data[ref.array_id]
         if ref.array_id in handed_out:
             nd = nd.copy()

@@ -253,6 +253,13 @@ def node_cmd(
     "--priority", type=int, default=0, show_default=True, help="Higher runs launch first."
 )
 @click.option(
+    "--max-restarts",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Restart a failed ServerApp this many times (it continues from its checkpoint).",
+)
+@click.option(
     "--nodes",
     "nodes",
     default=None,
@@ -273,6 +280,7 @@ def run_cmd(
     db: str | None,
     run_config: str | None,
     priority: int,
+    max_restarts: int,
     nodes: str | None,
     node_selector: str | None,
     stream: bool,
@@ -288,6 +296,7 @@ def run_cmd(
             app_dir,
             run_config=run_config,
             priority=priority,
+            max_restarts=max_restarts,
             nodes=nodes,
             node_selector=node_selector,
         )
@@ -378,6 +387,7 @@ def ls_cmd(db: str | None, limit: int, fmt: str) -> None:
 @handle_errors
 def show_cmd(run_id: int, db: str | None, fmt: str) -> None:
     """Show one run: status, config, node selection, messages and round metrics."""
+    from flpg.store import checkpoints as store_checkpoints
     from flpg.store import runs as store_runs
 
     _, conn = open_db(db)
@@ -386,10 +396,7 @@ def show_cmd(run_id: int, db: str | None, fmt: str) -> None:
         selection = store_runs.selection(conn, run_id)
         counts = store_runs.message_counts(conn, run_id)
         rounds = store_runs.round_metrics(conn, run_id)
-    messages = [
-        {"kind": "reply" if c["is_reply"] else "instruction", "state": c["state"], "count": c["n"]}
-        for c in counts
-    ]
+        checkpoint = store_checkpoints.get(conn, run_id)
     doc: dict[str, Any] = {
         "run_id": run.id,
         "app": run.app_name,
@@ -397,6 +404,9 @@ def show_cmd(run_id: int, db: str | None, fmt: str) -> None:
         "status": run.status,
         "reason": run.reason,
         "priority": run.priority,
+        "attempt": run.attempt,
+        "max_restarts": run.max_restarts,
+        "checkpoint_round": None if checkpoint is None else checkpoint.round,
         "run_config": run.run_config,
         "submitted_at": _iso(run.submitted_at),
         "started_at": _iso(run.started_at),
@@ -431,6 +441,9 @@ def show_cmd(run_id: int, db: str | None, fmt: str) -> None:
         "status",
         "reason",
         "priority",
+        "attempt",
+        "max_restarts",
+        "checkpoint_round",
         "submitted_at",
         "started_at",
         "finished_at",
@@ -441,7 +454,8 @@ def show_cmd(run_id: int, db: str | None, fmt: str) -> None:
     click.echo(f"{'run_config:':14} {json.dumps(run.run_config)}")
     click.echo(f"{'nodes:':14} " + ", ".join(f"{n.id}:{n.name} ({n.status})" for n in selection))
     click.echo(
-        f"{'messages:':14} " + ", ".join(f"{m['count']} {m['kind']} {m['state']}" for m in messages)
+        f"{'messages:':14} "
+        + ", ".join(f"{m['count']} {m['kind']} {m['state']}" for m in doc["messages"])
         or "none"
     )
     if rounds:
@@ -499,6 +513,23 @@ def stop_cmd(run_id: int, db: str | None) -> None:
     with conn:
         state = store_runs.request_stop(conn, run_id)
     click.echo(f"run {run_id}: {state}")
+
+
+@main.command("resume")
+@click.argument("run_id", type=int)
+@db_option
+@handle_errors
+def resume_cmd(run_id: int, db: str | None) -> None:
+    """Resume a failed or stopped run from its last checkpoint (a new ServerApp)."""
+    from flpg.store import checkpoints as store_checkpoints
+    from flpg.store import runs as store_runs
+
+    _, conn = open_db(db)
+    with conn:
+        attempt = store_runs.resume(conn, run_id)
+        checkpoint = store_checkpoints.get(conn, run_id)
+    after = "" if checkpoint is None else f" after round {checkpoint.round}"
+    click.echo(f"run {run_id}: resuming{after} as attempt {attempt}")
 
 
 @main.command("nodes")

@@ -6,11 +6,14 @@ Every connection is in autocommit mode; state changes run inside explicit
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 import select
+import threading
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql as pgsql
@@ -18,6 +21,12 @@ from psycopg import sql as pgsql
 from flpg.errors import DatabaseUnavailable
 
 Connection = psycopg.Connection[Any]
+T = TypeVar("T")
+
+log = logging.getLogger("flpg.db")
+
+TRANSIENT = (psycopg.OperationalError, DatabaseUnavailable)
+"""Errors that mean "the database went away": reconnect and try again."""
 
 _PASSWORD_IN_URL = re.compile(r"(?P<head>://[^:/@]*:)[^@]*(?P<tail>@)")
 _PASSWORD_PARAM = re.compile(r"(?P<head>password=)[^&\s]*", re.IGNORECASE)
@@ -61,16 +70,97 @@ EXEC_CHANNEL = "flpg_exec"
 """Wakes exec workers: a run was submitted or a stop was requested."""
 
 
+class Backoff:
+    """Exponential delays between reconnection attempts: 0.1 s doubling up to `cap`."""
+
+    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
+        self.first, self.cap = first, cap
+        self._next = first
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self._next * 2, self.cap)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.first
+
+
+class Session:
+    """A worker's own connection that survives the database going away.
+
+    `conn` connects on first use (and after `reset`); `call(fn)` runs `fn(conn)`
+    and, on a transient error, reconnects with backoff and runs it again, until it
+    succeeds or `stop` is set (then the last error is raised). Use `call` only for
+    operations that are safe to repeat.
+    """
+
+    def __init__(
+        self, url: str, *, application_name: str, stop: threading.Event | None = None
+    ) -> None:
+        self.url = url
+        self.application_name = application_name
+        self.stop = stop or threading.Event()
+        self._conn: Connection | None = None
+        self._backoff = Backoff()
+
+    @property
+    def conn(self) -> Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self.url, application_name=self.application_name)
+        return self._conn
+
+    def reset(self, exc: BaseException) -> None:
+        """Drop the connection after `exc`; wait the next backoff delay (or until stop)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        delay = self._backoff.next()
+        log.warning(
+            "%s: database unavailable (%s); retrying in %.1f s",
+            self.application_name,
+            _one_line(exc),
+            delay,
+        )
+        self.stop.wait(delay)
+
+    def call(self, fn: Callable[[Connection], T]) -> T:
+        while True:
+            try:
+                result = fn(self.conn)
+            except TRANSIENT as exc:
+                if self.stop.is_set():
+                    raise
+                self.reset(exc)
+                continue
+            self._backoff.reset()
+            return result
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__
+
+
 class Listener:
     """A dedicated (never pooled) connection that LISTENs on channels.
 
     NOTIFY is a hint: callers must also poll, and `wait` may return early or empty.
+    If the database goes away, `wait` reconnects and LISTENs again (with backoff);
+    notifications sent meanwhile are lost, which the callers' polling covers.
     """
 
     def __init__(self, url: str, channels: Iterable[str], *, application_name: str) -> None:
         self.url = url
+        self.application_name = application_name
         self.channels: list[str] = []
         self.conn = connect(url, application_name=application_name)
+        self._backoff = Backoff()
         self.listen(channels)
 
     def listen(self, channels: Iterable[str]) -> None:
@@ -88,7 +178,40 @@ class Listener:
             self.channels.remove(channel)
 
     def wait(self, timeout: float) -> list[psycopg.Notify]:
-        """Block up to `timeout` s for notifications; return all that arrived."""
+        """Block up to `timeout` s for notifications; return all that arrived.
+
+        After a lost connection it returns empty once reconnected (the caller's
+        state may have changed unseen), or after `timeout` if it could not reconnect.
+        """
+        if self.conn.closed or self.conn.broken:
+            return self._reconnect(timeout)
+        try:
+            return self._wait(timeout)
+        except psycopg.OperationalError as exc:
+            log.warning("%s: LISTEN connection lost (%s)", self.application_name, _one_line(exc))
+            return self._reconnect(timeout)
+
+    def _reconnect(self, timeout: float) -> list[psycopg.Notify]:
+        deadline = time.monotonic() + max(timeout, 0.0)
+        channels, self.channels = self.channels, []
+        with contextlib.suppress(psycopg.Error):
+            self.conn.close()
+        while True:
+            try:
+                self.conn = connect(self.url, application_name=self.application_name)
+                self.listen(channels)
+                self._backoff.reset()
+                log.info("%s: reconnected and listening again", self.application_name)
+                return []
+            except TRANSIENT:
+                self.channels = []
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self.channels = channels  # the next wait tries again
+                    return []
+                time.sleep(min(self._backoff.next(), remaining))
+
+    def _wait(self, timeout: float) -> list[psycopg.Notify]:
         got: list[psycopg.Notify] = []
         deadline = time.monotonic() + max(timeout, 0.0)
         for notify in self.conn.notifies(timeout=max(timeout, 0.0), stop_after=1):

@@ -67,3 +67,7 @@ class LeaseLost(InvalidState):
 
 class DuplicateReply(InvalidState):
     """An instruction already has its reply; the database allows only one."""
+
+
+class StaleAttempt(InvalidState):
+    """This ServerApp's run was restarted (or ended) meanwhile; another attempt owns it."""

@@ -9,20 +9,35 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from flpg import bus
+from flpg.arrays import encode as encode_array
 from flpg.db import Connection, Listener, connect, run_channel
 from flpg.errors import FlpgError
 from flpg.message import DEFAULT_TTL, Message
-from flpg.records import MetricRecord, RecordDict, records_to_json
+from flpg.records import ArrayRecord, MetricRecord, RecordDict, records_to_json
+from flpg.store import checkpoints as store_checkpoints
 from flpg.store import messages as store_messages
+from flpg.store import payloads as store_payloads
 from flpg.store import runs as store_runs
 from flpg.store.payloads import DEFAULT_CHUNK_SIZE
 
 
 class NodesUnavailable(FlpgError):
     """Fewer nodes than required came online within the timeout."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A run's state after its last completed round, as a ServerApp saved it."""
+
+    round: int
+    arrays: ArrayRecord
+    metrics: dict[str, Any]
+    attempt: int
+    """The attempt that saved it."""
 
 
 class Grid:
@@ -33,7 +48,13 @@ class Grid:
     """
 
     def __init__(
-        self, url: str, run_id: int, *, poll: float = 2.0, chunk_size: int = DEFAULT_CHUNK_SIZE
+        self,
+        url: str,
+        run_id: int,
+        *,
+        attempt: int | None = None,
+        poll: float = 2.0,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> None:
         self._run_id = run_id
         self._poll = poll
@@ -42,11 +63,17 @@ class Grid:
         self._listener = Listener(
             url, [run_channel(run_id)], application_name=f"flpg-serverapp-{run_id}-listen"
         )
+        self._attempt = attempt or store_runs.get(self._conn, run_id).attempt
 
     @property
     def run_id(self) -> int:
         """The id of the run this grid serves."""
         return self._run_id
+
+    @property
+    def attempt(self) -> int:
+        """1 on the run's first launch; one more after each restart or resume."""
+        return self._attempt
 
     def get_node_ids(self) -> list[int]:
         """The run's selected nodes that are online now, ascending."""
@@ -142,6 +169,36 @@ class Grid:
         store_runs.record_round(
             self._conn, self._run_id, server_round, phase, doc, num_replies, num_failures
         )
+
+    def save_checkpoint(
+        self, server_round: int, arrays: ArrayRecord, metrics: dict[str, Any] | None = None
+    ) -> None:
+        """Store `arrays` and JSON `metrics` as the run's state after `server_round`,
+        replacing the previous checkpoint (a restarted run continues from here).
+
+        Raises StaleAttempt if the run was restarted or ended meanwhile.
+        """
+        names = list(arrays.keys())
+        encoded = [encode_array(arrays[name].numpy(), f"checkpoint[{name!r}]") for name in names]
+        ids = store_payloads.write(self._conn, self._run_id, encoded, self._chunk_size)
+        store_checkpoints.save(
+            self._conn,
+            self._run_id,
+            self._attempt,
+            server_round,
+            list(zip(names, ids, strict=True)),
+            metrics or {},
+        )
+
+    def load_checkpoint(self) -> Checkpoint | None:
+        """The run's last saved checkpoint (from this or an earlier attempt), if any."""
+        stored = store_checkpoints.get(self._conn, self._run_id)
+        if stored is None:
+            return None
+        refs = store_checkpoints.array_refs(self._conn, self._run_id)
+        data = store_payloads.read(self._conn, refs)
+        arrays = ArrayRecord({ref.array_name: data[ref.array_id] for ref in refs})
+        return Checkpoint(stored.round, arrays, dict(stored.metrics), stored.attempt)
 
     def close(self) -> None:
         """Close both connections."""

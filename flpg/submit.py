@@ -31,6 +31,7 @@ def submit(
     *,
     run_config: str | None = None,
     priority: int = 0,
+    max_restarts: int = 0,
     nodes: str | None = None,
     node_selector: str | None = None,
 ) -> Submitted:
@@ -53,5 +54,6 @@ def submit(
         run_config=config,
         node_ids=node_ids,
         priority=priority,
+        max_restarts=max_restarts,
     )
     return Submitted(run_id, spec.name, app_hash, node_ids)

@@ -1,8 +1,8 @@
 -- Runs, their node selection, metrics and lifecycle.
 
 -- name: run_insert
-INSERT INTO runs (app_hash, app_name, run_config, priority)
-VALUES (%(app_hash)s, %(app_name)s, %(run_config)s, %(priority)s)
+INSERT INTO runs (app_hash, app_name, run_config, priority, max_restarts)
+VALUES (%(app_hash)s, %(app_name)s, %(run_config)s, %(priority)s, %(max_restarts)s)
 RETURNING id;
 
 -- name: run_nodes_insert
@@ -11,7 +11,8 @@ SELECT %(run_id)s, unnest(%(node_ids)s::bigint[]);
 
 -- name: run_get
 SELECT id, app_hash, app_name, run_config, status, reason, priority, submitted_at,
-       started_at, finished_at, exec_id, serverapp_pid, heartbeat_at, stop_requested_at
+       started_at, finished_at, exec_id, serverapp_pid, heartbeat_at, stop_requested_at,
+       attempt, max_restarts
 FROM runs
 WHERE id = %(run_id)s;
 
@@ -46,7 +47,7 @@ WHERE id IN (
     FOR UPDATE SKIP LOCKED
     LIMIT %(limit)s
 )
-RETURNING id;
+RETURNING id, attempt;
 
 -- name: run_mark_running
 UPDATE runs
@@ -55,11 +56,33 @@ WHERE id = %(run_id)s AND status = 'starting' AND exec_id = %(exec_id)s
 RETURNING id;
 
 -- name: run_finish
--- Records a run's outcome once: only a run that has not ended changes.
+-- Records a run's outcome once: only a run that has not ended changes, and, when an
+-- attempt is given, only while that attempt is the run's current one.
 UPDATE runs
 SET status = %(status)s, reason = %(reason)s, finished_at = now(), serverapp_pid = NULL
 WHERE id = %(run_id)s AND status IN ('pending', 'starting', 'running')
+  AND (%(attempt)s::int IS NULL OR attempt = %(attempt)s::int)
 RETURNING id;
+
+-- name: run_requeue
+-- An ended run goes back to the queue as its next attempt (it continues from its
+-- checkpoint). Automatic: only a failed run with restarts left and no stop request.
+-- By the user (`flpg resume`): a failed or stopped run that has a checkpoint.
+UPDATE runs r
+SET status = 'pending', attempt = r.attempt + 1, finished_at = NULL, exec_id = NULL,
+    serverapp_pid = NULL, heartbeat_at = NULL, stop_requested_at = NULL,
+    reason = CASE WHEN %(automatic)s
+        THEN format('restart %%s of %%s after: %%s', r.attempt, r.max_restarts, r.reason)
+        ELSE format('resumed after: %%s', coalesce(r.reason, r.status::text))
+    END
+WHERE r.id = %(run_id)s
+  AND CASE WHEN %(automatic)s
+        THEN r.status = 'failed' AND r.attempt <= r.max_restarts
+             AND r.stop_requested_at IS NULL
+        ELSE r.status IN ('failed', 'stopped')
+             AND EXISTS (SELECT 1 FROM checkpoints c WHERE c.run_id = r.id)
+      END
+RETURNING r.attempt, r.reason;
 
 -- name: run_cancel_messages
 -- Undelivered instructions of an ended run are cancelled (kept, not deleted).
@@ -82,9 +105,10 @@ DELETE FROM runs
 WHERE id = %(run_id)s AND status IN ('finished', 'failed', 'stopped');
 
 -- name: run_heartbeat
--- ServerApp heartbeat; returns whether a stop was requested.
+-- ServerApp heartbeat of one attempt; returns whether a stop was requested (no row:
+-- that attempt is no longer the run's running one).
 UPDATE runs SET heartbeat_at = now()
-WHERE id = %(run_id)s AND status = 'running'
+WHERE id = %(run_id)s AND status = 'running' AND attempt = %(attempt)s
 RETURNING stop_requested_at IS NOT NULL AS stop_requested;
 
 -- name: run_request_stop

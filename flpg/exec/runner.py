@@ -1,13 +1,16 @@
-"""One run's ServerApp, in its own process: `python -m flpg.exec.runner RUN_ID`.
+"""One attempt of a run's ServerApp, in its own process:
+`python -m flpg.exec.runner RUN_ID ATTEMPT`.
 
 Started by an exec worker with `FLPG_DATABASE_URL` set. Heart-beats the run while
-the ServerApp's main function runs. On failure, the last line on stderr starts
-with RESULT_PREFIX and states the reason the exec worker records.
+the ServerApp's main function runs, and records `finished` itself when it returns
+(so the outcome stands even if its exec is gone). On failure, the last line on
+stderr starts with RESULT_PREFIX and states the reason the exec worker records.
 
 The exec worker normally ends a stopped run's ServerApp with SIGTERM. The heartbeat
 is the fallback when no exec does (its exec died: the ServerApp lives in its own
-session and would run on): when it sees a stop request, or that the run already
-ended, the ServerApp terminates itself (and its process group).
+session and would run on): when it sees a stop request, or that its attempt is no
+longer the run's running one (the run ended, or was restarted as a new attempt),
+the ServerApp terminates itself (and its process group).
 """
 
 from __future__ import annotations
@@ -21,14 +24,13 @@ import traceback
 
 from flpg.appbundle import BundleCache, default_cache_dir, load_component, parse_pyproject
 from flpg.context import Context
-from flpg.db import connect
+from flpg.db import TRANSIENT, Session, connect
 from flpg.grid import Grid
 from flpg.records import RecordDict
 from flpg.serverapp import ServerApp
 from flpg.settings import DATABASE_URL_ENV, Intervals
 from flpg.store import apps as store_apps
 from flpg.store import runs as store_runs
-from flpg.store.runs import TERMINAL
 
 RESULT_PREFIX = "flpg-serverapp-failed: "
 
@@ -48,31 +50,64 @@ def _terminate_self(why: str) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _heartbeat(url: str, run_id: int, period: float, stop: threading.Event) -> None:
-    conn = connect(url, application_name=f"flpg-serverapp-{run_id}-heartbeat")
+def _heartbeat(url: str, run_id: int, attempt: int, period: float, stop: threading.Event) -> None:
+    session = Session(url, application_name=f"flpg-serverapp-{run_id}-heartbeat", stop=stop)
     try:
-        while not stop.wait(period):
+        # Beat at once, then every period: the exec's mark_running beat is already
+        # as old as this process's start-up (imports, bundle fetch), which on a busy
+        # machine can approach the link's offline limit.
+        while not stop.is_set():
             try:
-                stop_requested = store_runs.heartbeat(conn, run_id)
-                status = None if stop_requested else store_runs.get(conn, run_id).status
-            except Exception as exc:  # a transient database error must not kill the run
-                _say(f"heartbeat failed: {exc}")
+                conn = session.conn
+                stop_requested = store_runs.heartbeat(conn, run_id, attempt)
+                current = None if stop_requested is not None else store_runs.get(conn, run_id)
+            except TRANSIENT as exc:  # the database went away: reconnect, keep beating
+                session.reset(exc)
                 continue
-            if stop.is_set():
-                return
-            if stop_requested:
-                _terminate_self(f"run {run_id}: a stop was requested")
-                return
-            if status in TERMINAL:
-                _terminate_self(f"run {run_id} already ended ({status})")
-                return
+            except Exception as exc:  # nor may any other error kill the run
+                _say(f"heartbeat failed: {exc}")
+            else:
+                if stop.is_set():
+                    return
+                if stop_requested:
+                    _terminate_self(f"run {run_id}: a stop was requested")
+                    return
+                if current is not None and not (
+                    current.attempt == attempt and current.status == "starting"
+                ):
+                    _terminate_self(
+                        f"run {run_id} attempt {attempt} is no longer running "
+                        f"(the run is {current.status}, attempt {current.attempt})"
+                    )
+                    return
+            stop.wait(period)
     finally:
-        conn.close()
+        session.close()
 
 
-def run_serverapp(url: str, run_id: int) -> None:
-    """Load the run's ServerApp from its bundle and run it to completion (raises)."""
+def run_serverapp(url: str, run_id: int, attempt: int) -> None:
+    """Load the run's ServerApp from its bundle and run it to completion (raises);
+    then record the run finished, unless a stop was requested (the exec records that)."""
     intervals = Intervals.from_env()
+    stop = threading.Event()
+    beat = threading.Thread(
+        target=_heartbeat, args=(url, run_id, attempt, intervals.heartbeat, stop), daemon=True
+    )
+    beat.start()  # before loading the app, which may take a while
+    try:
+        try:
+            _load_and_run(url, run_id, attempt, intervals)
+        except SystemExit as exc:
+            if exc.code not in (0, None):
+                raise
+    finally:
+        stop.set()
+    with connect(url, application_name=f"flpg-serverapp-{run_id}") as conn:
+        if store_runs.get(conn, run_id).stop_requested_at is None:
+            store_runs.finish(conn, run_id, "finished", attempt=attempt)
+
+
+def _load_and_run(url: str, run_id: int, attempt: int, intervals: Intervals) -> None:
     with connect(url, application_name=f"flpg-serverapp-{run_id}") as conn:
         run = store_runs.get(conn, run_id)
         root = BundleCache(default_cache_dir()).path(
@@ -80,12 +115,7 @@ def run_serverapp(url: str, run_id: int) -> None:
         )
     spec = parse_pyproject((root / "pyproject.toml").read_text(), f"app {run.app_name}")
     app = load_component(root, spec.serverapp, ServerApp)
-    stop = threading.Event()
-    beat = threading.Thread(
-        target=_heartbeat, args=(url, run_id, intervals.heartbeat, stop), daemon=True
-    )
-    beat.start()
-    grid = Grid(url, run_id, poll=min(intervals.poll, 2.0))
+    grid = Grid(url, run_id, attempt=attempt, poll=min(intervals.poll, 2.0))
     try:
         context = Context(
             run_id=run_id,
@@ -96,24 +126,21 @@ def run_serverapp(url: str, run_id: int) -> None:
         )
         app(grid, context)
     finally:
-        stop.set()
         grid.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or not args[0].isdigit():
-        print("usage: python -m flpg.exec.runner RUN_ID", file=sys.stderr)
+    if len(args) != 2 or not all(a.isdigit() for a in args):
+        print("usage: python -m flpg.exec.runner RUN_ID ATTEMPT", file=sys.stderr)
         return 2
     url = os.environ.get(DATABASE_URL_ENV)
     if not url:
         print(f"{RESULT_PREFIX}{DATABASE_URL_ENV} is not set", file=sys.stderr)
         return 2
     try:
-        run_serverapp(url, int(args[0]))
+        run_serverapp(url, int(args[0]), int(args[1]))
     except BaseException as exc:  # report every failure, including SystemExit from user code
-        if isinstance(exc, SystemExit) and exc.code in (0, None):
-            return 0
         traceback.print_exc()
         reason = "".join(traceback.format_exception_only(exc)).strip().splitlines()[-1]
         print(f"{RESULT_PREFIX}{reason}", file=sys.stderr, flush=True)

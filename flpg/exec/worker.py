@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from flpg.db import EXEC_CHANNEL, Connection, Listener, connect
+from flpg.db import EXEC_CHANNEL, TRANSIENT, Connection, Listener, Session
 from flpg.exec.logwriter import LogWriter
 from flpg.exec.runner import RESULT_PREFIX
 from flpg.lifecycle import worker_id
@@ -33,6 +33,7 @@ STOP_GRACE = 10.0
 @dataclass
 class Child:
     run_id: int
+    attempt: int
     proc: subprocess.Popen[str]
     readers: list[threading.Thread]
     last_stderr: list[str] = field(default_factory=lambda: [""])
@@ -54,31 +55,40 @@ class ExecWorker:
 
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set; then stop its ServerApps and fail their runs."""
-        ensure_schema(self.url)
-        conn = connect(self.url, application_name="flpg-exec")
+        ensure_schema(self.url)  # an unreachable database at start is an error (exit 3)
+        session = Session(self.url, application_name="flpg-exec", stop=stop)
+        session.conn  # noqa: B018 - connect now: fail fast on a bad URL
         listener = Listener(self.url, [EXEC_CHANNEL], application_name="flpg-exec-listen")
         logs = LogWriter(self.url)
         log.info("exec %s launching up to %d run(s) at once", self.exec_id, self.max_runs)
         try:
             while not stop.is_set():
-                self._reap(conn, logs)
-                self._apply_stops(conn)
-                free = self.max_runs - len(self.children)
-                for run_id in store_runs.claim_pending(conn, self.exec_id, free):
-                    self._launch(conn, logs, run_id)
+                try:
+                    conn = session.conn
+                    self._reap(conn, logs)
+                    self._apply_stops(conn)
+                    free = self.max_runs - len(self.children)
+                    for run_id, attempt in store_runs.claim_pending(conn, self.exec_id, free):
+                        self._launch(conn, logs, run_id, attempt)
+                except TRANSIENT as exc:
+                    session.reset(exc)  # ServerApps keep running; retry with backoff
+                    continue
                 listener.wait(0.2 if self.children else self.intervals.poll)
         finally:
-            self._shutdown(conn, logs)
+            try:
+                self._shutdown(session.conn, logs)
+            except TRANSIENT as exc:
+                log.warning("could not record the outcome of its runs (%s)", exc)
             listener.close()
             logs.close()
-            conn.close()
+            session.close()
             log.info("stopped")
 
-    def _launch(self, conn: Connection, logs: LogWriter, run_id: int) -> None:
+    def _launch(self, conn: Connection, logs: LogWriter, run_id: int, attempt: int) -> None:
         env = {**os.environ, DATABASE_URL_ENV: self.url, "PYTHONUNBUFFERED": "1"}
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "flpg.exec.runner", str(run_id)],
+                [sys.executable, "-m", "flpg.exec.runner", str(run_id), str(attempt)],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -88,9 +98,11 @@ class ExecWorker:
                 start_new_session=True,
             )
         except OSError as exc:
-            store_runs.finish(conn, run_id, "failed", f"could not start the ServerApp: {exc}")
+            store_runs.finish(
+                conn, run_id, "failed", f"could not start the ServerApp: {exc}", attempt=attempt
+            )
             return
-        child = Child(run_id, proc, [])
+        child = Child(run_id, attempt, proc, [])
         assert proc.stdout is not None and proc.stderr is not None
         child.readers = [
             logs.follow(run_id, "stdout", proc.stdout, child.last_stdout),
@@ -98,7 +110,11 @@ class ExecWorker:
         ]
         self.children[run_id] = child
         if store_runs.mark_running(conn, run_id, self.exec_id, proc.pid):
-            logs.put(run_id, "event", f"ServerApp started by {self.exec_id} (pid {proc.pid})")
+            logs.put(
+                run_id,
+                "event",
+                f"ServerApp attempt {attempt} started by {self.exec_id} (pid {proc.pid})",
+            )
             log.info("run %d: ServerApp started (pid %d)", run_id, proc.pid)
         else:  # stopped while starting
             self._terminate(child)
@@ -115,7 +131,12 @@ class ExecWorker:
             del self.children[run_id]
             status, reason = self._outcome(conn, child, code)
             logs.put(run_id, "event", f"ServerApp exited with code {code}: {status}")
-            if store_runs.finish(conn, run_id, status, reason):
+            new_status = store_runs.finish(conn, run_id, status, reason, attempt=child.attempt)
+            if new_status == "pending":
+                log.info(
+                    "run %d: attempt %d failed (%s); restarting", run_id, child.attempt, reason
+                )
+            elif new_status is not None:
                 log.info("run %d: %s%s", run_id, status, f" ({reason})" if reason else "")
 
     def _outcome(self, conn: Connection, child: Child, code: int) -> tuple[str, str | None]:
@@ -156,6 +177,12 @@ class ExecWorker:
                 child.proc.wait()
             for reader in child.readers:
                 reader.join(timeout=5)
-            store_runs.finish(conn, child.run_id, "failed", f"exec worker {self.exec_id} shut down")
+            store_runs.finish(
+                conn,
+                child.run_id,
+                "failed",
+                f"exec worker {self.exec_id} shut down",
+                attempt=child.attempt,
+            )
             logs.put(child.run_id, "event", "ServerApp terminated: exec worker shut down")
         self.children.clear()

@@ -15,6 +15,7 @@ from flpg.models.base import (
     RUN_STATUS,
     metadata,
 )
+from flpg.models.checkpoints import checkpoint_arrays, checkpoints
 from flpg.models.messages import messages
 from flpg.models.nodes import nodes
 from flpg.models.payloads import array_chunks, arrays, message_arrays
@@ -28,6 +29,8 @@ __all__ = [
     "apps",
     "array_chunks",
     "arrays",
+    "checkpoint_arrays",
+    "checkpoints",
     "message_arrays",
     "messages",
     "metadata",

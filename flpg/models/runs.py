@@ -45,7 +45,13 @@ runs = Table(
     Column("serverapp_pid", Integer),
     _ts("heartbeat_at"),
     _ts("stop_requested_at"),
+    # 1 for the first launch; each restart (automatic or `flpg resume`) adds one.
+    Column("attempt", Integer, nullable=False, server_default=text("1")),
+    # Automatic restarts allowed after a failure (`flpg run --max-restarts`).
+    Column("max_restarts", Integer, nullable=False, server_default=text("0")),
     CheckConstraint("jsonb_typeof(run_config) = 'object'", name="run_config_is_object"),
+    CheckConstraint("attempt >= 1", name="attempt_positive"),
+    CheckConstraint("max_restarts >= 0", name="max_restarts_not_negative"),
     CheckConstraint(
         "(status IN ('finished', 'failed', 'stopped')) = (finished_at IS NOT NULL)",
         name="finished_at_iff_terminal",

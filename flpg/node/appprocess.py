@@ -32,7 +32,7 @@ from flpg import bus
 from flpg.appbundle import BundleCache, load_component, parse_pyproject
 from flpg.clientapp import ClientApp
 from flpg.context import Context
-from flpg.db import Connection, connect
+from flpg.db import TRANSIENT, Connection, connect
 from flpg.errors import FlpgError, LeaseLost
 from flpg.message import Error, ErrorCode
 from flpg.records import RecordDict
@@ -143,6 +143,8 @@ class Server:
                 bus.reply(conn, self.worker, message_id, row.run_id, reply)
             except LeaseLost as exc:
                 return "lease-lost", str(exc)
+            except TRANSIENT:
+                raise  # not the app's fault: the claim lapses and the message is retried
             except Exception as exc:
                 reason = str(exc) if isinstance(exc, FlpgError) else f"{type(exc).__name__}: {exc}"
                 try:
@@ -185,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         min_size=1,
         max_size=max(1, args.concurrency),
         kwargs={"autocommit": True, "application_name": f"flpg-clientapp-{args.run}"},
+        check=ConnectionPool.check_connection,
         open=True,
     )
     try:

@@ -19,7 +19,7 @@ from psycopg_pool import ConnectionPool
 
 from flpg import bus
 from flpg.appbundle import default_cache_dir
-from flpg.db import Listener, connect, node_channel
+from flpg.db import TRANSIENT, Connection, Listener, Session, node_channel
 from flpg.errors import FlpgError
 from flpg.lifecycle import worker_id
 from flpg.message import Error, ErrorCode
@@ -70,14 +70,17 @@ class NodeWorker:
         self._inflight_lock = threading.Lock()
         self._slot_freed = threading.Event()
         self._node_configs: dict[int, dict[str, Any]] = {}
+        self._stopping = threading.Event()
 
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set; then finish in-flight messages (up to one lease),
         hand back the rest, and mark the nodes offline."""
-        ensure_schema(self.url)
-        conn = connect(self.url, application_name="flpg-node")
+        ensure_schema(self.url)  # an unreachable database at start is an error (exit 3)
+        session = Session(self.url, application_name="flpg-node", stop=stop)
         registered = [
-            store_nodes.register(conn, name=s.name, node_config=s.node_config, labels=s.labels)
+            store_nodes.register(
+                session.conn, name=s.name, node_config=s.node_config, labels=s.labels
+            )
             for s in self.specs
         ]
         self.node_ids = [n.id for n in registered]
@@ -93,6 +96,7 @@ class NodeWorker:
             min_size=1,
             max_size=self.concurrency + 1,
             kwargs={"autocommit": True, "application_name": "flpg-node-work"},
+            check=ConnectionPool.check_connection,  # drop connections a restart broke
             open=True,
         )
         names = ", ".join(f"{n.name} (id {n.id})" for n in registered)
@@ -103,36 +107,16 @@ class NodeWorker:
         next_retire = time.monotonic() + self.intervals.heartbeat
         try:
             while not stop.is_set():
-                if time.monotonic() >= next_retire:
-                    next_retire = time.monotonic() + self.intervals.heartbeat
-                    host.retire(store_runs.ended(conn, host.run_ids()))
-                with self._inflight_lock:
-                    free = self.concurrency - len(self._inflight)
-                if free <= 0:
-                    self._slot_freed.wait(self.intervals.poll)
-                    self._slot_freed.clear()
-                    continue
-                claimed = store_messages.claim(
-                    conn,
-                    worker=self.worker,
-                    node_ids=self.node_ids,
-                    lease=self.intervals.lease,
-                    limit=free,
-                )
-                for row in claimed:
-                    with self._inflight_lock:
-                        self._inflight.add(row.id)
-                    # A daemon thread per message (at most `concurrency` at once): a
-                    # handler that never returns must not keep the process alive after
-                    # stop (a ThreadPoolExecutor's threads are joined at exit).
-                    threading.Thread(
-                        target=self._handle,
-                        args=(pool, host, row),
-                        name=f"flpg-handler-{row.id}",
-                        daemon=True,
-                    ).start()
-                if len(claimed) < free:
-                    listener.wait(self.intervals.poll)
+                try:
+                    conn = session.conn
+                    if time.monotonic() >= next_retire:
+                        next_retire = time.monotonic() + self.intervals.heartbeat
+                        host.retire(store_runs.ended(conn, host.run_ids()))
+                    self._claim_and_dispatch(conn, listener, pool, host)
+                except TRANSIENT as exc:
+                    # The database went away: keep in-flight handlers, retry with
+                    # backoff. Claims whose outcome was lost lapse and are re-queued.
+                    session.reset(exc)
         finally:
             log.info("stopping: finishing %d in-flight message(s)", len(self._inflight))
             deadline = time.monotonic() + self.intervals.lease
@@ -145,16 +129,57 @@ class NodeWorker:
                     len(self._inflight),
                     self.intervals.lease,
                 )
-            host.close_all(timeout=2.0)
+            self._stopping.set()  # handlers whose process is closed now hand back, not fail
+            host.close_all(timeout=1.0)
             beat_stop.set()
-            released = store_messages.release(conn, worker=self.worker)
-            if released:
-                log.info("handed %d claimed message(s) back to the queue", released)
-            store_nodes.set_offline(conn, self.node_ids)
+            try:
+                released = store_messages.release(session.conn, worker=self.worker)
+                if released:
+                    log.info("handed %d claimed message(s) back to the queue", released)
+                store_nodes.set_offline(session.conn, self.node_ids)
+            except TRANSIENT as exc:
+                log.warning(
+                    "could not hand back claims or go offline (%s); the link will once "
+                    "leases and heartbeats lapse",
+                    exc,
+                )
             listener.close()
             pool.close()
-            conn.close()
+            session.close()
             log.info("stopped")
+
+    def _claim_and_dispatch(
+        self, conn: Connection, listener: Listener, pool: ConnectionPool, host: AppHost
+    ) -> None:
+        """Claim up to the free slots and start a handler thread per message; wait for
+        work (NOTIFY, poll) or a free slot when there is nothing to claim."""
+        with self._inflight_lock:
+            free = self.concurrency - len(self._inflight)
+        if free <= 0:
+            self._slot_freed.wait(self.intervals.poll)
+            self._slot_freed.clear()
+            return
+        claimed = store_messages.claim(
+            conn,
+            worker=self.worker,
+            node_ids=self.node_ids,
+            lease=self.intervals.lease,
+            limit=free,
+        )
+        for row in claimed:
+            with self._inflight_lock:
+                self._inflight.add(row.id)
+            # A daemon thread per message (at most `concurrency` at once): a handler
+            # that never returns must not keep the process alive after stop (a
+            # ThreadPoolExecutor's threads are joined at exit).
+            threading.Thread(
+                target=self._handle,
+                args=(pool, host, row),
+                name=f"flpg-handler-{row.id}",
+                daemon=True,
+            ).start()
+        if len(claimed) < free:
+            listener.wait(self.intervals.poll)
 
     def _heartbeat(self, pool: ConnectionPool, stop: threading.Event) -> None:
         period = min(self.intervals.heartbeat, self.intervals.lease / 3)
@@ -195,6 +220,8 @@ class NodeWorker:
                     proc.kill()
                     outcome = future.result(timeout=self.intervals.lease)
             except AppProcessDied as exc:
+                if self._stopping.is_set():
+                    return  # shutting down: the message goes back to the queue
                 why = "ran past the message's TTL and was killed" if hung else exc.how
                 reason = (
                     f"the ClientApp process of run {row.run_id} on node {row.dst_node_id} "

@@ -20,9 +20,9 @@ DEFAULT_CHUNK_SIZE = 1 << 20
 
 @dataclass(frozen=True)
 class ArrayRef:
-    """An array a message carries, as stored."""
+    """An array a message (or, with no message id, the run's checkpoint) carries."""
 
-    message_id: int
+    message_id: int | None
     record_name: str
     position: int
     array_name: str
@@ -98,7 +98,8 @@ def read(conn: Connection, wanted: Sequence[ArrayRef]) -> dict[int, np.ndarray[A
         return {}
 
     def label(ref: ArrayRef) -> str:
-        return f"{ref.record_name}[{ref.array_name!r}] of message {ref.message_id}"
+        owner = "the checkpoint" if ref.message_id is None else f"message {ref.message_id}"
+        return f"{ref.record_name}[{ref.array_name!r}] of {owner}"
 
     assemblers = {
         i: arrays.ArrayAssembler(r.dtype, r.shape, r.nbytes, label(r)) for i, r in by_id.items()

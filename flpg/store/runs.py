@@ -10,6 +10,7 @@ from psycopg.types.json import Jsonb
 
 from flpg.db import Connection
 from flpg.errors import InvalidState, NotFound
+from flpg.store import logs as store_logs
 from flpg.store._exec import one, rows, run
 
 TERMINAL = ("finished", "failed", "stopped")
@@ -31,6 +32,8 @@ class Run:
     serverapp_pid: int | None
     heartbeat_at: datetime | None
     stop_requested_at: datetime | None
+    attempt: int = 1
+    max_restarts: int = 0
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ def create(
     run_config: dict[str, Any],
     node_ids: list[int],
     priority: int = 0,
+    max_restarts: int = 0,
 ) -> int:
     """Store the bundle (once per hash) and a pending run with its node selection,
     in one transaction; wake exec workers."""
@@ -79,6 +83,7 @@ def create(
                 "app_name": app_name,
                 "run_config": Jsonb(run_config),
                 "priority": priority,
+                "max_restarts": max_restarts,
             },
         )
         assert row is not None
@@ -111,13 +116,13 @@ def online_node_ids(conn: Connection, run_id: int) -> list[int]:
     return [int(r["node_id"]) for r in rows(conn, "run_online_node_ids", {"run_id": run_id})]
 
 
-def claim_pending(conn: Connection, exec_id: str, limit: int) -> list[int]:
-    """Exec: claim up to `limit` pending runs (status -> starting)."""
+def claim_pending(conn: Connection, exec_id: str, limit: int) -> list[tuple[int, int]]:
+    """Exec: claim up to `limit` pending runs (status -> starting): `(run id, attempt)`s."""
     if limit <= 0:
         return []
     with conn.transaction():
         return [
-            int(r["id"])
+            (int(r["id"]), int(r["attempt"]))
             for r in rows(conn, "runs_claim_pending", {"exec_id": exec_id, "limit": limit})
         ]
 
@@ -127,15 +132,63 @@ def mark_running(conn: Connection, run_id: int, exec_id: str, pid: int) -> bool:
     return run(conn, "run_mark_running", {"run_id": run_id, "exec_id": exec_id, "pid": pid}) == 1
 
 
-def finish(conn: Connection, run_id: int, status: str, reason: str | None = None) -> bool:
-    """Record the outcome once and cancel undelivered messages; False if already ended."""
+def finish(
+    conn: Connection,
+    run_id: int,
+    status: str,
+    reason: str | None = None,
+    *,
+    attempt: int | None = None,
+) -> str | None:
+    """Record the outcome once and cancel undelivered messages, in one transaction.
+
+    A failure of a run with restarts left (`max_restarts`) puts it back in the queue
+    as its next attempt instead. Returns the run's new status ("pending" when it
+    restarts), or None if it had already ended or `attempt` is no longer current.
+    """
     if status not in TERMINAL:
         raise ValueError(f"{status!r} is not a terminal run status")
+    params = {"run_id": run_id, "status": status, "reason": reason, "attempt": attempt}
     with conn.transaction():
-        changed = run(conn, "run_finish", {"run_id": run_id, "status": status, "reason": reason})
-        if changed:
-            run(conn, "run_cancel_messages", {"run_id": run_id})
-    return changed == 1
+        if not run(conn, "run_finish", params):
+            return None
+        run(conn, "run_cancel_messages", {"run_id": run_id})
+        if status == "failed" and _requeue(conn, run_id, automatic=True):
+            return "pending"
+    return status
+
+
+def _requeue(conn: Connection, run_id: int, *, automatic: bool) -> int | None:
+    """Ended run -> pending as its next attempt (see run_requeue); wakes the execs."""
+    row = one(conn, "run_requeue", {"run_id": run_id, "automatic": automatic})
+    if row is None:
+        return None
+    store_logs.append(conn, run_id, [("event", str(row["reason"]))])
+    run(conn, "notify_exec", {"run_id": run_id})
+    return int(row["attempt"])
+
+
+def resume(conn: Connection, run_id: int) -> int:
+    """Queue a failed or stopped run again; it continues from its checkpoint.
+
+    Returns the new attempt number. Raises NotFound, or InvalidState if the run
+    has not ended, finished, or has no checkpoint.
+    """
+    with conn.transaction():
+        attempt = _requeue(conn, run_id, automatic=False)
+        if attempt is not None:
+            return attempt
+    current = get(conn, run_id)
+    if current.status == "finished":
+        raise InvalidState(f"run {run_id} already finished; there is nothing to resume")
+    if current.status not in TERMINAL:
+        raise InvalidState(
+            f"run {run_id} is {current.status}; only failed or stopped runs can be resumed"
+        )
+    raise InvalidState(
+        f"run {run_id} has no checkpoint (it never completed a round); "
+        "submit the app again with `flpg run`"
+    )
 
 
 def delete_ended(conn: Connection, run_id: int) -> bool:
@@ -146,10 +199,11 @@ def delete_ended(conn: Connection, run_id: int) -> bool:
         return run(conn, "run_delete", {"run_id": run_id}) == 1
 
 
-def heartbeat(conn: Connection, run_id: int) -> bool:
-    """ServerApp heartbeat; returns True when a stop was requested."""
-    row = one(conn, "run_heartbeat", {"run_id": run_id})
-    return bool(row and row["stop_requested"])
+def heartbeat(conn: Connection, run_id: int, attempt: int) -> bool | None:
+    """ServerApp heartbeat: True when a stop was requested, None when `attempt` is
+    no longer the run's running attempt (it ended or was restarted)."""
+    row = one(conn, "run_heartbeat", {"run_id": run_id, "attempt": attempt})
+    return None if row is None else bool(row["stop_requested"])
 
 
 def request_stop(conn: Connection, run_id: int) -> str:
@@ -183,11 +237,13 @@ def ended(conn: Connection, run_ids: list[int]) -> list[int]:
 
 
 def fail_silent(conn: Connection, after: float) -> list[int]:
-    """Link: fail running runs whose ServerApp has not heart-beaten for `after` s."""
+    """Link: fail running runs whose ServerApp has not heart-beaten for `after` s
+    (or restart them, if they have restarts left)."""
     with conn.transaction():
         failed = [int(r["id"]) for r in rows(conn, "runs_fail_silent", {"after": after})]
         for run_id in failed:
             run(conn, "run_cancel_messages", {"run_id": run_id})
+            _requeue(conn, run_id, automatic=True)
     return failed
 
 

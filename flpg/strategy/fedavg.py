@@ -53,15 +53,21 @@ class FedAvg(Strategy):
         self.configrecord_key = configrecord_key
         self.train_metrics_aggr_fn = train_metrics_aggr_fn
         self.evaluate_metrics_aggr_fn = evaluate_metrics_aggr_fn
-        self._rng = random.Random(seed)
+        self.seed = seed
         self._reference: ArrayRecord | None = None
 
-    def _sample(self, grid: Grid, fraction: float, minimum: int) -> list[int]:
+    def _sample(
+        self, grid: Grid, server_round: int, phase: str, fraction: float, minimum: int
+    ) -> list[int]:
+        """Sampled online nodes. The draw depends only on (seed, round, phase), the
+        seed defaulting to the run id, so a resumed run samples as the original would."""
         nodes = grid.get_node_ids()
         if fraction <= 0.0 or not nodes:
             return []
         wanted = min(len(nodes), max(int(len(nodes) * fraction), minimum))
-        return sorted(self._rng.sample(nodes, wanted))
+        seed = grid.run_id if self.seed is None else self.seed
+        rng = random.Random(f"{seed}:{server_round}:{phase}")
+        return sorted(rng.sample(nodes, wanted))
 
     def _messages(
         self,
@@ -87,7 +93,9 @@ class FedAvg(Strategy):
     ) -> Iterable[Message]:
         """One `train` message per sampled node, all carrying the same arrays (stored once)."""
         self._reference = arrays
-        node_ids = self._sample(grid, self.fraction_train, self.min_train_nodes)
+        node_ids = self._sample(
+            grid, server_round, "train", self.fraction_train, self.min_train_nodes
+        )
         return self._messages(grid, node_ids, arrays, config, MessageType.TRAIN, server_round)
 
     def _weight(self, reply: Message) -> tuple[float, MetricRecord]:
@@ -131,7 +139,9 @@ class FedAvg(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """One `evaluate` message per sampled node (none when fraction_evaluate is 0)."""
-        node_ids = self._sample(grid, self.fraction_evaluate, self.min_evaluate_nodes)
+        node_ids = self._sample(
+            grid, server_round, "evaluate", self.fraction_evaluate, self.min_evaluate_nodes
+        )
         return self._messages(grid, node_ids, arrays, config, MessageType.EVALUATE, server_round)
 
     def aggregate_evaluate(self, server_round: int, replies: ReplyTally) -> MetricRecord | None:

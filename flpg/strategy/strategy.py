@@ -82,18 +82,31 @@ class Strategy(ABC):
         """Run `num_rounds` rounds of train, federated evaluate and server evaluate.
 
         `timeout` bounds each wait (for nodes, and for each round's replies).
-        Every round's aggregated metrics are also stored in the database.
+        Every round's aggregated metrics are also stored in the database, and at
+        the end of every round the global arrays and all metrics so far are saved
+        as the run's checkpoint. If the run has a checkpoint (it was restarted or
+        resumed), training continues after its round from its arrays.
         Raises NodesUnavailable if `min_available_nodes` are not online in time.
         """
         if num_rounds < 1:
             raise ValueError(f"num_rounds must be >= 1, got {num_rounds}")
-        result = Result(arrays=initial_arrays)
-        arrays = initial_arrays
-        log(f"starting {type(self).__name__}: {num_rounds} rounds, run {grid.run_id}")
+        checkpoint = grid.load_checkpoint()
+        if checkpoint is None:
+            result = Result(arrays=initial_arrays)
+            first_round = 1
+            log(f"starting {type(self).__name__}: {num_rounds} rounds, run {grid.run_id}")
+        else:
+            result = Result.from_checkpoint(checkpoint.arrays, checkpoint.metrics)
+            first_round = checkpoint.round + 1
+            log(
+                f"resuming {type(self).__name__} after round {checkpoint.round} of "
+                f"{num_rounds}, run {grid.run_id} attempt {grid.attempt}"
+            )
+        arrays = result.arrays
         grid.wait_for_nodes(self.min_available_nodes, timeout)
-        if evaluate_fn is not None:
+        if evaluate_fn is not None and checkpoint is None:
             self._server_evaluate(grid, 0, arrays, evaluate_fn, result)
-        for server_round in range(1, num_rounds + 1):
+        for server_round in range(first_round, num_rounds + 1):
             started = time.monotonic()
             grid.wait_for_nodes(self.min_available_nodes, timeout)
             config = ConfigRecord(dict(train_config or {}))
@@ -145,6 +158,8 @@ class Strategy(ABC):
                 )
             if evaluate_fn is not None:
                 self._server_evaluate(grid, server_round, arrays, evaluate_fn, result)
+            result.arrays = arrays
+            grid.save_checkpoint(server_round, arrays, result.metrics_to_json())
         result.arrays = arrays
         log(f"finished {num_rounds} rounds")
         return result

@@ -53,6 +53,8 @@ def test_migrations_build_exactly_the_models(empty_db_url: str, second_empty_db_
         "apps",
         "array_chunks",
         "arrays",
+        "checkpoint_arrays",
+        "checkpoints",
         "message_arrays",
         "messages",
         "nodes",

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from flpg.migrate import head_revision
 from tests.conftest import TEST_ENV
 
 pytestmark = pytest.mark.e2e
@@ -87,7 +88,7 @@ def test_embedded_cluster_initialises_is_reused_and_survives_stop(home_env: dict
     new_pid = _postmaster_pid(home_env["FLPG_HOME"])
     assert new_pid is not None and new_pid != pid and _alive(new_pid)
     status = flpg(home_env, "db", "status")
-    assert "running: yes" in status.stdout and "schema: 0001" in status.stdout
+    assert "running: yes" in status.stdout and f"schema: {head_revision()}" in status.stdout
 
 
 def test_embedded_cluster_refuses_without_server_binaries(home_env: dict[str, str]) -> None:

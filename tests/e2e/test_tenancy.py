@@ -135,9 +135,18 @@ def test_a_flood_from_one_run_does_not_starve_another(federation: Federation) ->
 def test_stopping_one_run_leaves_the_other_to_finish(federation: Federation) -> None:
     fed = federation
     fed.federation(2, concurrency=2)
-    run_a = fed.submit(PROBE, "--run-config", "rounds=20 delay=1.0 min-nodes=2")
+    run_a = fed.submit(PROBE, "--run-config", "rounds=20 delay=3.0 min-nodes=2")
     run_b = fed.submit(PROBE, "--run-config", "rounds=3 delay=0.5 min-nodes=2")
-    wait_for(lambda: 1 in rounds_of(fed, run_a), 60, "run A's first round")
+    wait_for(
+        lambda: (
+            fed.scalar(
+                "SELECT count(*) FROM messages WHERE run_id = %s AND state = 'claimed'", [run_a]
+            )
+            >= 1
+        ),
+        60,
+        "run A's messages in the nodes' hands",
+    )
     fed.cli("stop", str(run_a))
     assert fed.wait_run(run_a, timeout=30)["status"] == "stopped"
     assert fed.wait_run(run_b, timeout=90)["status"] == "finished", fed.logs()

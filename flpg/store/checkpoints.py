@@ -1,0 +1,78 @@
+"""Checkpoints: saving a run's arrays and metrics after a round, and reading them back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from flpg.db import Connection
+from flpg.errors import StaleAttempt
+from flpg.store._exec import many, one, rows, run
+from flpg.store.payloads import ArrayRef
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    run_id: int
+    round: int
+    attempt: int
+    metrics: dict[str, Any]
+    saved_at: float
+
+
+def save(
+    conn: Connection,
+    run_id: int,
+    attempt: int,
+    server_round: int,
+    arrays: list[tuple[str, int]],
+    metrics: dict[str, Any],
+) -> None:
+    """Replace the run's checkpoint with `(array name, array id)`s already written.
+
+    One transaction: the previous checkpoint's payloads are deleted unless a message
+    still carries them. Raises StaleAttempt (and writes nothing) unless `attempt` is
+    the run's current attempt and the run is running.
+    """
+    with conn.transaction():
+        saved = one(
+            conn,
+            "checkpoint_upsert",
+            {
+                "run_id": run_id,
+                "attempt": attempt,
+                "round": server_round,
+                "metrics": Jsonb(metrics),
+            },
+        )
+        if saved is None:
+            raise StaleAttempt(
+                f"run {run_id} is no longer running as attempt {attempt} "
+                "(it was restarted or ended); checkpoint of round "
+                f"{server_round} not saved"
+            )
+        run(conn, "checkpoint_arrays_replace_old", {"run_id": run_id})
+        many(
+            conn,
+            "checkpoint_array_insert",
+            [
+                {"run_id": run_id, "position": i, "array_name": name, "array_id": array_id}
+                for i, (name, array_id) in enumerate(arrays)
+            ],
+        )
+
+
+def get(conn: Connection, run_id: int) -> StoredCheckpoint | None:
+    """The run's latest checkpoint, if it saved one."""
+    row = one(conn, "checkpoint_get", {"run_id": run_id})
+    return None if row is None else StoredCheckpoint(**row)
+
+
+def array_refs(conn: Connection, run_id: int) -> list[ArrayRef]:
+    """The checkpoint's arrays, in order (read them with `payloads.read`)."""
+    return [
+        ArrayRef(**{**r, "shape": tuple(r["shape"]), "digest": bytes(r["digest"])})
+        for r in rows(conn, "checkpoint_array_refs", {"run_id": run_id})
+    ]

@@ -1,0 +1,41 @@
+-- Checkpoints: a run's arrays and metrics after its last completed round.
+
+-- name: checkpoint_upsert
+-- Only the run's current attempt may save: a stale ServerApp (its run was restarted
+-- meanwhile) inserts nothing.
+INSERT INTO checkpoints (run_id, round, attempt, metrics)
+SELECT id, %(round)s, attempt, %(metrics)s
+FROM runs
+WHERE id = %(run_id)s AND attempt = %(attempt)s AND status = 'running'
+ON CONFLICT (run_id) DO UPDATE
+    SET round = EXCLUDED.round, attempt = EXCLUDED.attempt, metrics = EXCLUDED.metrics,
+        saved_at = now()
+RETURNING run_id;
+
+-- name: checkpoint_arrays_replace_old
+-- The previous checkpoint's array links go; their payloads too unless a message
+-- still carries them.
+WITH old AS (
+    DELETE FROM checkpoint_arrays WHERE run_id = %(run_id)s RETURNING array_id
+)
+DELETE FROM arrays a
+USING old
+WHERE a.id = old.array_id
+  AND NOT EXISTS (SELECT 1 FROM message_arrays ma WHERE ma.array_id = a.id);
+
+-- name: checkpoint_array_insert
+INSERT INTO checkpoint_arrays (run_id, position, array_name, array_id)
+VALUES (%(run_id)s, %(position)s, %(array_name)s, %(array_id)s);
+
+-- name: checkpoint_get
+SELECT run_id, round, attempt, metrics, extract(epoch FROM saved_at)::float8 AS saved_at
+FROM checkpoints
+WHERE run_id = %(run_id)s;
+
+-- name: checkpoint_array_refs
+SELECT NULL::bigint AS message_id, 'checkpoint' AS record_name, ca.position, ca.array_name,
+       a.id AS array_id, a.dtype, a.shape, a.nbytes, a.n_chunks, a.digest
+FROM checkpoint_arrays ca
+JOIN arrays a ON a.id = ca.array_id
+WHERE ca.run_id = %(run_id)s
+ORDER BY ca.position;
