@@ -25,6 +25,11 @@ T = TypeVar("T")
 
 log = logging.getLogger("flpg.db")
 
+SESSION_OPTIONS = "-c idle_in_transaction_session_timeout=60s"
+"""Set on every flpg connection: a process frozen inside a transaction (SIGSTOP, a
+long pause) loses its session after 60 s, releasing the row locks the link's
+sweeps would otherwise wait on for ever. flpg's own transactions never idle."""
+
 TRANSIENT = (psycopg.OperationalError, DatabaseUnavailable)
 """Errors that mean "the database went away": reconnect and try again."""
 
@@ -42,7 +47,11 @@ def connect(url: str, *, application_name: str = "flpg") -> Connection:
     """An autocommit connection; raises DatabaseUnavailable naming the (redacted) URL."""
     try:
         return psycopg.connect(
-            url, autocommit=True, application_name=application_name, connect_timeout=10
+            url,
+            autocommit=True,
+            application_name=application_name,
+            connect_timeout=10,
+            options=SESSION_OPTIONS,
         )
     except psycopg.Error as exc:
         detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__

@@ -14,7 +14,7 @@ from typing import Any
 
 from flpg import bus
 from flpg.arrays import encode as encode_array
-from flpg.db import Connection, Listener, connect, run_channel
+from flpg.db import Connection, Listener, Session, run_channel
 from flpg.errors import FlpgError
 from flpg.message import DEFAULT_TTL, Message
 from flpg.records import ArrayRecord, MetricRecord, RecordDict, records_to_json
@@ -59,11 +59,11 @@ class Grid:
         self._run_id = run_id
         self._poll = poll
         self._chunk_size = chunk_size
-        self._conn: Connection = connect(url, application_name=f"flpg-serverapp-{run_id}")
+        self._session = Session(url, application_name=f"flpg-serverapp-{run_id}")
         self._listener = Listener(
             url, [run_channel(run_id)], application_name=f"flpg-serverapp-{run_id}-listen"
         )
-        self._attempt = attempt or store_runs.get(self._conn, run_id).attempt
+        self._attempt = attempt or store_runs.get(self._session.conn, run_id).attempt
 
     @property
     def run_id(self) -> int:
@@ -77,7 +77,7 @@ class Grid:
 
     def get_node_ids(self) -> list[int]:
         """The run's selected nodes that are online now, ascending."""
-        return store_runs.online_node_ids(self._conn, self._run_id)
+        return self._session.call(lambda c: store_runs.online_node_ids(c, self._run_id))
 
     def wait_for_nodes(self, min_nodes: int, timeout: float) -> list[int]:
         """Wait until at least `min_nodes` selected nodes are online.
@@ -116,12 +116,19 @@ class Grid:
     def push_messages(self, messages: Iterable[Message]) -> list[int]:
         """Send instructions; returns their ids. Raises SelectionError (nothing sent)
         if any destination is outside the run's node selection."""
-        return bus.send(self._conn, self._run_id, list(messages), self._chunk_size)
+        batch = list(messages)
+        return self._session.call(lambda c: bus.send(c, self._run_id, batch, self._chunk_size))
 
     def pull_messages(self, message_ids: Iterable[int]) -> list[Message]:
         """The replies that have arrived for the given instructions (each returned once)."""
-        rows = store_messages.pull_replies(self._conn, list(message_ids))
-        return bus.load(self._conn, rows)
+        return self._pull(list(message_ids), again=False)
+
+    def _pull(self, ids: list[int], *, again: bool) -> list[Message]:
+        """Take the replies to `ids`; with `again`, also those taken before, so that a
+        retry after a lost connection cannot lose a reply (the caller deduplicates)."""
+        return self._session.call(
+            lambda c: bus.load(c, store_messages.pull_replies(c, ids, again=again))
+        )
 
     def receive(
         self, message_ids: Sequence[int], *, timeout: float | None = None
@@ -130,11 +137,14 @@ class Grid:
 
         Woken by NOTIFY, with a slow poll as a safety net. Replies that do not arrive
         in time are simply not yielded (their instructions expire at their TTL).
+        Each reply to `message_ids` is yielded once, even one an earlier
+        `pull_messages` returned, and none is lost if the database connection drops
+        (the grid reconnects and asks again).
         """
         pending = set(message_ids)
         deadline = None if timeout is None else time.monotonic() + timeout
         while pending:
-            for reply in self.pull_messages(sorted(pending)):
+            for reply in self._pull(sorted(pending), again=True):
                 pending.discard(reply.metadata.reply_to_message_id or -1)
                 yield reply
             if not pending:
@@ -166,8 +176,10 @@ class Grid:
     ) -> None:
         """Store one round's aggregated metrics so SQL and `flpg ls` can see them."""
         doc: dict[str, Any] = records_to_json({"m": metrics or MetricRecord()})["m"]
-        store_runs.record_round(
-            self._conn, self._run_id, server_round, phase, doc, num_replies, num_failures
+        self._session.call(
+            lambda c: store_runs.record_round(
+                c, self._run_id, server_round, phase, doc, num_replies, num_failures
+            )
         )
 
     def save_checkpoint(
@@ -180,27 +192,35 @@ class Grid:
         """
         names = list(arrays.keys())
         encoded = [encode_array(arrays[name].numpy(), f"checkpoint[{name!r}]") for name in names]
-        ids = store_payloads.write(self._conn, self._run_id, encoded, self._chunk_size)
-        store_checkpoints.save(
-            self._conn,
-            self._run_id,
-            self._attempt,
-            server_round,
-            list(zip(names, ids, strict=True)),
-            metrics or {},
-        )
+
+        def save(conn: Connection) -> None:
+            ids = store_payloads.write(conn, self._run_id, encoded, self._chunk_size)
+            store_checkpoints.save(
+                conn,
+                self._run_id,
+                self._attempt,
+                server_round,
+                list(zip(names, ids, strict=True)),
+                metrics or {},
+            )
+
+        self._session.call(save)
 
     def load_checkpoint(self) -> Checkpoint | None:
         """The run's last saved checkpoint (from this or an earlier attempt), if any."""
-        stored = store_checkpoints.get(self._conn, self._run_id)
-        if stored is None:
-            return None
-        refs = store_checkpoints.array_refs(self._conn, self._run_id)
-        data = store_payloads.read(self._conn, refs)
-        arrays = ArrayRecord({ref.array_name: data[ref.array_id] for ref in refs})
-        return Checkpoint(stored.round, arrays, dict(stored.metrics), stored.attempt)
+
+        def load(conn: Connection) -> Checkpoint | None:
+            stored = store_checkpoints.get(conn, self._run_id)
+            if stored is None:
+                return None
+            refs = store_checkpoints.array_refs(conn, self._run_id)
+            data = store_payloads.read(conn, refs)
+            arrays = ArrayRecord({ref.array_name: data[ref.array_id] for ref in refs})
+            return Checkpoint(stored.round, arrays, dict(stored.metrics), stored.attempt)
+
+        return self._session.call(load)
 
     def close(self) -> None:
         """Close both connections."""
         self._listener.close()
-        self._conn.close()
+        self._session.close()

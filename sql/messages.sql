@@ -102,9 +102,11 @@ WHERE claimed_by = %(worker)s AND state = 'claimed'
 RETURNING id, run_id, dst_node_id;
 
 -- name: replies_pull
--- The ServerApp takes the replies that arrived for the given instructions.
-UPDATE messages SET state = 'done', finished_at = now()
-WHERE reply_to = ANY(%(ids)s) AND state = 'queued'
+-- The ServerApp takes the replies that arrived for the given instructions; with
+-- `again`, also those it took before (a retry after a lost connection must not
+-- lose a reply whose taking committed unseen).
+UPDATE messages SET state = 'done', finished_at = coalesce(finished_at, now())
+WHERE reply_to = ANY(%(ids)s) AND (state = 'queued' OR (%(again)s AND state = 'done'))
 RETURNING id, run_id, src_node_id, reply_to, group_id, message_type, ttl_seconds,
           extract(epoch FROM created_at)::float8 AS created_at, metrics, configs,
           error_code, error_reason;
@@ -134,6 +136,40 @@ WITH expired AS (
            %(error_code)s,
            format('message %%s expired: node %%s did not reply within its TTL of %%s s',
                   id, dst_node_id, ttl_seconds)
+    FROM expired
+    ON CONFLICT (reply_to) DO NOTHING
+    RETURNING run_id
+), woken AS (
+    SELECT pg_notify('flpg_run_' || run_id, '')
+    FROM (SELECT DISTINCT run_id FROM replies) AS d
+)
+SELECT (SELECT count(*) FROM expired) AS expired, (SELECT count(*) FROM woken) AS notified;
+
+-- name: messages_fail_offline
+-- Link sweep, in the transaction that marked `node_ids` offline: their undelivered
+-- instructions (queued, or claimed by a worker of the now-silent node) expire at
+-- once, each with an error reply naming the node, instead of waiting for their TTL.
+-- Re-checks under a share lock that each node is still offline (a worker that beats
+-- again first keeps its messages); unique reply_to keeps it to one reply each.
+WITH gone AS (
+    SELECT id, name, last_seen_at
+    FROM nodes
+    WHERE id = ANY(%(node_ids)s) AND status = 'offline'
+    FOR SHARE
+), expired AS (
+    UPDATE messages m SET state = 'expired', finished_at = now(), lease_until = NULL
+    FROM gone g
+    WHERE m.dst_node_id = g.id AND m.reply_to IS NULL AND m.state IN ('queued', 'claimed')
+    RETURNING m.id, m.run_id, m.dst_node_id, m.group_id, m.message_type, m.ttl_seconds,
+              m.deadline, g.name, g.last_seen_at
+), replies AS (
+    INSERT INTO messages (run_id, src_node_id, reply_to, group_id, message_type,
+                          ttl_seconds, deadline, error_code, error_reason)
+    SELECT run_id, dst_node_id, id, group_id, message_type, ttl_seconds, deadline,
+           %(error_code)s,
+           format('message %%s not delivered: node %%s (%%s) went offline (last heartbeat %%s s ago)',
+                  id, dst_node_id, name,
+                  round(extract(epoch FROM now() - last_seen_at)::numeric, 1))
     FROM expired
     ON CONFLICT (reply_to) DO NOTHING
     RETURNING run_id

@@ -1,13 +1,18 @@
-"""Streams ServerApp output into `run_logs`, batched, from a background thread."""
+"""Streams ServerApp output into `run_logs`, batched, from a background thread.
+
+While the database is away the writer retries (lines queue up meanwhile); at
+close it gives up on what it cannot write and says so.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
 from typing import IO
 
-from flpg.db import connect
+from flpg.db import Connection, Session
 from flpg.store import logs as store_logs
 
 log = logging.getLogger("flpg.exec")
@@ -15,11 +20,15 @@ log = logging.getLogger("flpg.exec")
 _FLUSH_EVERY = 0.1
 
 
+def _append(conn: Connection, *, run_id: int, lines: list[tuple[str, str]]) -> None:
+    store_logs.append(conn, run_id, lines)
+
+
 class LogWriter:
     """Collects `(run_id, stream, line)` from reader threads and writes them in batches."""
 
     def __init__(self, url: str) -> None:
-        self._url = url
+        self._session = Session(url, application_name="flpg-exec-logs", stop=threading.Event())
         self._queue: queue.Queue[tuple[int, str, str] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="flpg-logwriter", daemon=True)
         self._thread.start()
@@ -43,16 +52,18 @@ class LogWriter:
         return thread
 
     def close(self) -> None:
-        """Write everything queued, then stop."""
+        """Write everything queued (if the database is there), then stop."""
         self._queue.put(None)
-        self._thread.join()
+        self._thread.join(timeout=5.0)
+        if self._thread.is_alive():  # stuck retrying an unreachable database
+            self._session.stop.set()
+            self._thread.join()
 
     def flushed(self) -> None:
         """Block until every line queued so far is written."""
         self._queue.join()
 
     def _loop(self) -> None:
-        conn = connect(self._url, application_name="flpg-exec-logs")
         try:
             done = False
             while not done:
@@ -78,7 +89,7 @@ class LogWriter:
                         break
                 for run_id, lines in batch.items():
                     try:
-                        store_logs.append(conn, run_id, lines)
+                        self._session.call(functools.partial(_append, run_id=run_id, lines=lines))
                     except Exception:
                         log.exception(
                             "could not store %d log line(s) of run %d", len(lines), run_id
@@ -86,4 +97,4 @@ class LogWriter:
                 for _ in range(taken):
                     self._queue.task_done()
         finally:
-            conn.close()
+            self._session.close()

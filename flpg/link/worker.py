@@ -7,14 +7,13 @@ held: one.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
+import time
 
 import psycopg
 
-from flpg.db import Connection, connect
-from flpg.errors import DatabaseUnavailable
+from flpg.db import TRANSIENT, Connection, Session, connect
 from flpg.message import ErrorCode
 from flpg.migrate import ensure_schema
 from flpg.settings import Intervals
@@ -24,10 +23,14 @@ from flpg.store import runs as store_runs
 
 log = logging.getLogger("flpg.link")
 
+LOCK_TIMEOUT = 2.0
+"""Seconds a sweep waits on a row lock before it gives up until the next sweep."""
+
 
 class LinkWorker:
-    """Marks silent nodes offline, re-queues lapsed leases, expires messages past
-    their TTL (with an error reply) and fails runs whose ServerApp went silent."""
+    """Marks silent nodes offline (answering their undelivered messages with an error
+    reply), re-queues lapsed leases, expires messages past their TTL (with an error
+    reply) and fails runs whose ServerApp went silent."""
 
     def __init__(self, url: str, *, intervals: Intervals | None = None) -> None:
         self.url = url
@@ -38,21 +41,42 @@ class LinkWorker:
         with connect(self.url, application_name="flpg-link") as conn:
             return self._sweep(conn)
 
-    def _sweep(self, conn: Connection) -> dict[str, int]:
-        offline = store_nodes.mark_silent_offline(conn, self.intervals.offline_after)
+    def _sweep(self, conn: Connection, *, judge_liveness: bool = True) -> dict[str, int]:
+        """One pass of every sweep. Without `judge_liveness` (right after the link
+        connected: heartbeats may be missing because the database was away, not the
+        workers), nodes are not marked offline and silent runs are not failed."""
+        offline: list[tuple[int, str]] = []
+        unavailable = 0
+        failed: list[int] = []
+        if judge_liveness:
+            # One transaction: a node marked offline has its undelivered messages
+            # answered (ErrorCode.NODE_UNAVAILABLE) at that moment, not at their TTL;
+            # if the link dies in between, neither happened and the next sweep does both.
+            with conn.transaction():
+                offline = store_nodes.mark_silent_offline(conn, self.intervals.offline_after)
+                unavailable = store_messages.fail_offline(
+                    conn, [node_id for node_id, _ in offline], ErrorCode.NODE_UNAVAILABLE
+                )
         for node_id, name in offline:
             log.info("node %s (id %d) stopped heart-beating: offline", name, node_id)
+        if unavailable:
+            log.info(
+                "answered %d undelivered message(s) of offline node(s) with an error",
+                unavailable,
+            )
         requeued = store_messages.requeue_lapsed(conn)
         if requeued:
             log.info("re-queued %d message(s) whose lease ran out", requeued)
         expired = store_messages.expire(conn, ErrorCode.MESSAGE_UNAVAILABLE)
         if expired:
             log.info("expired %d message(s) past their TTL", expired)
-        failed = store_runs.fail_silent(conn, self.intervals.offline_after)
+        if judge_liveness:
+            failed = store_runs.fail_silent(conn, self.intervals.offline_after)
         for run_id in failed:
             log.info("run %d failed: its ServerApp stopped heart-beating", run_id)
         return {
             "nodes_offline": len(offline),
+            "node_unavailable": unavailable,
             "requeued": requeued,
             "expired": expired,
             "runs_failed": len(failed),
@@ -60,21 +84,31 @@ class LinkWorker:
 
     def run(self, stop: threading.Event) -> None:
         """Sweep every `intervals.sweep` s until `stop` is set."""
-        ensure_schema(self.url)
-        conn = connect(self.url, application_name="flpg-link")
+        ensure_schema(self.url)  # an unreachable database at start is an error (exit 3)
+        session = Session(self.url, application_name="flpg-link", stop=stop)
+        connected: Connection | None = None
+        connected_at = time.monotonic()
         log.info("link sweeping every %.1f s", self.intervals.sweep)
         try:
             while not stop.wait(self.intervals.sweep):
                 try:
-                    self._sweep(conn)
+                    conn = session.conn
+                    if conn is not connected:
+                        # A sweep waits at most this long on a row a stuck session
+                        # locks, then gives up until the next period.
+                        conn.execute(f"SET lock_timeout = {int(LOCK_TIMEOUT * 1000)}")
+                        connected, connected_at = conn, time.monotonic()
+                    settled = time.monotonic() - connected_at >= self.intervals.offline_after
+                    self._sweep(conn, judge_liveness=settled)
                 except psycopg.errors.DeadlockDetected:
                     log.warning("a sweep met another link's sweep (deadlock); retrying")
-                except (psycopg.OperationalError, DatabaseUnavailable) as exc:
-                    log.warning("database unavailable (%s); reconnecting", exc)
-                    conn.close()
-                    stop.wait(self.intervals.sweep)
-                    with contextlib.suppress(DatabaseUnavailable):
-                        conn = connect(self.url, application_name="flpg-link")
+                except psycopg.errors.LockNotAvailable:
+                    log.warning(
+                        "a sweep waited %.0f s on a lock another session holds; retrying",
+                        LOCK_TIMEOUT,
+                    )
+                except TRANSIENT as exc:
+                    session.reset(exc)
         finally:
-            conn.close()
+            session.close()
             log.info("stopped")

@@ -90,6 +90,8 @@ class AppProcess:
         self._lock = threading.Lock()
         self._pending: dict[int, Future[Outcome]] = {}
         self._ended: str | None = None
+        self.closed = False
+        """Set when the worker closed it (its run ended, or the worker stops)."""
         threading.Thread(target=self._read, name=f"clientapp-{run_id}-reader", daemon=True).start()
         log.info("run %d: started ClientApp process %d", run_id, self.popen.pid)
 
@@ -139,6 +141,7 @@ class AppProcess:
 
     def close(self) -> None:
         """Ask the process to finish what it holds and exit (does not wait)."""
+        self.closed = True
         with self._lock, contextlib.suppress(OSError, ValueError):
             assert self.popen.stdin is not None
             self.popen.stdin.close()

@@ -32,7 +32,7 @@ from flpg import bus
 from flpg.appbundle import BundleCache, load_component, parse_pyproject
 from flpg.clientapp import ClientApp
 from flpg.context import Context
-from flpg.db import TRANSIENT, Connection, connect
+from flpg.db import SESSION_OPTIONS, TRANSIENT, Connection, connect
 from flpg.errors import FlpgError, LeaseLost
 from flpg.message import Error, ErrorCode
 from flpg.records import RecordDict
@@ -186,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         url,
         min_size=1,
         max_size=max(1, args.concurrency),
-        kwargs={"autocommit": True, "application_name": f"flpg-clientapp-{args.run}"},
+        kwargs={
+            "autocommit": True,
+            "application_name": f"flpg-clientapp-{args.run}",
+            "options": SESSION_OPTIONS,
+        },
         check=ConnectionPool.check_connection,
         open=True,
     )

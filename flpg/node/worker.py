@@ -19,7 +19,7 @@ from psycopg_pool import ConnectionPool
 
 from flpg import bus
 from flpg.appbundle import default_cache_dir
-from flpg.db import TRANSIENT, Connection, Listener, Session, node_channel
+from flpg.db import SESSION_OPTIONS, TRANSIENT, Connection, Listener, Session, node_channel
 from flpg.errors import FlpgError
 from flpg.lifecycle import worker_id
 from flpg.message import Error, ErrorCode
@@ -95,7 +95,11 @@ class NodeWorker:
             self.url,
             min_size=1,
             max_size=self.concurrency + 1,
-            kwargs={"autocommit": True, "application_name": "flpg-node-work"},
+            kwargs={
+                "autocommit": True,
+                "application_name": "flpg-node-work",
+                "options": SESSION_OPTIONS,
+            },
             check=ConnectionPool.check_connection,  # drop connections a restart broke
             open=True,
         )
@@ -222,6 +226,13 @@ class NodeWorker:
             except AppProcessDied as exc:
                 if self._stopping.is_set():
                     return  # shutting down: the message goes back to the queue
+                if proc.closed and not hung:
+                    log.info(
+                        "run %d: message %d was still being handled when the run ended",
+                        row.run_id,
+                        row.id,
+                    )
+                    return  # the run's messages were cancelled when it ended
                 why = "ran past the message's TTL and was killed" if hung else exc.how
                 reason = (
                     f"the ClientApp process of run {row.run_id} on node {row.dst_node_id} "

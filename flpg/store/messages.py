@@ -204,12 +204,15 @@ def release(conn: Connection, *, worker: str) -> int:
     return len(released)
 
 
-def pull_replies(conn: Connection, instruction_ids: list[int]) -> list[MessageRow]:
-    """Take (mark done) the replies that arrived for the given instructions."""
+def pull_replies(
+    conn: Connection, instruction_ids: list[int], *, again: bool = False
+) -> list[MessageRow]:
+    """Take (mark done) the replies that arrived for the given instructions; with
+    `again`, return those taken before too (the caller deduplicates)."""
     if not instruction_ids:
         return []
     with conn.transaction():
-        found = rows(conn, "replies_pull", {"ids": instruction_ids})
+        found = rows(conn, "replies_pull", {"ids": instruction_ids, "again": again})
     return [MessageRow(dst_node_id=None, **r) for r in sorted(found, key=lambda r: r["id"])]
 
 
@@ -224,4 +227,18 @@ def expire(conn: Connection, error_code: int) -> int:
     """Link sweep: expire instructions past their TTL, each with an error reply."""
     with conn.transaction():
         row = one(conn, "messages_expire", {"error_code": error_code})
+    return int(row["expired"]) if row else 0
+
+
+def fail_offline(conn: Connection, node_ids: list[int], error_code: int) -> int:
+    """Link sweep: expire the undelivered instructions of nodes that went offline,
+    each with an error reply naming its node; returns how many expired.
+
+    Call it in the transaction that marked `node_ids` offline, so that a link dying
+    in between leaves both undone for the next sweep rather than half done.
+    """
+    if not node_ids:
+        return 0
+    with conn.transaction():
+        row = one(conn, "messages_fail_offline", {"node_ids": node_ids, "error_code": error_code})
     return int(row["expired"]) if row else 0

@@ -6,8 +6,10 @@ import threading
 import time
 from collections import Counter
 
+import pytest
+
 from flpg import bus
-from flpg.db import Connection, connect
+from flpg.db import Connection, Listener, connect, run_channel
 from flpg.errors import LeaseLost
 from flpg.link.worker import LinkWorker
 from flpg.message import ErrorCode
@@ -117,6 +119,95 @@ def test_sweep_fails_a_run_whose_serverapp_went_silent(conn: Connection, fed: Fe
     assert _link(fed.url).sweep_once()["runs_failed"] == 0
 
 
+def _silence(conn: Connection, node_ids: list[int]) -> None:
+    """Online nodes whose workers stopped heart-beating an hour ago."""
+    conn.execute(
+        "UPDATE nodes SET status = 'online', last_seen_at = now() - interval '1 hour'"
+        " WHERE id = ANY(%s)",
+        (node_ids,),
+    )
+
+
+def test_sweep_answers_the_undelivered_messages_of_a_node_that_went_offline(
+    conn: Connection, fed: Federation
+) -> None:
+    """The sweep that marks a node offline expires its queued and claimed instructions
+    with a NODE_UNAVAILABLE reply each (not at their TTL); answered ones, other nodes'
+    and those of a node a worker took offline itself (handed back for a restart) stay."""
+    silent, alive, stopped = fed.selected
+    answered, claimed, queued = bus.send(conn, fed.run_id, [instruction(silent) for _ in range(3)])
+    got = store_messages.claim(conn, worker="frozen", node_ids=[silent], lease=60, limit=2)
+    assert [m.id for m in got] == [answered, claimed]
+    store_messages.reply(conn, worker="frozen", new=store_messages.NewReply(answered, {}, {}, []))
+    (alive_msg,) = bus.send(conn, fed.run_id, [instruction(alive)])
+    (handed_back,) = bus.send(conn, fed.run_id, [instruction(stopped)])
+    conn.execute("UPDATE nodes SET status = 'offline' WHERE id = %s", (stopped,))
+    _silence(conn, [silent])
+    listener = Listener(fed.url, [run_channel(fed.run_id)], application_name="flpg-test-listen")
+    try:
+        result = _link(fed.url).sweep_once()
+        woken = listener.wait(5)
+    finally:
+        listener.close()
+    assert result["nodes_offline"] == 1
+    assert result["node_unavailable"] == 2
+    assert (result["expired"], result["requeued"]) == (0, 0)
+    assert woken, "the run was not notified of its error replies"
+
+    rows = conn.execute(
+        "SELECT i.id, i.state::text, i.lease_until IS NULL AND i.finished_at IS NOT NULL,"
+        " r.src_node_id, r.error_code, r.error_reason, r.state::text"
+        " FROM messages i LEFT JOIN messages r ON r.reply_to = i.id"
+        " WHERE i.reply_to IS NULL ORDER BY i.id"
+    ).fetchall()
+    outcome = {r[0]: r[1:] for r in rows}
+    for mid in (claimed, queued):
+        state, final, src, code, reason, reply_state = outcome[mid]
+        assert (state, final, src, code, reply_state) == (
+            "expired",
+            True,
+            silent,
+            ErrorCode.NODE_UNAVAILABLE,
+            "queued",
+        )
+        assert reason.startswith(
+            f"message {mid} not delivered: node {silent} (node-0) went offline"
+        )
+        assert "last heartbeat 3600" in reason
+    assert outcome[answered][:1] + outcome[answered][2:4] == ("done", silent, None)
+    assert outcome[alive_msg][0] == "queued" and outcome[alive_msg][3] is None
+    assert outcome[handed_back][0] == "queued" and outcome[handed_back][3] is None
+
+    # The frozen worker, thawed, can no longer answer; the ServerApp gets the errors.
+    with pytest.raises(LeaseLost):
+        store_messages.reply(
+            conn, worker="frozen", new=store_messages.NewReply(claimed, {}, {}, [])
+        )
+    pulled = store_messages.pull_replies(conn, [claimed, queued])
+    assert sorted((m.reply_to, m.error_code) for m in pulled) == [
+        (claimed, ErrorCode.NODE_UNAVAILABLE),
+        (queued, ErrorCode.NODE_UNAVAILABLE),
+    ]
+    again = _link(fed.url).sweep_once()
+    assert (again["nodes_offline"], again["node_unavailable"]) == (0, 0)
+
+
+def test_a_node_that_beats_again_first_keeps_its_messages(
+    conn: Connection, fed: Federation
+) -> None:
+    """The statement re-checks that each node is still offline: messages of a node
+    whose worker came back between the two steps are left to it."""
+    node = fed.selected[0]
+    (mid,) = bus.send(conn, fed.run_id, [instruction(node)])
+    assert store_messages.fail_offline(conn, [node], ErrorCode.NODE_UNAVAILABLE) == 0
+    assert scalar(conn, "SELECT state::text FROM messages WHERE id = %s", (mid,)) == "queued"
+    conn.execute("UPDATE nodes SET status = 'offline' WHERE id = %s", (node,))
+    assert store_messages.fail_offline(conn, [], ErrorCode.NODE_UNAVAILABLE) == 0
+    assert store_messages.fail_offline(conn, [node], ErrorCode.NODE_UNAVAILABLE) == 1
+    assert store_messages.fail_offline(conn, [node], ErrorCode.NODE_UNAVAILABLE) == 0
+    assert scalar(conn, "SELECT count(*) FROM messages WHERE reply_to = %s", (mid,)) == 1
+
+
 def _sweep_concurrently(url: str, n_links: int = 2) -> list[dict[str, int]]:
     """Run one sweep in each of `n_links` links, released at the same moment."""
     barrier = threading.Barrier(n_links)
@@ -168,8 +259,10 @@ def test_two_links_sweeping_concurrently_never_double_reply(
         total += len(ids)
         time.sleep(0.15)
         results = _sweep_concurrently(fed.url)
-        assert sum(r["expired"] for r in results) == len(ids)
-        assert sum(r["requeued"] for r in results) == 0  # past their TTL: expire, not requeue
+        # Past their TTL: expired, not requeued; in the first round the silent node's
+        # messages expire as soon as it is marked offline, the others at their TTL.
+        assert sum(r["expired"] + r["node_unavailable"] for r in results) == len(ids)
+        assert sum(r["requeued"] for r in results) == 0
         for r in results:
             totals.update(r)
 
@@ -251,3 +344,79 @@ def test_replies_racing_the_expiry_sweep_give_one_answer_each(
     outcome = {mid: (state, n, code) for mid, state, n, code in rows}
     assert {outcome[mid] for mid in answered} == {("done", 1, None)}
     assert {outcome[mid] for mid in lost} == {("expired", 1, ErrorCode.MESSAGE_UNAVAILABLE)}
+
+
+def test_two_links_marking_nodes_offline_concurrently_never_double_reply(
+    conn: Connection, fed: Federation
+) -> None:
+    """Two links sweep while six nodes fall silent at once, three times over, with many
+    queued and claimed messages, and the thawed worker that claimed some of them
+    replies at the same moment: each node is marked offline once and each instruction
+    ends with exactly one reply, the worker's (done) or a NODE_UNAVAILABLE (expired)."""
+    nodes = [register(conn, f"flaky-{i}") for i in range(6)]
+    run_id = create_run(conn, nodes)
+    total = 0
+    answered: list[int] = []
+    for _ in range(3):
+        ids = bus.send(conn, run_id, [instruction(nodes[i % len(nodes)]) for i in range(150)])
+        held = store_messages.claim(conn, worker="thawed", node_ids=nodes[:3], lease=60, limit=40)
+        total += len(ids)
+        _silence(conn, nodes)
+        failures: list[BaseException] = []
+
+        def thawed(
+            held: list[store_messages.MessageRow] = held,
+            failures: list[BaseException] = failures,
+        ) -> None:
+            try:
+                with connect(fed.url) as c:
+                    for m in held:
+                        try:
+                            store_messages.reply(
+                                c, worker="thawed", new=store_messages.NewReply(m.id, {}, {}, [])
+                            )
+                            answered.append(m.id)
+                        except LeaseLost:
+                            pass
+            except BaseException as exc:
+                failures.append(exc)
+
+        worker = threading.Thread(target=thawed)
+        worker.start()
+        results = _sweep_concurrently(fed.url)
+        worker.join(30)
+        assert failures == []
+        assert sum(r["nodes_offline"] for r in results) == len(nodes)
+        replied_now = len([m for m in held if m.id in set(answered)])
+        assert sum(r["node_unavailable"] for r in results) == len(ids) - replied_now
+        assert sum(r["expired"] + r["requeued"] for r in results) == 0
+
+    rows = conn.execute(
+        "SELECT i.id, i.state::text, count(r.id), min(r.error_code)"
+        " FROM messages i LEFT JOIN messages r ON r.reply_to = i.id"
+        " WHERE i.reply_to IS NULL AND i.run_id = %s GROUP BY i.id, i.state",
+        (run_id,),
+    ).fetchall()
+    assert len(rows) == total
+    outcome = {mid: (state, n, code) for mid, state, n, code in rows}
+    assert {outcome[mid] for mid in answered} <= {("done", 1, None)}
+    assert {v for mid, v in outcome.items() if mid not in set(answered)} == {
+        ("expired", 1, ErrorCode.NODE_UNAVAILABLE)
+    }
+
+
+def test_a_link_that_just_connected_does_not_judge_liveness(
+    conn: Connection, fed: Federation
+) -> None:
+    """Right after (re)connecting, e.g. when the database comes back, every heartbeat
+    looks old; the link waits one offline period before marking nodes offline or
+    failing silent runs, while leases and TTLs are still enforced."""
+    conn.execute("UPDATE nodes SET last_seen_at = now() - interval '1 hour'")
+    _set_running(conn, fed.run_id, heartbeat_age_s=3600)
+    link = _link(fed.url)
+    result = link._sweep(conn, judge_liveness=False)
+    assert (result["nodes_offline"], result["runs_failed"]) == (0, 0)
+    assert scalar(conn, "SELECT count(*) FROM nodes WHERE status = 'offline'") == 0
+    assert store_runs.get(conn, fed.run_id).status == "running"
+    result = link._sweep(conn, judge_liveness=True)
+    assert result["nodes_offline"] == 4 and result["runs_failed"] == 1
