@@ -165,6 +165,12 @@ class Grid:
         ids = self.push_messages(messages)
         return list(self.receive(ids, timeout=timeout))
 
+    def reject_replies(self, rejections: Sequence[tuple[int, str]]) -> None:
+        """Record on each reply `(message id, reason)` why it was left out of a round."""
+        if rejections:
+            batch = list(rejections)
+            self._session.call(lambda c: store_messages.reject_replies(c, self._run_id, batch))
+
     def record_round(
         self,
         server_round: int,

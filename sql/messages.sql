@@ -184,3 +184,9 @@ SELECT state, (reply_to IS NOT NULL) AS is_reply, count(*) AS n
 FROM messages
 WHERE run_id = %(run_id)s
 GROUP BY state, is_reply;
+
+-- name: replies_reject
+-- The ServerApp records why its strategy left replies of its run out of a round.
+UPDATE messages m SET rejected_reason = r.reason
+FROM unnest(%(ids)s::bigint[], %(reasons)s::text[]) AS r(id, reason)
+WHERE m.id = r.id AND m.run_id = %(run_id)s AND m.reply_to IS NOT NULL;

@@ -2,9 +2,13 @@
 `python -m flpg.exec.runner RUN_ID ATTEMPT`.
 
 Started by an exec worker with `FLPG_DATABASE_URL` set. Heart-beats the run while
-the ServerApp's main function runs, and records `finished` itself when it returns
-(so the outcome stands even if its exec is gone). On failure, the last line on
-stderr starts with RESULT_PREFIX and states the reason the exec worker records.
+the ServerApp's main function runs, and records the outcome itself (`finished`, or
+`failed` with the exception's last line; fenced by the attempt), so it stands even
+if its exec is gone; the last line on stderr then starts with RESULT_PREFIX. The
+exec records outcomes only for a ServerApp that could not (killed by a signal).
+If its exec dies, the ServerApp notices at its next heartbeat (it was re-parented),
+fails its attempt (a run with restarts left is relaunched by another exec from its
+checkpoint) and ends.
 
 The exec worker normally ends a stopped run's ServerApp with SIGTERM. The heartbeat
 is the fallback when no exec does (its exec died: the ServerApp lives in its own
@@ -33,6 +37,27 @@ from flpg.store import apps as store_apps
 from flpg.store import runs as store_runs
 
 RESULT_PREFIX = "flpg-serverapp-failed: "
+EXEC_PID_ENV = "FLPG_EXEC_PID"
+"""The pid of the exec worker that launched this ServerApp (unset when run by hand)."""
+
+
+def _exec_gone() -> bool:
+    """Whether the exec that launched this ServerApp died (it was re-parented)."""
+    exec_pid = os.environ.get(EXEC_PID_ENV)
+    return bool(exec_pid) and os.getppid() != int(exec_pid or 0)
+
+
+def _record_failure(url: str, run_id: int, attempt: int, reason: str) -> None:
+    """Record this attempt's failure (or the stop, if one was requested) in the
+    database; best effort. A run with restarts left goes back to the queue."""
+    try:
+        with connect(url, application_name=f"flpg-serverapp-{run_id}") as conn:
+            if store_runs.get(conn, run_id).stop_requested_at is not None:
+                store_runs.finish(conn, run_id, "stopped", "stopped by user", attempt=attempt)
+            else:
+                store_runs.finish(conn, run_id, "failed", reason, attempt=attempt)
+    except Exception as exc:
+        _say(f"could not record the outcome: {exc}")
 
 
 def _say(line: str) -> None:
@@ -68,6 +93,13 @@ def _heartbeat(url: str, run_id: int, attempt: int, period: float, stop: threadi
                 _say(f"heartbeat failed: {exc}")
             else:
                 if stop.is_set():
+                    return
+                if _exec_gone():
+                    # Nobody reads this process's output or records its outcome any
+                    # more: fail this attempt (a run with restarts left is relaunched
+                    # by another exec, from its checkpoint) and end.
+                    _record_failure(url, run_id, attempt, "its exec worker went away")
+                    _terminate_self(f"run {run_id}: its exec worker went away")
                     return
                 if stop_requested:
                     _terminate_self(f"run {run_id}: a stop was requested")
@@ -141,9 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_serverapp(url, int(args[0]), int(args[1]))
     except BaseException as exc:  # report every failure, including SystemExit from user code
-        traceback.print_exc()
+        with contextlib.suppress(OSError, ValueError):
+            traceback.print_exc()
         reason = "".join(traceback.format_exception_only(exc)).strip().splitlines()[-1]
-        print(f"{RESULT_PREFIX}{reason}", file=sys.stderr, flush=True)
+        if _exec_gone():
+            reason = f"its exec worker went away ({reason})"
+        _record_failure(url, int(args[0]), int(args[1]), reason)
+        _say(f"{RESULT_PREFIX}{reason}")
         return 1
     return 0
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from flpg.db import EXEC_CHANNEL, TRANSIENT, Connection, Listener, Session
 from flpg.exec.logwriter import LogWriter
-from flpg.exec.runner import RESULT_PREFIX
+from flpg.exec.runner import EXEC_PID_ENV, RESULT_PREFIX
 from flpg.lifecycle import worker_id
 from flpg.migrate import ensure_schema
 from flpg.settings import DATABASE_URL_ENV, Intervals
@@ -85,7 +85,12 @@ class ExecWorker:
             log.info("stopped")
 
     def _launch(self, conn: Connection, logs: LogWriter, run_id: int, attempt: int) -> None:
-        env = {**os.environ, DATABASE_URL_ENV: self.url, "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            DATABASE_URL_ENV: self.url,
+            "PYTHONUNBUFFERED": "1",
+            EXEC_PID_ENV: str(os.getpid()),
+        }
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "flpg.exec.runner", str(run_id), str(attempt)],

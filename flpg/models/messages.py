@@ -53,6 +53,9 @@ messages = Table(
     Column("configs", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("error_code", Integer),
     Column("error_reason", Text),
+    # Set by the ServerApp on a reply its strategy could not use (wrong names,
+    # shapes or dtypes, NaN/Inf, no weight): why it was left out of the round.
+    Column("rejected_reason", Text),
     ForeignKeyConstraint(
         ["run_id", "dst_node_id"],
         ["run_nodes.run_id", "run_nodes.node_id"],
@@ -81,6 +84,9 @@ messages = Table(
     ),
     CheckConstraint("(error_code IS NULL) = (error_reason IS NULL)", name="error_code_with_reason"),
     CheckConstraint("reply_to IS NOT NULL OR error_code IS NULL", name="errors_only_in_replies"),
+    CheckConstraint(
+        "reply_to IS NOT NULL OR rejected_reason IS NULL", name="rejections_only_of_replies"
+    ),
     CheckConstraint("jsonb_typeof(metrics) = 'object'", name="metrics_is_object"),
     CheckConstraint("jsonb_typeof(configs) = 'object'", name="configs_is_object"),
 )

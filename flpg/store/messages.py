@@ -242,3 +242,13 @@ def fail_offline(conn: Connection, node_ids: list[int], error_code: int) -> int:
     with conn.transaction():
         row = one(conn, "messages_fail_offline", {"node_ids": node_ids, "error_code": error_code})
     return int(row["expired"]) if row else 0
+
+
+def reject_replies(conn: Connection, run_id: int, rejections: Sequence[tuple[int, str]]) -> int:
+    """Record on each reply `(message id, reason)` why its strategy did not use it."""
+    if not rejections:
+        return 0
+    ids, reasons = zip(*rejections, strict=True)
+    return run(
+        conn, "replies_reject", {"run_id": run_id, "ids": list(ids), "reasons": list(reasons)}
+    )

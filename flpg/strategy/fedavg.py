@@ -120,7 +120,7 @@ class FedAvg(Strategy):
                 weight, record = self._weight(reply)
                 arrays.add(reply.content[self.arrayrecord_key], weight)  # type: ignore[arg-type]
             except (ReplyRejected, KeyError, TypeError) as exc:
-                replies.fail(f"node {reply.metadata.src_node_id}: reply rejected: {exc}")
+                replies.reject(reply, str(exc))
                 continue
             metrics.add(record, weight)
             if self.train_metrics_aggr_fn is not None:
@@ -152,7 +152,7 @@ class FedAvg(Strategy):
             try:
                 weight, record = self._weight(reply)
             except ReplyRejected as exc:
-                replies.fail(f"node {reply.metadata.src_node_id}: reply rejected: {exc}")
+                replies.reject(reply, str(exc))
                 continue
             metrics.add(record, weight)
             kept.append(

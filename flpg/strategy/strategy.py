@@ -22,6 +22,8 @@ class ReplyTally:
         self.received = 0
         self.failures = 0
         self.reasons: list[str] = []
+        self.rejected: list[tuple[int, str]] = []
+        """`(reply message id, reason)` of replies the strategy could not use."""
 
     def __iter__(self) -> Iterator[Message]:
         for reply in self._replies:
@@ -35,6 +37,12 @@ class ReplyTally:
         """Count one failed reply and remember why."""
         self.failures += 1
         self.reasons.append(reason)
+
+    def reject(self, reply: Message, reason: str) -> None:
+        """Count a reply the strategy cannot use (its reason is stored on its row)."""
+        self.fail(f"node {reply.metadata.src_node_id}: reply rejected: {reason}")
+        if reply.metadata.message_id is not None:
+            self.rejected.append((reply.metadata.message_id, reason))
 
 
 def log(message: str) -> None:
@@ -114,6 +122,7 @@ class Strategy(ABC):
             ids = grid.push_messages(self.configure_train(server_round, arrays, config, grid))
             tally = ReplyTally(grid.receive(ids, timeout=timeout))
             new_arrays, metrics = self.aggregate_train(server_round, tally)
+            grid.reject_replies(tally.rejected)
             missing = len(ids) - tally.received
             if missing:
                 tally.failures += missing
@@ -142,6 +151,7 @@ class Strategy(ABC):
                 ids = grid.push_messages(eval_messages)
                 tally = ReplyTally(grid.receive(ids, timeout=timeout))
                 eval_metrics = self.aggregate_evaluate(server_round, tally)
+                grid.reject_replies(tally.rejected)
                 missing = len(ids) - tally.received
                 tally.failures += missing
                 result.evaluate_metrics_clientapp[server_round] = eval_metrics or MetricRecord()

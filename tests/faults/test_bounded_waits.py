@@ -79,6 +79,9 @@ def test_a_killed_serverapps_run_fails_within_a_bounded_time(
     # heartbeat stops, and the run fails within offline_after plus a sweep.
     orphaned = fed.submit(TOLERANT, "--run-config", slow)
     pid = _serverapp_waiting(fed, orphaned, markers)
+    # Frozen first: a running ServerApp would notice its exec's death at its next
+    # heartbeat and fail itself; this case is about a ServerApp that cannot.
+    os.kill(pid, signal.SIGSTOP)
     assert fed.kill(exec_) == -signal.SIGKILL
     assert pid in fed.tagged_pids()  # the ServerApp outlived its exec (own session)
     _kill(pid)

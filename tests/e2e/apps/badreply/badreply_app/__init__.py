@@ -1,0 +1,1 @@
+"""Replies that must be rejected without breaking the round."""
