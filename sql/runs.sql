@@ -50,8 +50,9 @@ WHERE id IN (
 RETURNING id, attempt;
 
 -- name: run_mark_running
+-- heartbeat_at stays NULL until the ServerApp itself beats (see runs_fail_silent).
 UPDATE runs
-SET status = 'running', started_at = now(), heartbeat_at = now(), serverapp_pid = %(pid)s
+SET status = 'running', started_at = now(), heartbeat_at = NULL, serverapp_pid = %(pid)s
 WHERE id = %(run_id)s AND status = 'starting' AND exec_id = %(exec_id)s
 RETURNING id;
 
@@ -133,16 +134,21 @@ WHERE NOT EXISTS (
 -- name: runs_fail_silent
 -- Link sweep: a running ServerApp that stopped heart-beating fails its run
 -- (or stops it, when the user had asked for that and no exec was left to do it).
+-- One that never beat (still starting: interpreter, imports, bundle) gets
+-- `startup` seconds from its launch instead of `after`.
 UPDATE runs
 SET status = CASE WHEN stop_requested_at IS NOT NULL THEN 'stopped' ELSE 'failed' END::run_status,
     finished_at = now(), serverapp_pid = NULL,
     reason = CASE
         WHEN stop_requested_at IS NOT NULL THEN 'stopped by user'
+        WHEN heartbeat_at IS NULL THEN
+            format('ServerApp never heart-beat in the %%s s after its launch', %(startup)s)
         ELSE format('ServerApp stopped heart-beating (last heartbeat %%s s ago)',
                     round(extract(epoch FROM now() - heartbeat_at)::numeric, 1))
     END
 WHERE status = 'running'
-  AND heartbeat_at < now() - make_interval(secs => %(after)s)
+  AND (heartbeat_at < now() - make_interval(secs => %(after)s)
+       OR (heartbeat_at IS NULL AND started_at < now() - make_interval(secs => %(startup)s)))
 RETURNING id;
 
 -- name: round_metrics_upsert

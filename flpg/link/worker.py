@@ -26,6 +26,10 @@ log = logging.getLogger("flpg.link")
 LOCK_TIMEOUT = 2.0
 """Seconds a sweep waits on a row lock before it gives up until the next sweep."""
 
+STARTUP = 30.0
+"""Seconds a launched ServerApp has to send its first heartbeat (start-up on a busy
+machine: interpreter, imports, bundle) before the link fails its run."""
+
 
 class LinkWorker:
     """Marks silent nodes offline (answering their undelivered messages with an error
@@ -71,7 +75,9 @@ class LinkWorker:
         if expired:
             log.info("expired %d message(s) past their TTL", expired)
         if judge_liveness:
-            failed = store_runs.fail_silent(conn, self.intervals.offline_after)
+            failed = store_runs.fail_silent(
+                conn, self.intervals.offline_after, max(self.intervals.offline_after, STARTUP)
+            )
         for run_id in failed:
             log.info("run %d failed: its ServerApp stopped heart-beating", run_id)
         return {

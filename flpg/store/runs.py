@@ -236,11 +236,13 @@ def ended(conn: Connection, run_ids: list[int]) -> list[int]:
     return [int(r["id"]) for r in rows(conn, "runs_ended", {"ids": run_ids})]
 
 
-def fail_silent(conn: Connection, after: float) -> list[int]:
-    """Link: fail running runs whose ServerApp has not heart-beaten for `after` s
-    (or restart them, if they have restarts left)."""
+def fail_silent(conn: Connection, after: float, startup: float) -> list[int]:
+    """Link: fail running runs whose ServerApp has not heart-beaten for `after` s, or
+    not at all within `startup` s of its launch (or restart them, if they have
+    restarts left)."""
     with conn.transaction():
-        failed = [int(r["id"]) for r in rows(conn, "runs_fail_silent", {"after": after})]
+        found = rows(conn, "runs_fail_silent", {"after": after, "startup": startup})
+        failed = [int(r["id"]) for r in found]
         for run_id in failed:
             run(conn, "run_cancel_messages", {"run_id": run_id})
             _requeue(conn, run_id, automatic=True)

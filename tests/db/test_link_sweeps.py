@@ -420,3 +420,22 @@ def test_a_link_that_just_connected_does_not_judge_liveness(
     assert store_runs.get(conn, fed.run_id).status == "running"
     result = link._sweep(conn, judge_liveness=True)
     assert result["nodes_offline"] == 4 and result["runs_failed"] == 1
+
+
+def test_a_serverapp_that_never_beat_gets_a_startup_grace(
+    conn: Connection, fed: Federation
+) -> None:
+    """Launched but not yet beating (interpreter, imports): failed only after the
+    start-up grace, with a reason that says so."""
+    _set_running(conn, fed.run_id, heartbeat_age_s=0)
+    conn.execute("UPDATE runs SET heartbeat_at = NULL WHERE id = %s", [fed.run_id])
+    assert _link(fed.url).sweep_once()["runs_failed"] == 0
+    conn.execute(
+        "UPDATE runs SET started_at = now() - interval '1 hour' WHERE id = %s", [fed.run_id]
+    )
+    assert _link(fed.url).sweep_once()["runs_failed"] == 1
+    run = store_runs.get(conn, fed.run_id)
+    assert (run.status, run.reason) == (
+        "failed",
+        "ServerApp never heart-beat in the 30 s after its launch",
+    )
