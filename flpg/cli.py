@@ -221,6 +221,14 @@ def exec_cmd(db: str | None, max_runs: int, verbose: bool) -> None:
     show_default=True,
     help="Messages handled at once.",
 )
+@click.option(
+    "--virtual",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Serve N node ids NAME-0..NAME-(N-1), each with partition-id i and "
+    "num-partitions N added to its node config (simulate a large federation).",
+)
 @click.option("-v", "--verbose", is_flag=True)
 @handle_errors
 def node_cmd(
@@ -229,17 +237,19 @@ def node_cmd(
     node_config: str,
     labels: tuple[str, ...],
     concurrency: int,
+    virtual: int | None,
     verbose: bool,
 ) -> None:
     """Run a SuperNode worker: claim this node's messages and run ClientApps on them."""
-    from flpg.node.worker import NodeSpec, NodeWorker
+    from flpg.node.worker import NodeSpec, NodeWorker, virtual_specs
 
     spec = NodeSpec(
         name=name,
         node_config=parse_kv(node_config, "--node-config"),
         labels=parse_kv(" ".join(labels), "--label"),
     )
-    _serve(NodeWorker(resolve_url(db), [spec], concurrency=concurrency), verbose)
+    specs = [spec] if virtual is None else virtual_specs(spec, virtual)
+    _serve(NodeWorker(resolve_url(db), specs, concurrency=concurrency), verbose)
 
 
 # ---------------------------------------------------------------- runs

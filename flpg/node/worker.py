@@ -20,7 +20,7 @@ from psycopg_pool import ConnectionPool
 from flpg import bus
 from flpg.appbundle import default_cache_dir
 from flpg.db import SESSION_OPTIONS, TRANSIENT, Connection, Listener, Session, node_channel
-from flpg.errors import FlpgError
+from flpg.errors import ConfigError, FlpgError
 from flpg.lifecycle import worker_id
 from flpg.message import Error, ErrorCode
 from flpg.migrate import ensure_schema
@@ -41,6 +41,25 @@ class NodeSpec:
     name: str
     node_config: dict[str, Any] = field(default_factory=dict)
     labels: dict[str, Any] = field(default_factory=dict)
+
+
+def virtual_specs(base: NodeSpec, count: int) -> list[NodeSpec]:
+    """`count` node ids named `<name>-<i>`, each with `partition-id = i` and
+    `num-partitions = count` on top of `base`'s node config (which may override
+    neither) and `base`'s labels."""
+    for key in ("partition-id", "num-partitions"):
+        if key in base.node_config:
+            raise ConfigError(
+                f"--node-config sets {key!r}, which --virtual assigns to each node; remove it"
+            )
+    return [
+        NodeSpec(
+            name=f"{base.name}-{i}",
+            node_config={**base.node_config, "partition-id": i, "num-partitions": count},
+            labels=dict(base.labels),
+        )
+        for i in range(count)
+    ]
 
 
 class NodeWorker:
@@ -77,12 +96,13 @@ class NodeWorker:
         hand back the rest, and mark the nodes offline."""
         ensure_schema(self.url)  # an unreachable database at start is an error (exit 3)
         session = Session(self.url, application_name="flpg-node", stop=stop)
-        registered = [
-            store_nodes.register(
-                session.conn, name=s.name, node_config=s.node_config, labels=s.labels
-            )
-            for s in self.specs
-        ]
+        with session.conn.transaction():  # one commit, however many node ids
+            registered = [
+                store_nodes.register(
+                    session.conn, name=s.name, node_config=s.node_config, labels=s.labels
+                )
+                for s in self.specs
+            ]
         self.node_ids = [n.id for n in registered]
         self._node_configs = {n.id: dict(n.node_config) for n in registered}
         host = AppHost(
@@ -103,8 +123,15 @@ class NodeWorker:
             check=ConnectionPool.check_connection,  # drop connections a restart broke
             open=True,
         )
-        names = ", ".join(f"{n.name} (id {n.id})" for n in registered)
-        log.info("serving node %s as %s, concurrency %d", names, self.worker, self.concurrency)
+        if len(registered) <= 4:
+            names = "node " + ", ".join(f"{n.name} (id {n.id})" for n in registered)
+        else:
+            first, last = registered[0], registered[-1]
+            names = (
+                f"{len(registered)} nodes {first.name} .. {last.name} "
+                f"(ids {first.id} .. {last.id})"
+            )
+        log.info("serving %s as %s, concurrency %d", names, self.worker, self.concurrency)
         beat_stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(pool, beat_stop), daemon=True)
         beat.start()

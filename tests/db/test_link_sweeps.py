@@ -34,11 +34,21 @@ def _set_running(conn: Connection, run_id: int, heartbeat_age_s: float) -> None:
     )
 
 
+def _silence(conn: Connection, node_ids: list[int]) -> None:
+    """Online nodes whose workers stopped heart-beating an hour ago; every other node
+    looks alive for the next hour (however slowly the test runs)."""
+    conn.execute(
+        "UPDATE nodes SET"
+        " status = CASE WHEN id = ANY(%(ids)s) THEN 'online' ELSE status END,"
+        " last_seen_at = now() + CASE WHEN id = ANY(%(ids)s)"
+        " THEN interval '-1 hour' ELSE interval '1 hour' END",
+        {"ids": node_ids},
+    )
+
+
 def test_sweep_marks_silent_nodes_offline(conn: Connection, fed: Federation) -> None:
     silent, alive = fed.selected[0], fed.selected[1]
-    conn.execute(
-        "UPDATE nodes SET last_seen_at = now() - interval '1 hour' WHERE id = %s", (silent,)
-    )
+    _silence(conn, [silent])
     result = _link(fed.url).sweep_once()
     assert result["nodes_offline"] == 1
     status = dict(conn.execute("SELECT id, status::text FROM nodes").fetchall())
@@ -117,15 +127,6 @@ def test_sweep_fails_a_run_whose_serverapp_went_silent(conn: Connection, fed: Fe
     assert store_runs.get(conn, healthy).status == "running"
     assert scalar(conn, "SELECT state::text FROM messages WHERE id = %s", (other_msg,)) == "queued"
     assert _link(fed.url).sweep_once()["runs_failed"] == 0
-
-
-def _silence(conn: Connection, node_ids: list[int]) -> None:
-    """Online nodes whose workers stopped heart-beating an hour ago."""
-    conn.execute(
-        "UPDATE nodes SET status = 'online', last_seen_at = now() - interval '1 hour'"
-        " WHERE id = ANY(%s)",
-        (node_ids,),
-    )
 
 
 def test_sweep_answers_the_undelivered_messages_of_a_node_that_went_offline(
