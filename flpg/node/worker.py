@@ -128,8 +128,7 @@ class NodeWorker:
         else:
             first, last = registered[0], registered[-1]
             names = (
-                f"{len(registered)} nodes {first.name} .. {last.name} "
-                f"(ids {first.id} .. {last.id})"
+                f"{len(registered)} nodes {first.name} .. {last.name} (ids {first.id} .. {last.id})"
             )
         log.info("serving %s as %s, concurrency %d", names, self.worker, self.concurrency)
         beat_stop = threading.Event()
