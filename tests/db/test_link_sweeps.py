@@ -243,9 +243,7 @@ def test_two_links_sweeping_concurrently_never_double_reply(
     nodes = fed.selected + more
     run_id = create_run(conn, nodes)
     # Work for the other sweeps too: a silent node and a run whose ServerApp went silent.
-    conn.execute(
-        "UPDATE nodes SET last_seen_at = now() - interval '1 hour' WHERE id = %s", (more[0],)
-    )
+    _silence(conn, [more[0]])
     _set_running(conn, fed.run_id, heartbeat_age_s=3600)
     (stale_msg,) = bus.send(conn, fed.run_id, [instruction(fed.selected[0])])
 
