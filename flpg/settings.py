@@ -28,6 +28,8 @@ class Intervals:
     """Safety-net poll for workers waiting on NOTIFY."""
     sweep: float = 1.0
     """How often the link runs its sweeps."""
+    payload_grace: float = 60.0
+    """The link collects a payload this long after the last message needing it ended."""
 
     @classmethod
     def from_env(cls) -> Intervals:

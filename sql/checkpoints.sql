@@ -34,7 +34,8 @@ WHERE run_id = %(run_id)s;
 
 -- name: checkpoint_array_refs
 SELECT NULL::bigint AS message_id, 'checkpoint' AS record_name, ca.position, ca.array_name,
-       a.id AS array_id, a.dtype, a.shape, a.nbytes, a.n_chunks, a.digest
+       a.id AS array_id, a.dtype, a.shape, a.nbytes, a.n_chunks, a.digest,
+       a.collected_at IS NOT NULL AS collected
 FROM checkpoint_arrays ca
 JOIN arrays a ON a.id = ca.array_id
 WHERE ca.run_id = %(run_id)s

@@ -12,7 +12,8 @@ INSERT INTO array_chunks (array_id, seq, data) VALUES (%(array_id)s, %(seq)s, %(
 -- name: message_array_refs
 -- The arrays each message carries, in record order.
 SELECT ma.message_id, ma.record_name, ma.position, ma.array_name,
-       a.id AS array_id, a.dtype, a.shape, a.nbytes, a.n_chunks, a.digest
+       a.id AS array_id, a.dtype, a.shape, a.nbytes, a.n_chunks, a.digest,
+       a.collected_at IS NOT NULL AS collected
 FROM message_arrays ma
 JOIN arrays a ON a.id = ma.array_id
 WHERE ma.message_id = ANY(%(message_ids)s)
@@ -24,3 +25,33 @@ SELECT array_id, seq, data
 FROM array_chunks
 WHERE array_id = ANY(%(array_ids)s)
 ORDER BY array_id, seq;
+
+-- name: payloads_collect
+-- Link sweep: delete the chunks of arrays that nothing live needs, at most `limit`
+-- at a time. Needed: by a checkpoint, or by a message that is queued or claimed
+-- or finished less than `grace` seconds ago (a reader may be between taking it and
+-- reading its arrays). Arrays younger than `grace` are kept too: a send writes its
+-- payloads before the messages that reference them.
+WITH dead AS (
+    SELECT a.id, a.nbytes
+    FROM arrays a
+    WHERE a.collected_at IS NULL
+      AND a.created_at < now() - make_interval(secs => %(grace)s)
+      AND NOT EXISTS (SELECT 1 FROM checkpoint_arrays ca WHERE ca.array_id = a.id)
+      AND NOT EXISTS (
+          SELECT 1
+          FROM message_arrays ma
+          JOIN messages m ON m.id = ma.message_id
+          WHERE ma.array_id = a.id
+            AND (m.state IN ('queued', 'claimed')
+                 OR m.finished_at > now() - make_interval(secs => %(grace)s))
+      )
+    ORDER BY a.id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), chunks AS (
+    DELETE FROM array_chunks c USING dead WHERE c.array_id = dead.id
+), marked AS (
+    UPDATE arrays a SET collected_at = now() FROM dead WHERE a.id = dead.id
+)
+SELECT count(*) AS arrays, coalesce(sum(nbytes), 0)::bigint AS bytes FROM dead;

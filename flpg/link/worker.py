@@ -19,6 +19,7 @@ from flpg.migrate import ensure_schema
 from flpg.settings import Intervals
 from flpg.store import messages as store_messages
 from flpg.store import nodes as store_nodes
+from flpg.store import payloads as store_payloads
 from flpg.store import runs as store_runs
 
 log = logging.getLogger("flpg.link")
@@ -74,6 +75,15 @@ class LinkWorker:
         expired = store_messages.expire(conn, ErrorCode.MESSAGE_UNAVAILABLE)
         if expired:
             log.info("expired %d message(s) past their TTL", expired)
+        collected, collected_bytes = store_payloads.collect(
+            conn, grace=self.intervals.payload_grace
+        )
+        if collected:
+            log.info(
+                "collected %d payload(s) no live message or checkpoint needs (%.1f MB)",
+                collected,
+                collected_bytes / 1e6,
+            )
         if judge_liveness:
             failed = store_runs.fail_silent(
                 conn, self.intervals.offline_after, max(self.intervals.offline_after, STARTUP)
@@ -86,6 +96,7 @@ class LinkWorker:
             "requeued": requeued,
             "expired": expired,
             "runs_failed": len(failed),
+            "payloads_collected": collected,
         }
 
     def run(self, stop: threading.Event) -> None:

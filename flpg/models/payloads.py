@@ -3,6 +3,7 @@
 An array is written once and referenced by every message that carries it
 (`message_arrays`), so a model broadcast to N nodes is stored once. Chunk data
 uses STORAGE EXTERNAL: random floats do not compress, so PostgreSQL must not try.
+The link deletes the chunks of arrays nothing live needs any more (`collected_at`).
 """
 
 from __future__ import annotations
@@ -39,12 +40,17 @@ arrays = Table(
     Column("n_chunks", Integer, nullable=False),
     Column("digest", LargeBinary, nullable=False),
     Column("created_at", TIMESTAMP(timezone=True), nullable=False, server_default=text("now()")),
+    # Set when the link deleted the chunks (no live message or checkpoint needed them);
+    # the row stays, so the audit trail keeps each payload's dtype, shape and digest.
+    Column("collected_at", TIMESTAMP(timezone=True)),
     CheckConstraint("nbytes >= 0", name="nbytes_not_negative"),
     CheckConstraint("chunk_size > 0", name="chunk_size_positive"),
     CheckConstraint("n_chunks = (nbytes + chunk_size - 1) / chunk_size", name="n_chunks_matches"),
     CheckConstraint("length(digest) = 16", name="digest_length"),
 )
 Index("ix_arrays_run_id", arrays.c.run_id)
+# The collection sweep looks only at arrays whose chunks are still there.
+Index("ix_arrays_uncollected", arrays.c.id, postgresql_where=text("collected_at IS NULL"))
 
 array_chunks = Table(
     "array_chunks",

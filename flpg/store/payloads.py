@@ -32,6 +32,8 @@ class ArrayRef:
     nbytes: int
     n_chunks: int
     digest: bytes
+    collected: bool = False
+    """The link deleted its chunks: no live message or checkpoint needed it."""
 
 
 def write(
@@ -101,6 +103,12 @@ def read(conn: Connection, wanted: Sequence[ArrayRef]) -> dict[int, np.ndarray[A
         owner = "the checkpoint" if ref.message_id is None else f"message {ref.message_id}"
         return f"{ref.record_name}[{ref.array_name!r}] of {owner}"
 
+    for ref in by_id.values():
+        if ref.collected:
+            raise PayloadCorrupt(
+                f"array {label(ref)} was collected: its message ended more than the "
+                "collection grace period ago (FLPG_PAYLOAD_GRACE)"
+            )
     assemblers = {
         i: arrays.ArrayAssembler(r.dtype, r.shape, r.nbytes, label(r)) for i, r in by_id.items()
     }
@@ -126,3 +134,12 @@ def read(conn: Connection, wanted: Sequence[ArrayRef]) -> dict[int, np.ndarray[A
             raise PayloadCorrupt(f"array {label(ref)} fails its digest check")
         out[array_id] = arr
     return out
+
+
+def collect(conn: Connection, *, grace: float, limit: int = 1000) -> tuple[int, int]:
+    """Link: delete the chunks of up to `limit` arrays nothing live needs (see
+    payloads_collect); returns `(arrays, bytes)` collected."""
+    with conn.transaction():
+        row = one(conn, "payloads_collect", {"grace": grace, "limit": limit})
+    assert row is not None
+    return int(row["arrays"]), int(row["bytes"])
