@@ -69,6 +69,8 @@ from types import FrameType
 from typing import Any
 
 import psycopg
+from harness.flpg_side import flpg_executable
+from harness.procs import Proc, cmdline, signal_group
 
 from flpg.pgcluster import Cluster
 
@@ -102,46 +104,6 @@ class Interrupted(Exception):
 
 
 # ------------------------------------------------------------------ processes
-
-
-@dataclass
-class Proc:
-    """One long-running flpg worker process, in its own session."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    def tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
-def flpg_executable() -> str:
-    """The `flpg` script next to this interpreter (the project's venv)."""
-    candidate = Path(sys.executable).parent / "flpg"
-    if candidate.is_file():
-        return str(candidate)
-    found = shutil.which("flpg")
-    if found is None:
-        raise BenchmarkError(f"no flpg command next to {sys.executable} or on PATH")
-    return found
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        raw = Path("/proc", str(pid), "cmdline").read_bytes()
-    except OSError:
-        return "?"
-    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
 
 
 class Federation:
@@ -239,18 +201,18 @@ class Federation:
         for group in (others, links):
             for proc in group:
                 if proc.popen.poll() is None:
-                    _signal_group(proc.popen.pid, signal.SIGTERM)
+                    signal_group(proc.popen.pid, signal.SIGTERM)
             deadline = time.monotonic() + grace
             for proc in group:
                 try:
                     proc.popen.wait(max(deadline - time.monotonic(), 0.01))
                 except subprocess.TimeoutExpired:
-                    _signal_group(proc.popen.pid, signal.SIGKILL)
+                    signal_group(proc.popen.pid, signal.SIGKILL)
                     killed.append(proc.name)
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         proc.popen.wait(5)
         for pid in self.tagged_pids():
-            killed.append(f"stray pid {pid}: {_cmdline(pid)}")
+            killed.append(f"stray pid {pid}: {cmdline(pid)}")
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 5

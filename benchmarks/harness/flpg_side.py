@@ -1,0 +1,460 @@
+"""flpg side: one configuration on a fresh federation in a fresh database.
+
+For a FedAvg configuration (N nodes, model size S, R rounds) it creates a database
+in the invocation's cluster, runs `flpg db upgrade`, starts `flpg link`, `flpg exec`
+and N `flpg node --name nodeI --node-config "partition-id=I num-partitions=N"`
+processes (one process per node, as Flower has one SuperNode per node; for the
+virtual-node extra one worker serves all N node ids, with `flpg node --virtual N`
+when the installed flpg has it, else `virtual_nodes.py`), waits until
+the N nodes are online, then submits `benchmarks/apps/bench_flpg` with `flpg run`.
+Everything it reports comes from the database's own timestamps:
+
+- round 1 starts at the run's first `arrays.created_at` (the ServerApp begins writing
+  the broadcast payload, after sampling its nodes), round k ends at the train
+  `round_metrics.recorded_at` of round k (aggregate done);
+- start-up is from the moment the harness launched `flpg run` (wall clock, same
+  machine) to round 1's start; total is to `runs.finished_at`.
+
+Peak memory is sampled (see `rss`) for "server" (the `flpg link` and `flpg exec`
+trees, which include the run's ServerApp process), "node" (node0's worker and its
+ClientApp process) and "pg" (the PostgreSQL cluster, PSS).
+
+Default bus intervals are used (production settings); any `FLPG_HEARTBEAT`,
+`FLPG_POLL`, ... in the caller's environment is passed on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from harness.cluster import BenchCluster
+from harness.procs import HarnessError, Proc, ProcessSet, is_ours
+from harness.results import Config, Outcome, model_floats
+from harness.rss import TreeSampler, children_map, descendants, memory_low, tree_kib
+
+BENCH_DIR = Path(__file__).resolve().parent.parent
+APP_DIR = BENCH_DIR / "apps" / "bench_flpg"
+VIRTUAL_NODES = Path(__file__).resolve().parent / "virtual_nodes.py"
+TERMINAL = ("finished", "failed", "stopped")
+PASS_ON = {
+    "FLPG_HEARTBEAT",
+    "FLPG_OFFLINE_AFTER",
+    "FLPG_LEASE",
+    "FLPG_POLL",
+    "FLPG_SWEEP",
+    "FLPG_PG_BINDIR",
+}
+"""The caller's `FLPG_*` variables that reach the workers (the database, home and
+cache are the harness's own)."""
+Progress = Callable[[str], None]
+
+
+class ConfigTimeout(HarnessError):
+    """The configuration ran past its time budget."""
+
+
+def flpg_executable() -> str:
+    """The `flpg` script next to this interpreter (the project's venv), or on PATH."""
+    candidate = Path(sys.executable).parent / "flpg"
+    if candidate.is_file():
+        return str(candidate)
+    found = shutil.which("flpg")
+    if found is None:
+        raise HarnessError(f"no flpg command next to {sys.executable} or on PATH")
+    return found
+
+
+def query(url: str, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(sql, params)
+        return cur.fetchall() if cur.description is not None else []
+
+
+@dataclass
+class Deadline:
+    """The time budget of one configuration."""
+
+    seconds: float
+    start: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.start = time.monotonic()
+
+    def remaining(self) -> float:
+        return self.seconds - (time.monotonic() - self.start)
+
+    def check(self, what: str) -> None:
+        if self.remaining() <= 0:
+            raise ConfigTimeout(f"timed out after {self.seconds:g} s while {what}")
+
+
+class FlpgFederation:
+    """The workers of one configuration, on database `url`."""
+
+    def __init__(self, name: str, url: str, workdir: Path) -> None:
+        self.flpg = flpg_executable()
+        self.url = url
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLPG_") or k in PASS_ON}
+        env["FLPG_DATABASE_URL"] = url
+        env["FLPG_CACHE_DIR"] = str(workdir / "cache")
+        env["FLPG_HOME"] = str(workdir / "home")
+        self.procs = ProcessSet(name, workdir / "logs", env, workdir)
+        self.link: Proc | None = None
+        self.exec: Proc | None = None
+        self.nodes: list[Proc] = []
+
+    def migrate(self) -> None:
+        done = self.procs.run([self.flpg, "db", "upgrade", "--db", self.url], timeout=120)
+        if done.returncode != 0:
+            raise HarnessError(f"flpg db upgrade exited {done.returncode}: {done.stderr.strip()}")
+
+    def start_control(self) -> None:
+        self.link = self.procs.start("link", [self.flpg, "link"])
+        self.exec = self.procs.start("exec", [self.flpg, "exec", "--max-runs", "1"])
+
+    def start_node(self, name: str, partition: int, partitions: int, log_name: str) -> Proc:
+        proc = self.procs.start(
+            log_name,
+            [
+                self.flpg,
+                "node",
+                "--name",
+                name,
+                "--node-config",
+                f"partition-id={partition} num-partitions={partitions}",
+            ],
+        )
+        self.nodes.append(proc)
+        return proc
+
+    def has_virtual_option(self) -> bool:
+        """Whether this flpg's `flpg node` takes `--virtual N` (one worker, N node ids)."""
+        done = self.procs.run([self.flpg, "node", "--help"], timeout=60)
+        return "--virtual" in done.stdout
+
+    def start_virtual(self, count: int, concurrency: int) -> tuple[Proc, str]:
+        """One worker process serving `count` node ids: `flpg node --virtual` when
+        this flpg has it, else `virtual_nodes.py` (flpg's NodeWorker with `count`
+        specs). Returns the process and which of the two it is."""
+        if self.has_virtual_option():
+            how = "flpg node --virtual"
+            argv = [self.flpg, "node", "--name", "v", "--virtual", str(count)]
+        else:
+            how = "harness/virtual_nodes.py"
+            argv = [sys.executable, str(VIRTUAL_NODES), "--db", self.url, "--count", str(count)]
+        proc = self.procs.start("node-virtual", [*argv, "--concurrency", str(concurrency)])
+        self.nodes.append(proc)
+        return proc, how
+
+    def server_roots(self) -> list[int]:
+        return [p.pid for p in (self.link, self.exec) if p is not None]
+
+    def wait_online(self, count: int, deadline: Deadline) -> None:
+        while True:
+            self.procs.check_alive()
+            rows = query(self.url, "SELECT count(*) FROM nodes WHERE status = 'online'")
+            if rows[0][0] >= count:
+                return
+            if deadline.remaining() <= 0:
+                raise ConfigTimeout(
+                    f"only {rows[0][0]} of {count} nodes online after {deadline.seconds:g} s\n"
+                    + self.procs.log_tails()
+                )
+            time.sleep(0.1)
+
+    def submit(self, run_config: str) -> tuple[int, float]:
+        """Submit the bench app; (run id, wall-clock time the submit command started)."""
+        t_submit = time.time()
+        argv = [self.flpg, "run", str(APP_DIR), "--run-config", run_config, "--format", "json"]
+        done = self.procs.run(argv, timeout=300)
+        if done.returncode != 0:
+            raise HarnessError(f"flpg run exited {done.returncode}: {done.stderr.strip()}")
+        return int(json.loads(done.stdout)["run_id"]), t_submit
+
+    def wait_run(self, run_id: int, deadline: Deadline) -> None:
+        while True:
+            self.procs.check_alive()
+            low = memory_low()
+            if low is not None:
+                raise HarnessError(f"run {run_id}: {low}")
+            rows = query(self.url, "SELECT status, reason FROM runs WHERE id = %s", [run_id])
+            status, reason = rows[0]
+            if status == "finished":
+                return
+            if status in TERMINAL:
+                raise HarnessError(f"run {run_id} {status}: {reason}\n{self.run_log(run_id)}")
+            if deadline.remaining() <= 0:
+                raise ConfigTimeout(
+                    f"run {run_id} still {status} after {deadline.seconds:g} s\n"
+                    f"{self.run_log(run_id)}"
+                )
+            time.sleep(0.25)
+
+    def run_log(self, run_id: int, lines: int = 15) -> str:
+        rows = query(
+            self.url,
+            "SELECT stream, line FROM (SELECT id, stream, line FROM run_logs WHERE run_id = %s "
+            "ORDER BY id DESC LIMIT %s) t ORDER BY id",
+            [run_id, lines],
+        )
+        return "\n".join(f"[{stream}] {line}" for stream, line in rows)
+
+    def stop(self) -> list[str]:
+        # Nodes (they hand back claims) and exec together, the link last. Each takes
+        # up to one poll interval (FLPG_POLL, 5 s) to notice SIGTERM.
+        return self.procs.stop(order=[["node", "exec"]])
+
+
+@dataclass(frozen=True)
+class RunTimes:
+    round_seconds: list[float]
+    startup: float
+    total: float
+    breakdown: str
+    """Start-up split: `flpg run` until the run row exists, until the exec started
+    the ServerApp, until the first payload write."""
+
+
+def run_times(url: str, run_id: int, rounds: int, t_submit: float) -> RunTimes:
+    rows = query(
+        url,
+        """
+        SELECT r.submitted_at, r.started_at, r.finished_at,
+               (SELECT min(a.created_at) FROM arrays a WHERE a.run_id = r.id),
+               (SELECT array_agg(rm.recorded_at ORDER BY rm.round) FROM round_metrics rm
+                WHERE rm.run_id = r.id AND rm.phase = 'train')
+        FROM runs r WHERE r.id = %s
+        """,
+        [run_id],
+    )
+    submitted, started, finished, first_push, ends = rows[0]
+    if first_push is None or not ends or len(ends) != rounds:
+        raise HarnessError(
+            f"run {run_id} finished without the expected records: first payload "
+            f"{first_push}, {len(ends or [])} train round(s) of {rounds}"
+        )
+    marks: list[datetime] = [first_push, *ends]
+    phases = last_round_phases(url, run_id, rounds, marks[-2], marks[-1])
+    return RunTimes(
+        [(b - a).total_seconds() for a, b in pairwise(marks)],
+        first_push.timestamp() - t_submit,
+        finished.timestamp() - t_submit,
+        f"submit {submitted.timestamp() - t_submit:.2f} + exec "
+        f"{(started - submitted).total_seconds():.2f} + ServerApp "
+        f"{(first_push - started).total_seconds():.2f}; {phases}",
+    )
+
+
+def last_round_phases(
+    url: str, run_id: int, rounds: int, round_start: datetime, round_end: datetime
+) -> str:
+    """Where the last round's time went, from message timestamps: until its
+    instructions exist (previous round's checkpoint, broadcast write), until the
+    last claim, the slowest claim-to-reply, and from the last reply to the round's
+    record (the ServerApp reading and folding the replies)."""
+    rows = query(
+        url,
+        """
+        SELECT min(i.created_at), max(i.claimed_at), max(r.created_at),
+               max(r.created_at - i.claimed_at)
+        FROM messages i JOIN messages r ON r.reply_to = i.id
+        WHERE i.run_id = %s AND i.reply_to IS NULL AND i.group_id = %s
+        """,
+        [run_id, str(rounds)],
+    )
+    pushed, last_claim, last_reply, slowest = rows[0]
+    if pushed is None:
+        return "last round: no messages found"
+    return (
+        f"last round: to instructions {(pushed - round_start).total_seconds():.2f}, "
+        f"to last claim {(last_claim - pushed).total_seconds():.2f}, slowest node "
+        f"{slowest.total_seconds():.2f}, last reply to aggregate "
+        f"{(round_end - last_reply).total_seconds():.2f}"
+    )
+
+
+class FlpgSide:
+    """Runs flpg configurations on the invocation's cluster."""
+
+    def __init__(self, cluster: BenchCluster, workdir: Path, progress: Progress) -> None:
+        self.cluster = cluster
+        self.workdir = workdir
+        self.progress = progress
+        self.counter = 0
+
+    def _database(self, slug: str) -> tuple[str, str]:
+        self.counter += 1
+        name = f"flpg_{self.counter}_{slug}"
+        return name, self.cluster.create_database(name)
+
+    def _finish(
+        self, fed: FlpgFederation, sampler: TreeSampler | None, db: str, outcome: Outcome
+    ) -> None:
+        if sampler is not None:
+            outcome.rss_mib = sampler.stop()
+            outcome.other_cpu = sampler.other_cpu
+        killed = fed.stop()
+        if killed:
+            self.progress(f"flpg {outcome.config.label}: had to kill: " + "; ".join(killed))
+        self.cluster.drop_database(db)
+
+    def fedavg(
+        self,
+        config: Config,
+        timeout: float,
+        *,
+        virtual: bool = False,
+        virtual_concurrency: int = 8,
+    ) -> Outcome:
+        """One FedAvg configuration; `virtual` serves all nodes from one worker process."""
+        outcome = Outcome("flpg", config)
+        began = time.monotonic()
+        deadline = Deadline(timeout)
+        db, url = self._database(config.slug + ("_virtual" if virtual else ""))
+        fed = FlpgFederation(f"flpg-{config.slug}", url, self.workdir / db)
+        sampler: TreeSampler | None = None
+        try:
+            fed.migrate()
+            fed.start_control()
+            if virtual:
+                _, how = fed.start_virtual(config.nodes, virtual_concurrency)
+                outcome.note = f"one worker process ({how}, concurrency {virtual_concurrency}); "
+            else:
+                for i in range(config.nodes):
+                    fed.start_node(f"node{i}", i, config.nodes, f"node{i}")
+            sampler = TreeSampler()
+            sampler.add("server", fed.server_roots)
+            node0 = fed.nodes[0].pid
+            sampler.add("node", lambda: [node0])
+            sampler.add("pg", self.cluster.postmaster_pid, mode="pss")
+            sampler.start(is_ours)
+            fed.wait_online(config.nodes, deadline)
+            run_config = (
+                f"num-server-rounds={config.rounds} model-floats={model_floats(config.nbytes)} "
+                f"min-nodes={config.nodes} round-timeout={max(timeout, 60.0)}"
+            )
+            run_id, t_submit = fed.submit(run_config)
+            fed.wait_run(run_id, deadline)
+            times = run_times(url, run_id, config.rounds, t_submit)
+            outcome.round_seconds = times.round_seconds
+            outcome.startup = times.startup
+            outcome.total = times.total
+            outcome.note += times.breakdown
+        except ConfigTimeout as exc:
+            outcome.status, outcome.reason = "timeout", str(exc)
+        except HarnessError as exc:
+            outcome.status, outcome.reason = "failed", str(exc)
+        finally:
+            self._finish(fed, sampler, db, outcome)
+            outcome.wall = time.monotonic() - began
+        return outcome
+
+    def throughput(self, workers: int, messages: int, timeout: float) -> Outcome:
+        """`messages` tiny query messages to one node id served by `workers` workers."""
+        config = Config(1, 0, 1)
+        outcome = Outcome("flpg", config)
+        began = time.monotonic()
+        deadline = Deadline(timeout)
+        db, url = self._database(f"throughput_w{workers}")
+        fed = FlpgFederation(f"flpg-tp{workers}", url, self.workdir / db)
+        sampler: TreeSampler | None = None
+        try:
+            fed.migrate()
+            fed.start_control()
+            for i in range(workers):
+                fed.start_node("node0", 0, 1, f"node0-worker{i}")
+            sampler = TreeSampler()
+            sampler.add("server", fed.server_roots)
+            node_pids = [p.pid for p in fed.nodes]
+            sampler.add("node", lambda: node_pids)
+            sampler.start(is_ours)
+            fed.wait_online(1, deadline)
+            time.sleep(1.0)  # every worker registered and listening, not only the first
+            run_id, t_submit = fed.submit(f"mode=throughput min-nodes=1 messages={messages}")
+            fed.wait_run(run_id, deadline)
+            rows = query(
+                url,
+                """
+                SELECT count(*) FILTER (WHERE reply_to IS NOT NULL),
+                       min(created_at) FILTER (WHERE reply_to IS NULL),
+                       min(created_at) FILTER (WHERE reply_to IS NOT NULL),
+                       max(created_at) FILTER (WHERE reply_to IS NOT NULL),
+                       count(DISTINCT claimed_by) FILTER (WHERE reply_to IS NULL)
+                FROM messages WHERE run_id = %s
+                """,
+                [run_id],
+            )
+            replies, first_push, first_reply, last_reply, claimers = rows[0]
+            window = (last_reply - first_push).total_seconds()
+            steady = (last_reply - first_reply).total_seconds()
+            outcome.extra = {
+                "messages": float(replies),
+                "rate": replies / window if window > 0 else float("nan"),
+                "steady_rate": (replies - 1) / steady if steady > 0 else float("nan"),
+                "workers_used": float(claimers or 0),
+                "window": window,
+            }
+            outcome.startup = first_push.timestamp() - t_submit
+        except ConfigTimeout as exc:
+            outcome.status, outcome.reason = "timeout", str(exc)
+        except HarnessError as exc:
+            outcome.status, outcome.reason = "failed", str(exc)
+        finally:
+            self._finish(fed, sampler, db, outcome)
+            outcome.wall = time.monotonic() - began
+        return outcome
+
+    def idle_node(self, timeout: float) -> Outcome:
+        """RSS of one idle node worker: fresh, then after serving a 1-round 4 B run
+        (once its ClientApp process was retired)."""
+        config = Config(1, 4, 1)
+        outcome = Outcome("flpg", config)
+        began = time.monotonic()
+        deadline = Deadline(timeout)
+        db, url = self._database("idle")
+        fed = FlpgFederation("flpg-idle", url, self.workdir / db)
+        try:
+            fed.migrate()
+            fed.start_control()
+            node = fed.start_node("node0", 0, 1, "node0")
+            fed.wait_online(1, deadline)
+            time.sleep(3.0)
+            fresh: list[int] = []
+            for _ in range(5):
+                fresh.append(tree_kib([node.pid]))
+                time.sleep(0.2)
+            outcome.extra["fresh_mib"] = statistics.median(fresh) / 1024
+            run_id, _ = fed.submit("num-server-rounds=1 model-floats=1 min-nodes=1")
+            fed.wait_run(run_id, deadline)
+            # The worker retires a finished run's ClientApp process on its next
+            # heartbeat tick; wait until the worker is alone again.
+            while _tree_size(node.pid) > 1 and deadline.remaining() > 0:
+                time.sleep(0.25)
+            time.sleep(1.0)
+            outcome.extra["after_run_mib"] = tree_kib([node.pid]) / 1024
+            outcome.extra["after_run_procs"] = float(_tree_size(node.pid))
+        except ConfigTimeout as exc:
+            outcome.status, outcome.reason = "timeout", str(exc)
+        except HarnessError as exc:
+            outcome.status, outcome.reason = "failed", str(exc)
+        finally:
+            self._finish(fed, None, db, outcome)
+            outcome.wall = time.monotonic() - began
+        return outcome
+
+
+def _tree_size(pid: int) -> int:
+    return len(descendants([pid], children_map()))
