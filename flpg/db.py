@@ -156,6 +156,10 @@ def _one_line(exc: BaseException) -> str:
     return text.splitlines()[-1] if text else type(exc).__name__
 
 
+STOP_CHECK = 0.25
+"""Seconds between looks at a worker's stop event while it waits for NOTIFY."""
+
+
 class Listener:
     """A dedicated (never pooled) connection that LISTENs on channels.
 
@@ -186,8 +190,10 @@ class Listener:
             self.conn.execute(pgsql.SQL("UNLISTEN {}").format(pgsql.Identifier(channel)))
             self.channels.remove(channel)
 
-    def wait(self, timeout: float) -> list[psycopg.Notify]:
-        """Block up to `timeout` s for notifications; return all that arrived.
+    def wait(self, timeout: float, stop: threading.Event | None = None) -> list[psycopg.Notify]:
+        """Block up to `timeout` s for notifications; return all that arrived. With
+        `stop`, return within a quarter second of it being set (a worker told to stop
+        must not sit out its whole poll interval).
 
         After a lost connection it returns empty once reconnected (the caller's
         state may have changed unseen), or after `timeout` if it could not reconnect.
@@ -195,7 +201,15 @@ class Listener:
         if self.conn.closed or self.conn.broken:
             return self._reconnect(timeout)
         try:
-            return self._wait(timeout)
+            if stop is None:
+                return self._wait(timeout)
+            deadline = time.monotonic() + max(timeout, 0.0)
+            while not stop.is_set():
+                remaining = deadline - time.monotonic()
+                got = self._wait(min(remaining, STOP_CHECK))
+                if got or remaining <= STOP_CHECK:
+                    return got
+            return []
         except psycopg.OperationalError as exc:
             log.warning("%s: LISTEN connection lost (%s)", self.application_name, _one_line(exc))
             return self._reconnect(timeout)

@@ -73,7 +73,7 @@ class ExecWorker:
                 except TRANSIENT as exc:
                     session.reset(exc)  # ServerApps keep running; retry with backoff
                     continue
-                listener.wait(0.2 if self.children else self.intervals.poll)
+                listener.wait(0.2 if self.children else self.intervals.poll, stop)
         finally:
             try:
                 self._shutdown(session.conn, logs)

@@ -19,7 +19,15 @@ from psycopg_pool import ConnectionPool
 
 from flpg import bus
 from flpg.appbundle import default_cache_dir
-from flpg.db import SESSION_OPTIONS, TRANSIENT, Connection, Listener, Session, node_channel
+from flpg.db import (
+    SESSION_OPTIONS,
+    STOP_CHECK,
+    TRANSIENT,
+    Connection,
+    Listener,
+    Session,
+    node_channel,
+)
 from flpg.errors import ConfigError, FlpgError
 from flpg.lifecycle import worker_id
 from flpg.message import Error, ErrorCode
@@ -142,7 +150,7 @@ class NodeWorker:
                     if time.monotonic() >= next_retire:
                         next_retire = time.monotonic() + self.intervals.heartbeat
                         host.retire(store_runs.ended(conn, host.run_ids()))
-                    self._claim_and_dispatch(conn, listener, pool, host)
+                    self._claim_and_dispatch(conn, listener, pool, host, stop)
                 except TRANSIENT as exc:
                     # The database went away: keep in-flight handlers, retry with
                     # backoff. Claims whose outcome was lost lapse and are re-queued.
@@ -179,14 +187,19 @@ class NodeWorker:
             log.info("stopped")
 
     def _claim_and_dispatch(
-        self, conn: Connection, listener: Listener, pool: ConnectionPool, host: AppHost
+        self,
+        conn: Connection,
+        listener: Listener,
+        pool: ConnectionPool,
+        host: AppHost,
+        stop: threading.Event,
     ) -> None:
         """Claim up to the free slots and start a handler thread per message; wait for
         work (NOTIFY, poll) or a free slot when there is nothing to claim."""
         with self._inflight_lock:
             free = self.concurrency - len(self._inflight)
         if free <= 0:
-            self._slot_freed.wait(self.intervals.poll)
+            self._slot_freed.wait(min(self.intervals.poll, STOP_CHECK))
             self._slot_freed.clear()
             return
         claimed = store_messages.claim(
@@ -209,7 +222,7 @@ class NodeWorker:
                 daemon=True,
             ).start()
         if len(claimed) < free:
-            listener.wait(self.intervals.poll)
+            listener.wait(self.intervals.poll, stop)
 
     def _heartbeat(self, pool: ConnectionPool, stop: threading.Event) -> None:
         period = min(self.intervals.heartbeat, self.intervals.lease / 3)

@@ -262,3 +262,19 @@ def test_a_serverapp_whose_exec_died_ends_its_run(federation: Federation) -> Non
         )
     )
     assert states == {"cancelled": 4}
+
+
+def test_idle_workers_stop_well_within_their_poll_interval(federation: Federation) -> None:
+    """SIGTERM reaches a worker waiting on NOTIFY at once, not after its poll."""
+    fed = federation
+    fed.env["FLPG_POLL"] = "10"
+    node = fed.node("node0", "partition-id=0")
+    exec_ = fed.exec()
+    fed.wait_nodes_online(1)
+    time.sleep(1.0)  # both are now waiting on NOTIFY
+    for proc in (node, exec_):
+        started = time.monotonic()
+        report = fed.stop([proc])
+        took = time.monotonic() - started
+        assert report.clean, f"{report}\n{proc.log()}"
+        assert took < 3.0, f"{proc.name} took {took:.1f} s to stop\n{proc.log()}"
