@@ -269,7 +269,9 @@ class Bench:
             f"## flpg vs Flower 1.42 vs the PostgreSQL floor ({self.header})",
             "",
             "Round times: median over rounds 2..R, seconds. MB = MiB of peak memory "
-            "(RSS of process trees; PG = PostgreSQL PSS). The detail table's 'others CPU' is "
+            "(RSS of process trees; flpg server = link + exec + ServerApp, flpg ServerApp = "
+            "the run's ServerApp process alone; PG = PostgreSQL PSS). The detail table's "
+            "'others CPU' is "
             "the share of the machine's CPU that processes outside the benchmark used during "
             "a run: well above 0 % means other work competed and the times are pessimistic.",
             "",

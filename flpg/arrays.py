@@ -23,6 +23,7 @@ from flpg.errors import PayloadCorrupt, RecordError
 
 __all__ = [
     "ArrayAssembler",
+    "Digest",
     "EncodedArray",
     "check_dtype",
     "decode",
@@ -140,9 +141,29 @@ def _as_bytes_view(data: bytes | bytearray | memoryview) -> memoryview:
     return view
 
 
+class Digest:
+    """Incremental payload digest: SHA-256 truncated to 16 bytes.
+
+    SHA-256 rather than blake2b because x86 CPUs hash it in hardware (SHA-NI):
+    about 3x faster here, and every payload is hashed when written and when read.
+    It guards against corruption, not against an attacker who can write the database.
+    """
+
+    def __init__(self, data: bytes | memoryview = b"") -> None:
+        self._hash = hashlib.sha256(_as_bytes_view(data))
+
+    def update(self, data: bytes | memoryview) -> None:
+        """Hash more bytes (in place, no copy)."""
+        self._hash.update(_as_bytes_view(data))
+
+    def digest(self) -> bytes:
+        """The 16-byte digest of everything hashed so far."""
+        return self._hash.digest()[:_DIGEST_SIZE]
+
+
 def digest(data: bytes | memoryview) -> bytes:
-    """Return the 16-byte blake2b digest of `data` (hashed in place, no copy)."""
-    return hashlib.blake2b(_as_bytes_view(data), digest_size=_DIGEST_SIZE).digest()
+    """Return the 16-byte payload digest of `data` (see `Digest`; hashed in place)."""
+    return Digest(data).digest()
 
 
 def iter_chunks(data: bytes | memoryview, chunk_size: int) -> Iterator[memoryview]:

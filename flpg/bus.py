@@ -7,7 +7,7 @@ several messages of one send is written once and referenced by all of them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,7 +16,9 @@ from flpg import arrays
 from flpg.db import Connection
 from flpg.message import Error, Message, Metadata
 from flpg.records import (
+    Array,
     ArrayRecord,
+    ArraySource,
     ConfigRecord,
     MetricRecord,
     RecordDict,
@@ -27,30 +29,57 @@ from flpg.records import (
 from flpg.store import messages as store_messages
 from flpg.store import payloads as store_payloads
 from flpg.store.messages import ArrayLink, MessageRow, NewInstruction, NewReply
-from flpg.store.payloads import DEFAULT_CHUNK_SIZE
+from flpg.store.payloads import DEFAULT_CHUNK_SIZE, ArrayRef
 
 
-def _write_arrays(
+def stored_id(array: Array, run_id: int) -> int | None:
+    """The id under which `array`'s current bytes are already stored for `run_id`.
+
+    None for an array that never came from the database, came from another run,
+    or was changed in place after it was read (its bytes no longer match the digest).
+    """
+    source = array.source
+    if source is None or source.run_id != run_id:
+        return None
+    if array.in_memory and arrays.digest(arrays.encode(array.numpy(), "").data) != source.digest:
+        return None
+    return source.array_id
+
+
+def write_arrays(
     conn: Connection, run_id: int, contents: Sequence[RecordDict], chunk_size: int
 ) -> list[list[ArrayLink]]:
-    """Write every distinct ndarray of `contents` once; return each content's links."""
-    unique: dict[int, int] = {}  # id(ndarray) -> index into `encoded`
+    """Write every distinct ndarray of `contents` once; return each content's links.
+
+    An array already stored for this run (`Array.stored`, not yet read into
+    memory) is linked by its id and not written again.
+    """
+    unique: dict[tuple[str, int], int] = {}  # ("mem", id(ndarray)) | ("db", array id) -> index
     encoded: list[arrays.EncodedArray] = []
+    stored_ids: dict[int, int] = {}  # index -> existing array id
     keep_alive: list[np.ndarray[Any, Any]] = []
     plan: list[list[tuple[str, int, str, int]]] = []
     for content in contents:
         items: list[tuple[str, int, str, int]] = []
         for record_name, record in content.array_records.items():
             for position, (array_name, array) in enumerate(record.items()):
-                nd = array.numpy()
-                key = id(nd)
-                if key not in unique:
-                    unique[key] = len(encoded)
-                    encoded.append(arrays.encode(nd, f"{record_name}[{array_name!r}]"))
-                    keep_alive.append(nd)
+                existing = stored_id(array, run_id)
+                if existing is not None:
+                    key = ("db", existing)
+                    if key not in unique:
+                        unique[key] = len(unique)
+                        stored_ids[unique[key]] = existing
+                else:
+                    nd = array.numpy()
+                    key = ("mem", id(nd))
+                    if key not in unique:
+                        unique[key] = len(unique)
+                        encoded.append(arrays.encode(nd, f"{record_name}[{array_name!r}]"))
+                        keep_alive.append(nd)
                 items.append((record_name, position, array_name, unique[key]))
         plan.append(items)
-    ids = store_payloads.write(conn, run_id, encoded, chunk_size)
+    written = iter(store_payloads.write(conn, run_id, encoded, chunk_size))
+    ids = [stored_ids[i] if i in stored_ids else next(written) for i in range(len(unique))]
     return [[ArrayLink(r, p, n, ids[i]) for r, p, n, i in items] for items in plan]
 
 
@@ -74,7 +103,7 @@ def send(
             raise ValueError("only instructions (with a dst_node_id) can be sent by a ServerApp")
         if m.has_error():
             raise ValueError("an instruction must carry content, not an error")
-    links = _write_arrays(conn, run_id, [m.content for m in messages], chunk_size)
+    links = write_arrays(conn, run_id, [m.content for m in messages], chunk_size)
     new: list[NewInstruction] = []
     for m, arr_links in zip(messages, links, strict=True):
         metrics, configs = _json_parts(m.content)
@@ -115,7 +144,7 @@ def reply(
         err = message.error
         new = NewReply(instruction_id, {}, {}, [], err.code, err.reason)
     else:
-        links = _write_arrays(conn, run_id, [message.content], chunk_size)[0]
+        links = write_arrays(conn, run_id, [message.content], chunk_size)[0]
         metrics, configs = _json_parts(message.content)
         new = NewReply(instruction_id, metrics, configs, links)
     return store_messages.reply(conn, worker=worker, new=new)
@@ -127,25 +156,35 @@ def error_reply(conn: Connection, worker: str, instruction_id: int, error: Error
     return store_messages.reply(conn, worker=worker, new=new)
 
 
-def load(conn: Connection, rows: Sequence[MessageRow]) -> list[Message]:
-    """Turn stored rows into Messages with their arrays read back.
+SourceFactory = Callable[[ArrayRef], ArraySource]
 
-    An array shared by several messages is read once; every message but the
-    first gets its own copy, so a handler that mutates its input in place never
-    changes another message's content.
+
+def load(
+    conn: Connection, rows: Sequence[MessageRow], source: SourceFactory | None = None
+) -> list[Message]:
+    """Turn stored rows into Messages with their arrays.
+
+    Without `source` the arrays are read now. An array shared by several messages
+    is read once; every message but the first gets its own copy, so a handler that
+    mutates its input in place never changes another message's content. With
+    `source`, arrays stay in the database as `Array.stored(..., source(ref))`.
     """
     refs = store_payloads.refs(conn, [r.id for r in rows if r.error_code is None])
-    data = store_payloads.read(conn, refs)
+    data = {} if source is not None else store_payloads.read(conn, refs)
     handed_out: set[int] = set()
     by_message: dict[int, dict[str, ArrayRecord]] = {}
     for ref in refs:
         assert ref.message_id is not None
-        nd = data[ref.array_id]
-        if ref.array_id in handed_out:
-            nd = nd.copy()
-        handed_out.add(ref.array_id)
+        array: Array | np.ndarray[Any, Any]
+        if source is not None:
+            array = Array.stored(ref.dtype, ref.shape, source(ref))
+        else:
+            array = data[ref.array_id]
+            if ref.array_id in handed_out:
+                array = array.copy()
+            handed_out.add(ref.array_id)
         records = by_message.setdefault(ref.message_id, {})
-        records.setdefault(ref.record_name, ArrayRecord())[ref.array_name] = nd
+        records.setdefault(ref.record_name, ArrayRecord())[ref.array_name] = array
     out: list[Message] = []
     for r in rows:
         metadata = Metadata(

@@ -13,16 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from flpg import bus
-from flpg.arrays import encode as encode_array
 from flpg.db import Connection, Listener, Session, run_channel
 from flpg.errors import FlpgError
 from flpg.message import DEFAULT_TTL, Message
-from flpg.records import ArrayRecord, MetricRecord, RecordDict, records_to_json
+from flpg.records import Array, ArrayRecord, MetricRecord, RecordDict, records_to_json
 from flpg.store import checkpoints as store_checkpoints
 from flpg.store import messages as store_messages
-from flpg.store import payloads as store_payloads
 from flpg.store import runs as store_runs
-from flpg.store.payloads import DEFAULT_CHUNK_SIZE
+from flpg.store.payloads import DEFAULT_CHUNK_SIZE, ArrayRef, StoredArray
 
 
 class NodesUnavailable(FlpgError):
@@ -123,11 +121,21 @@ class Grid:
         """The replies that have arrived for the given instructions (each returned once)."""
         return self._pull(list(message_ids), again=False)
 
-    def _pull(self, ids: list[int], *, again: bool) -> list[Message]:
+    def _pull(self, ids: list[int], *, again: bool, stored: bool = False) -> list[Message]:
         """Take the replies to `ids`; with `again`, also those taken before, so that a
-        retry after a lost connection cannot lose a reply (the caller deduplicates)."""
+        retry after a lost connection cannot lose a reply (the caller deduplicates).
+        With `stored`, their arrays stay in the database until used (`Array.stored`)."""
+        source = self._source if stored else None
         return self._session.call(
-            lambda c: bus.load(c, store_messages.pull_replies(c, ids, again=again))
+            lambda c: bus.load(c, store_messages.pull_replies(c, ids, again=again), source)
+        )
+
+    def _source(self, ref: ArrayRef) -> StoredArray:
+        return StoredArray(self._session, self._run_id, ref)
+
+    def _stored(self, refs: Sequence[ArrayRef]) -> ArrayRecord:
+        return ArrayRecord(
+            {ref.array_name: Array.stored(ref.dtype, ref.shape, self._source(ref)) for ref in refs}
         )
 
     def receive(
@@ -137,6 +145,10 @@ class Grid:
 
         Woken by NOTIFY, with a slow poll as a safety net. Replies that do not arrive
         in time are simply not yielded (their instructions expire at their TTL).
+        The replies' arrays are *stored* (`Array.stored`): they are read when used,
+        so a consumer that handles one reply at a time holds one in memory at most,
+        and a streaming aggregator reads them chunk by chunk. Use them within
+        FLPG_PAYLOAD_GRACE seconds (default 60) of receiving them.
         Each reply to `message_ids` is yielded once, even one an earlier
         `pull_messages` returned, and none is lost if the database connection drops
         (the grid reconnects and asks again).
@@ -144,7 +156,7 @@ class Grid:
         pending = set(message_ids)
         deadline = None if timeout is None else time.monotonic() + timeout
         while pending:
-            for reply in self._pull(sorted(pending), again=True):
+            for reply in self._pull(sorted(pending), again=True, stored=True):
                 pending.discard(reply.metadata.reply_to_message_id or -1)
                 yield reply
             if not pending:
@@ -190,38 +202,42 @@ class Grid:
 
     def save_checkpoint(
         self, server_round: int, arrays: ArrayRecord, metrics: dict[str, Any] | None = None
-    ) -> None:
+    ) -> ArrayRecord:
         """Store `arrays` and JSON `metrics` as the run's state after `server_round`,
         replacing the previous checkpoint (a restarted run continues from here).
 
+        Returns the arrays as stored (`Array.stored`): sending them, or saving them
+        again, references the stored bytes instead of writing them again. Arrays
+        that are already stored for this run (and unchanged) are not written again.
         Raises StaleAttempt if the run was restarted or ended meanwhile.
         """
-        names = list(arrays.keys())
-        encoded = [encode_array(arrays[name].numpy(), f"checkpoint[{name!r}]") for name in names]
+        content = [RecordDict({"checkpoint": arrays})]
 
-        def save(conn: Connection) -> None:
-            ids = store_payloads.write(conn, self._run_id, encoded, self._chunk_size)
+        def save(conn: Connection) -> ArrayRecord:
+            links = bus.write_arrays(conn, self._run_id, content, self._chunk_size)[0]
             store_checkpoints.save(
                 conn,
                 self._run_id,
                 self._attempt,
                 server_round,
-                list(zip(names, ids, strict=True)),
+                [(link.array_name, link.array_id) for link in links],
                 metrics or {},
             )
+            return self._stored(store_checkpoints.array_refs(conn, self._run_id))
 
-        self._session.call(save)
+        return self._session.call(save)
 
     def load_checkpoint(self) -> Checkpoint | None:
-        """The run's last saved checkpoint (from this or an earlier attempt), if any."""
+        """The run's last saved checkpoint (from this or an earlier attempt), if any.
+
+        Its arrays are stored (`Array.stored`): they are read when used.
+        """
 
         def load(conn: Connection) -> Checkpoint | None:
             stored = store_checkpoints.get(conn, self._run_id)
             if stored is None:
                 return None
-            refs = store_checkpoints.array_refs(conn, self._run_id)
-            data = store_payloads.read(conn, refs)
-            arrays = ArrayRecord({ref.array_name: data[ref.array_id] for ref in refs})
+            arrays = self._stored(store_checkpoints.array_refs(conn, self._run_id))
             return Checkpoint(stored.round, arrays, dict(stored.metrics), stored.attempt)
 
         return self._session.call(load)

@@ -14,13 +14,14 @@ RETURNING run_id;
 
 -- name: checkpoint_arrays_replace_old
 -- The previous checkpoint's array links go; their payloads too unless a message
--- still carries them.
+-- still carries them or the new checkpoint keeps them (`keep`).
 WITH old AS (
     DELETE FROM checkpoint_arrays WHERE run_id = %(run_id)s RETURNING array_id
 )
 DELETE FROM arrays a
 USING old
 WHERE a.id = old.array_id
+  AND a.id <> ALL(%(keep)s)
   AND NOT EXISTS (SELECT 1 FROM message_arrays ma WHERE ma.array_id = a.id);
 
 -- name: checkpoint_array_insert

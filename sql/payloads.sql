@@ -26,6 +26,14 @@ FROM array_chunks
 WHERE array_id = ANY(%(array_ids)s)
 ORDER BY array_id, seq;
 
+-- name: array_chunks_from
+-- The next `limit` chunks of one array from `first` on (a resumable streamed read).
+SELECT seq, data
+FROM array_chunks
+WHERE array_id = %(array_id)s AND seq >= %(first)s
+ORDER BY seq
+LIMIT %(limit)s;
+
 -- name: payloads_collect
 -- Link sweep: delete the chunks of arrays that nothing live needs, at most `limit`
 -- at a time. Needed: by a checkpoint, or by a message that is queued or claimed

@@ -16,8 +16,9 @@ Everything it reports comes from the database's own timestamps:
   machine) to round 1's start; total is to `runs.finished_at`.
 
 Peak memory is sampled (see `rss`) for "server" (the `flpg link` and `flpg exec`
-trees, which include the run's ServerApp process), "node" (node0's worker and its
-ClientApp process) and "pg" (the PostgreSQL cluster, PSS).
+trees, which include the run's ServerApp process), "serverapp" (the ServerApp
+process alone), "node" (node0's worker and its ClientApp process) and "pg" (the
+PostgreSQL cluster, PSS).
 
 Default bus intervals are used (production settings); any `FLPG_HEARTBEAT`,
 `FLPG_POLL`, ... in the caller's environment is passed on.
@@ -161,6 +162,10 @@ class FlpgFederation:
 
     def server_roots(self) -> list[int]:
         return [p.pid for p in (self.link, self.exec) if p is not None]
+
+    def serverapp_roots(self) -> list[int]:
+        """The ServerApp processes (the exec worker's children) alone."""
+        return [] if self.exec is None else children_map().get(self.exec.pid, [])
 
     def wait_online(self, count: int, deadline: Deadline) -> None:
         while True:
@@ -337,6 +342,7 @@ class FlpgSide:
                     fed.start_node(f"node{i}", i, config.nodes, f"node{i}")
             sampler = TreeSampler()
             sampler.add("server", fed.server_roots)
+            sampler.add("serverapp", fed.serverapp_roots)
             node0 = fed.nodes[0].pid
             sampler.add("node", lambda: [node0])
             sampler.add("pg", self.cluster.postmaster_pid, mode="pss")

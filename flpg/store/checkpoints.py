@@ -33,8 +33,9 @@ def save(
     """Replace the run's checkpoint with `(array name, array id)`s already written.
 
     One transaction: the previous checkpoint's payloads are deleted unless a message
-    still carries them. Raises StaleAttempt (and writes nothing) unless `attempt` is
-    the run's current attempt and the run is running.
+    still carries them or the new checkpoint keeps them. Raises StaleAttempt (and
+    writes nothing) unless `attempt` is the run's current attempt and the run is
+    running.
     """
     with conn.transaction():
         saved = one(
@@ -53,7 +54,11 @@ def save(
                 "(it was restarted or ended); checkpoint of round "
                 f"{server_round} not saved"
             )
-        run(conn, "checkpoint_arrays_replace_old", {"run_id": run_id})
+        run(
+            conn,
+            "checkpoint_arrays_replace_old",
+            {"run_id": run_id, "keep": [array_id for _, array_id in arrays]},
+        )
         many(
             conn,
             "checkpoint_array_insert",

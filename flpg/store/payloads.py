@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from flpg import arrays
-from flpg.db import Connection
+from flpg.db import Connection, Session
 from flpg.errors import PayloadCorrupt
 from flpg.sql import query
 from flpg.store._exec import many, one, rows
@@ -76,6 +77,19 @@ def write(
     return ids
 
 
+def _label(ref: ArrayRef) -> str:
+    owner = "the checkpoint" if ref.message_id is None else f"message {ref.message_id}"
+    return f"{ref.record_name}[{ref.array_name!r}] of {owner}"
+
+
+def _check_not_collected(ref: ArrayRef) -> None:
+    if ref.collected:
+        raise PayloadCorrupt(
+            f"array {_label(ref)} was collected: its message ended more than the "
+            "collection grace period ago (FLPG_PAYLOAD_GRACE)"
+        )
+
+
 def refs(conn: Connection, message_ids: list[int]) -> list[ArrayRef]:
     """The arrays the given messages carry, by message, record and position."""
     if not message_ids:
@@ -99,19 +113,12 @@ def read(conn: Connection, wanted: Sequence[ArrayRef]) -> dict[int, np.ndarray[A
     if not by_id:
         return {}
 
-    def label(ref: ArrayRef) -> str:
-        owner = "the checkpoint" if ref.message_id is None else f"message {ref.message_id}"
-        return f"{ref.record_name}[{ref.array_name!r}] of {owner}"
-
     for ref in by_id.values():
-        if ref.collected:
-            raise PayloadCorrupt(
-                f"array {label(ref)} was collected: its message ended more than the "
-                "collection grace period ago (FLPG_PAYLOAD_GRACE)"
-            )
+        _check_not_collected(ref)
     assemblers = {
-        i: arrays.ArrayAssembler(r.dtype, r.shape, r.nbytes, label(r)) for i, r in by_id.items()
+        i: arrays.ArrayAssembler(r.dtype, r.shape, r.nbytes, _label(r)) for i, r in by_id.items()
     }
+    hashers = {i: arrays.Digest() for i in by_id}
     expected_seq = dict.fromkeys(by_id, 0)
     with conn.cursor(binary=True) as cur:
         for array_id, seq, data in cur.stream(
@@ -119,21 +126,81 @@ def read(conn: Connection, wanted: Sequence[ArrayRef]) -> dict[int, np.ndarray[A
         ):
             if seq != expected_seq[array_id]:
                 raise PayloadCorrupt(
-                    f"array {label(by_id[array_id])} is missing chunk {expected_seq[array_id]}"
+                    f"array {_label(by_id[array_id])} is missing chunk {expected_seq[array_id]}"
                 )
             expected_seq[array_id] += 1
             assemblers[array_id].add(data)
+            hashers[array_id].update(data)
     out: dict[int, np.ndarray[Any, Any]] = {}
     for array_id, ref in by_id.items():
         if expected_seq[array_id] != ref.n_chunks:
             raise PayloadCorrupt(
-                f"array {label(ref)} has {expected_seq[array_id]} of {ref.n_chunks} chunks"
+                f"array {_label(ref)} has {expected_seq[array_id]} of {ref.n_chunks} chunks"
             )
         arr = assemblers[array_id].finish()
-        if arrays.digest(arrays.encode(arr, ref.array_name).data) != ref.digest:
-            raise PayloadCorrupt(f"array {label(ref)} fails its digest check")
+        if hashers[array_id].digest() != ref.digest:
+            raise PayloadCorrupt(f"array {_label(ref)} fails its digest check")
         out[array_id] = arr
     return out
+
+
+def _chunk_batch(conn: Connection, *, array_id: int, first: int, limit: int) -> list[Any]:
+    with conn.cursor(binary=True) as cur:
+        cur.execute(
+            query("array_chunks_from"), {"array_id": array_id, "first": first, "limit": limit}
+        )
+        return cur.fetchall()
+
+
+class StoredArray:
+    """An `ArraySource` for one stored array, read through the ServerApp's session.
+
+    Reads retry after a lost connection (they only read), so a database restart
+    in the middle of a streamed aggregation resumes at the next chunk.
+    """
+
+    BATCH = 16
+    """Chunks fetched per query by `chunks()` (16 MiB at the default chunk size)."""
+
+    def __init__(self, session: Session, run_id: int, ref: ArrayRef) -> None:
+        self._session = session
+        self.run_id = run_id
+        self.array_id = ref.array_id
+        self.digest = ref.digest
+        self.ref = ref
+
+    def load(self) -> np.ndarray[Any, Any]:
+        """The whole array (`PayloadCorrupt` naming it and its message if unreadable)."""
+        return self._session.call(lambda conn: read(conn, [self.ref])[self.array_id])
+
+    def chunks(self) -> Iterator[bytes]:
+        """Yield the stored bytes in order; `PayloadCorrupt` on a missing chunk, a
+        length mismatch, or (after the last chunk) a digest mismatch."""
+        ref = self.ref
+        _check_not_collected(ref)
+        hasher = arrays.Digest()
+        seq = total = 0
+        while seq < ref.n_chunks:
+            batch = self._session.call(
+                partial(_chunk_batch, array_id=ref.array_id, first=seq, limit=self.BATCH)
+            )
+            if not batch:
+                raise PayloadCorrupt(f"array {_label(ref)} is missing chunk {seq}")
+            for got, data in batch:
+                if got != seq:
+                    raise PayloadCorrupt(f"array {_label(ref)} is missing chunk {seq}")
+                total += len(data)
+                if total > ref.nbytes:
+                    raise PayloadCorrupt(
+                        f"array {_label(ref)} payload is longer than its {ref.nbytes} bytes"
+                    )
+                hasher.update(data)
+                seq += 1
+                yield data
+        if total != ref.nbytes:
+            raise PayloadCorrupt(f"array {_label(ref)} payload has {total} of {ref.nbytes} bytes")
+        if hasher.digest() != ref.digest:
+            raise PayloadCorrupt(f"array {_label(ref)} fails its digest check")
 
 
 def collect(conn: Connection, *, grace: float, limit: int = 1000) -> tuple[int, int]:

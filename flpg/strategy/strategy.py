@@ -40,7 +40,10 @@ class ReplyTally:
 
     def reject(self, reply: Message, reason: str) -> None:
         """Count a reply the strategy cannot use (its reason is stored on its row)."""
-        self.fail(f"node {reply.metadata.src_node_id}: reply rejected: {reason}")
+        self.fail(
+            f"node {reply.metadata.src_node_id}: reply {reply.metadata.message_id} "
+            f"rejected: {reason}"
+        )
         if reply.metadata.message_id is not None:
             self.rejected.append((reply.metadata.message_id, reason))
 
@@ -90,10 +93,14 @@ class Strategy(ABC):
         """Run `num_rounds` rounds of train, federated evaluate and server evaluate.
 
         `timeout` bounds each wait (for nodes, and for each round's replies).
-        Every round's aggregated metrics are also stored in the database, and at
-        the end of every round the global arrays and all metrics so far are saved
-        as the run's checkpoint. If the run has a checkpoint (it was restarted or
-        resumed), training continues after its round from its arrays.
+        Every round's aggregated metrics are also stored in the database. The
+        global arrays are saved as the run's checkpoint before round 1 (as round 0)
+        and as soon as each round's training is aggregated (they are written once
+        there, and every message and later checkpoint references those bytes); at
+        the end of every round the checkpoint gets all metrics so far. If the run
+        has a checkpoint (it was restarted or resumed), training continues after its
+        round from its arrays. The returned result's arrays are stored
+        (`Array.stored`): `numpy()` reads them.
         Raises NodesUnavailable if `min_available_nodes` are not online in time.
         """
         if num_rounds < 1:
@@ -103,6 +110,13 @@ class Strategy(ABC):
             result = Result(arrays=initial_arrays)
             first_round = 1
             log(f"starting {type(self).__name__}: {num_rounds} rounds, run {grid.run_id}")
+            grid.wait_for_nodes(self.min_available_nodes, timeout)
+            if evaluate_fn is not None:
+                self._server_evaluate(grid, 0, initial_arrays, evaluate_fn, result)
+            # From here on the global model lives in the database, written once per
+            # round: messages and checkpoints reference it, memory does not hold it.
+            arrays = grid.save_checkpoint(0, initial_arrays, result.metrics_to_json())
+            del initial_arrays
         else:
             result = Result.from_checkpoint(checkpoint.arrays, checkpoint.metrics)
             first_round = checkpoint.round + 1
@@ -110,10 +124,9 @@ class Strategy(ABC):
                 f"resuming {type(self).__name__} after round {checkpoint.round} of "
                 f"{num_rounds}, run {grid.run_id} attempt {grid.attempt}"
             )
-        arrays = result.arrays
-        grid.wait_for_nodes(self.min_available_nodes, timeout)
-        if evaluate_fn is not None and checkpoint is None:
-            self._server_evaluate(grid, 0, arrays, evaluate_fn, result)
+            arrays = checkpoint.arrays
+            grid.wait_for_nodes(self.min_available_nodes, timeout)
+        result.arrays = arrays
         for server_round in range(first_round, num_rounds + 1):
             started = time.monotonic()
             grid.wait_for_nodes(self.min_available_nodes, timeout)
@@ -127,9 +140,11 @@ class Strategy(ABC):
             if missing:
                 tally.failures += missing
                 tally.reasons.append(f"{missing} node(s) did not reply within {timeout:g} s")
-            if new_arrays is not None:
-                arrays = new_arrays
             result.train_metrics_clientapp[server_round] = metrics or MetricRecord()
+            if new_arrays is not None:
+                arrays = grid.save_checkpoint(server_round, new_arrays, result.metrics_to_json())
+                result.arrays = arrays
+                del new_arrays
             grid.record_round(
                 server_round,
                 "train",
@@ -168,8 +183,8 @@ class Strategy(ABC):
                 )
             if evaluate_fn is not None:
                 self._server_evaluate(grid, server_round, arrays, evaluate_fn, result)
+            arrays = grid.save_checkpoint(server_round, arrays, result.metrics_to_json())
             result.arrays = arrays
-            grid.save_checkpoint(server_round, arrays, result.metrics_to_json())
         result.arrays = arrays
         log(f"finished {num_rounds} rounds")
         return result
