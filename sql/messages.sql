@@ -1,12 +1,38 @@
 -- Messages: instructions (ServerApp -> node) and replies (node -> ServerApp).
 
--- name: message_insert
--- One instruction; its destination must be in the run's selection (foreign key).
-INSERT INTO messages (run_id, dst_node_id, group_id, message_type, ttl_seconds, deadline,
-                      metrics, configs)
-VALUES (%(run_id)s, %(dst_node_id)s, %(group_id)s, %(message_type)s, %(ttl)s,
-        now() + make_interval(secs => %(ttl)s), %(metrics)s, %(configs)s)
-RETURNING id, extract(epoch FROM created_at)::float8 AS created_at;
+-- name: messages_insert_batch
+-- Many instructions, their array links and the NOTIFY of each destination node in
+-- one statement (so one transaction); returns `(id, created_at)` in input order
+-- (`ord`). A destination outside the run's selection fails it all (foreign key).
+WITH input AS MATERIALIZED (
+    SELECT nextval(pg_get_serial_sequence('messages', 'id')) AS id, i.*
+    FROM jsonb_to_recordset(%(instructions)s::jsonb)
+        AS i(ord int, dst_node_id bigint, group_id text, message_type text, ttl float8,
+             metrics jsonb, configs jsonb)
+), inserted AS (
+    INSERT INTO messages (id, run_id, dst_node_id, group_id, message_type, ttl_seconds,
+                          deadline, metrics, configs)
+    SELECT id, %(run_id)s, dst_node_id, group_id, message_type, ttl,
+           now() + make_interval(secs => ttl), metrics, configs
+    FROM input
+    RETURNING id, created_at
+), linked AS (
+    INSERT INTO message_arrays (message_id, record_name, position, array_name, array_id)
+    SELECT i.id, l.record_name, l.position, l.array_name, l.array_id
+    FROM input i
+    JOIN jsonb_to_recordset(%(links)s::jsonb)
+        AS l(ord int, record_name text, position int, array_name text, array_id bigint)
+        ON l.ord = i.ord
+    RETURNING 1
+), woken AS (
+    SELECT pg_notify('flpg_node_' || dst_node_id, %(run_id)s::text)
+    FROM (SELECT DISTINCT dst_node_id FROM input) AS d
+)
+SELECT i.id, extract(epoch FROM n.created_at)::float8 AS created_at,
+       (SELECT count(*) FROM linked) AS linked, (SELECT count(*) FROM woken) AS notified
+FROM input i
+JOIN inserted n ON n.id = i.id
+ORDER BY i.ord;
 
 -- name: message_arrays_insert
 INSERT INTO message_arrays (message_id, record_name, position, array_name, array_id)
@@ -18,36 +44,42 @@ SELECT pg_notify('flpg_node_' || n, %(run_id)s::text)
 FROM unnest(%(node_ids)s::bigint[]) AS n;
 
 -- name: messages_claim
--- Claims up to `limit` queued instructions for the given nodes with a lease.
--- Fair across runs: runs take turns (each run's oldest message first, then its
--- second, ...), and within a turn the run this node served least recently goes
--- first (run_nodes.last_claimed_at), so a run with a deep backlog cannot starve
--- another run on the same node, even when workers claim one message at a time.
--- Matches ix_messages_claim (dst_node_id, run_id, id WHERE state = 'queued').
-WITH picked AS (
-    SELECT c.id, r.run_id, c.dst_node_id
+-- Claims up to `limit` queued instructions for the given nodes with a lease, in one
+-- statement. Fair across runs: runs take turns (each run's oldest message first,
+-- then its second, ...), and within a turn the run these nodes were served least
+-- recently goes first (run_nodes.last_claimed_at), so a run with a deep backlog
+-- cannot starve another run on the same node, whatever the batch size.
+-- `cand` reads only queued instructions (ix_messages_claim), never a run's history.
+-- The last-served lookup is skipped when only one run has work (a one-time filter).
+-- Rows are locked in turn order, SKIP LOCKED, until `limit` are held, so concurrent
+-- claimers share a backlog without waiting on each other.
+WITH cand AS MATERIALIZED (
+    SELECT id, run_id, dst_node_id,
+           row_number() OVER (PARTITION BY run_id ORDER BY id) AS turn
+    FROM messages
+    WHERE dst_node_id = ANY(%(node_ids)s) AND state = 'queued' AND reply_to IS NULL
+      AND deadline > now()
+), cand_runs AS MATERIALIZED (
+    SELECT DISTINCT run_id FROM cand
+), served_runs AS (
+    SELECT rn.run_id, max(rn.last_claimed_at) AS last_claimed_at
+    FROM run_nodes rn
+    WHERE rn.run_id IN (SELECT run_id FROM cand_runs) AND rn.node_id = ANY(%(node_ids)s)
+      AND (SELECT count(*) FROM cand_runs) > 1
+    GROUP BY rn.run_id
+), picked AS (
+    SELECT l.id, o.run_id, o.dst_node_id
     FROM (
-        SELECT q.run_id, max(rn.last_claimed_at) AS last_claimed_at
-        FROM (
-            SELECT DISTINCT run_id
-            FROM messages
-            WHERE dst_node_id = ANY(%(node_ids)s) AND state = 'queued' AND reply_to IS NULL
-        ) AS q
-        JOIN run_nodes rn ON rn.run_id = q.run_id AND rn.node_id = ANY(%(node_ids)s)
-        GROUP BY q.run_id
-    ) AS r
+        SELECT c.id, c.run_id, c.dst_node_id, c.turn, s.last_claimed_at
+        FROM cand c LEFT JOIN served_runs s ON s.run_id = c.run_id
+        ORDER BY c.turn, s.last_claimed_at NULLS FIRST, c.id
+    ) AS o
     CROSS JOIN LATERAL (
-        SELECT x.id, x.dst_node_id, row_number() OVER (ORDER BY x.id) AS turn
-        FROM (
-            SELECT id, dst_node_id FROM messages
-            WHERE run_id = r.run_id AND dst_node_id = ANY(%(node_ids)s)
-              AND state = 'queued' AND reply_to IS NULL AND deadline > now()
-            ORDER BY id
-            LIMIT %(limit)s
-            FOR UPDATE SKIP LOCKED
-        ) AS x
-    ) AS c
-    ORDER BY c.turn, r.last_claimed_at NULLS FIRST, c.id
+        SELECT m.id FROM messages m
+        WHERE m.id = o.id AND m.state = 'queued'
+        FOR UPDATE SKIP LOCKED
+    ) AS l
+    ORDER BY o.turn, o.last_claimed_at NULLS FIRST, o.id
     LIMIT %(limit)s
 ), served AS (
     -- SKIP LOCKED: a row another claimer is updating gets a fresh time from it anyway,
@@ -94,6 +126,83 @@ RETURNING id, run_id;
 
 -- name: notify_run
 SELECT pg_notify('flpg_run_' || %(run_id)s, %(message_id)s::text);
+
+-- name: reply_arrays_insert
+-- Node replies: many small arrays (at most one chunk each) and their chunks in one
+-- statement; returns their ids in input order (bigger arrays go through
+-- payloads.write, chunk by chunk). Shapes come as text ('{2,3}').
+WITH input AS MATERIALIZED (
+    SELECT nextval(pg_get_serial_sequence('arrays', 'id')) AS id, u.*
+    FROM unnest(%(dtypes)s::text[], %(shapes)s::text[], %(nbytes)s::bigint[],
+                %(digests)s::bytea[], %(datas)s::bytea[])
+        WITH ORDINALITY AS u(dtype, shape, nbytes, digest, data, ord)
+), stored AS (
+    INSERT INTO arrays (id, run_id, dtype, shape, nbytes, chunk_size, n_chunks, digest)
+    SELECT id, %(run_id)s, dtype, shape::bigint[], nbytes, %(chunk_size)s,
+           CASE WHEN nbytes > 0 THEN 1 ELSE 0 END, digest
+    FROM input
+    RETURNING id
+), chunks AS (
+    INSERT INTO array_chunks (array_id, seq, data)
+    SELECT id, 0, data FROM input WHERE nbytes > 0
+    RETURNING array_id
+)
+SELECT i.id, (SELECT count(*) FROM stored) AS arrays, (SELECT count(*) FROM chunks) AS chunks
+FROM input i
+ORDER BY i.ord;
+
+-- name: replies_insert_batch
+-- Many replies in one statement (so in one transaction): completes each instruction
+-- `replies[].reply_to` that this worker still holds and inserts its reply and the
+-- reply's array links; an instruction whose claim was lost (lease ran out, expired,
+-- cancelled) is left alone and gets no reply from here. Unique reply_to keeps it to
+-- one reply each. Each run with a new reply is notified once. Returns the replies.
+WITH r AS (
+    SELECT *
+    FROM jsonb_to_recordset(%(replies)s::jsonb)
+        AS r(reply_to bigint, metrics jsonb, configs jsonb, error_code int, error_reason text)
+), done AS (
+    UPDATE messages m SET state = 'done', finished_at = now(), lease_until = NULL
+    FROM r
+    WHERE m.id = r.reply_to AND m.state = 'claimed' AND m.claimed_by = %(worker)s
+      AND m.reply_to IS NULL
+    RETURNING m.id, m.run_id, m.dst_node_id, m.group_id, m.message_type, m.ttl_seconds,
+              m.deadline, r.metrics, r.configs, r.error_code, r.error_reason
+), inserted AS (
+    INSERT INTO messages (run_id, src_node_id, reply_to, group_id, message_type, ttl_seconds,
+                          deadline, metrics, configs, error_code, error_reason)
+    SELECT run_id, dst_node_id, id, group_id, message_type, ttl_seconds, deadline,
+           metrics, configs, error_code, error_reason
+    FROM done
+    ON CONFLICT (reply_to) DO NOTHING
+    RETURNING id, reply_to, run_id
+), linked AS (
+    INSERT INTO message_arrays (message_id, record_name, position, array_name, array_id)
+    SELECT i.id, l.record_name, l.position, l.array_name, l.array_id
+    FROM inserted i
+    JOIN jsonb_to_recordset(%(links)s::jsonb)
+        AS l(reply_to bigint, record_name text, position int, array_name text, array_id bigint)
+        ON l.reply_to = i.reply_to
+    RETURNING 1
+), woken AS (
+    SELECT pg_notify('flpg_run_' || run_id, '')
+    FROM (SELECT DISTINCT run_id FROM inserted) AS d
+)
+SELECT i.id, i.reply_to, i.run_id,
+       (SELECT count(*) FROM linked) AS linked, (SELECT count(*) FROM woken) AS notified
+FROM inserted i;
+
+-- name: runs_starting
+-- Node worker: which of the given runs are pending or running (and not being stopped)
+-- and select any of the given nodes, so their messages for these nodes are to come.
+SELECT r.id
+FROM runs r
+WHERE r.id = ANY(%(run_ids)s) AND r.status IN ('pending', 'starting', 'running')
+  AND r.stop_requested_at IS NULL
+  AND EXISTS (
+      SELECT 1 FROM run_nodes rn WHERE rn.run_id = r.id AND rn.node_id = ANY(%(node_ids)s)
+  )
+ORDER BY r.id;
 
 -- name: messages_release
 -- Graceful shutdown: hand claimed instructions back to the queue.

@@ -5,13 +5,21 @@ by a node worker with `FLPG_DATABASE_URL` set. The ClientApp is imported once an
 kept for the run's lifetime; each node id it serves has its own Context, whose
 `state` persists across the run's rounds (and lives only in this process).
 
-Protocol (one JSON object per line): the node worker writes requests
-`{"message": {MessageRow fields}, "node_config": {...}}` on stdin; this process
-loads the message, calls the ClientApp, writes the reply (or an error reply) to the
-database under the node worker's claim, and answers on its protocol pipe with
-`{"id": MESSAGE_ID, "outcome": "replied" | "error" | "lease-lost", "detail": "..."}`.
-The protocol pipe is the original stdout; the ClientApp's own prints go to stderr.
-End of stdin means: finish what is in flight (up to `--grace` seconds) and exit.
+Protocol (one JSON object per line). The node worker writes batches of claimed
+messages, `{"messages": [{MessageRow fields}, ...], "node_configs": {"NODE_ID":
+{...}, ...}}`. This process queues them in order, loads the payloads of many at a
+time with one query (`MAX_GROUP` messages or `GROUP_BYTES` at most), runs their
+handlers on `--concurrency` threads (never more at once), and writes the replies
+(or error replies) to the database under the node worker's claim, many at a time:
+small payloads in one statement, then every reply in one statement that notifies
+the run once (`flpg.node.replies`). On its protocol pipe it says
+`{"started": [MESSAGE_ID]}` before a handler runs, and for each write
+`{"done": [{"id": MESSAGE_ID, "outcome": "replied" | "error" | "lease-lost" |
+"expired" | "released", "detail": "...", "seconds": S}, ...]}`, where S is the time
+from the handler's start to the reply's commit (0 if no handler ran). The protocol
+pipe is the original stdout; the ClientApp's own prints go to stderr. End of stdin
+means: answer the messages not started yet as "released" (nothing written), finish
+the others (up to `--grace` seconds) and exit.
 """
 
 from __future__ import annotations
@@ -23,6 +31,9 @@ import os
 import sys
 import threading
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -33,8 +44,9 @@ from flpg.appbundle import BundleCache, load_component, parse_pyproject
 from flpg.clientapp import ClientApp
 from flpg.context import Context
 from flpg.db import SESSION_OPTIONS, TRANSIENT, Connection, connect
-from flpg.errors import FlpgError, LeaseLost
-from flpg.message import Error, ErrorCode
+from flpg.errors import FlpgError
+from flpg.message import Message
+from flpg.node.replies import Answer, Written, app_error, describe, write_replies
 from flpg.records import RecordDict
 from flpg.settings import DATABASE_URL_ENV
 from flpg.store import apps as store_apps
@@ -42,6 +54,17 @@ from flpg.store import runs as store_runs
 from flpg.store.messages import MessageRow
 
 log = logging.getLogger("flpg.clientapp")
+
+LINGER = 0.002
+"""Seconds the writer waits for more handlers to finish before writing a batch, while
+some still run: tiny messages then share one write instead of one each."""
+MAX_BATCH = 256
+"""Replies written in one go at most."""
+MAX_GROUP = 256
+"""Messages whose payloads are loaded with one query at most."""
+GROUP_BYTES = 64 << 20
+"""Payload bytes a group loads at most (one message at least): small messages load
+hundreds at a time, big models one or a few."""
 
 
 class RunApp:
@@ -78,86 +101,251 @@ class RunApp:
             return self._contexts[node_id]
 
 
-class Server:
-    """Reads requests, handles each on its own thread, writes one answer per request."""
+@dataclass(frozen=True)
+class Skipped:
+    """A message this process answers without writing anything."""
 
-    def __init__(self, pool: ConnectionPool, app: RunApp, worker: str, out: IO[str]) -> None:
+    row: MessageRow
+    outcome: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A message ready for the writer; `began` is when its handler started (monotonic)."""
+
+    item: Answer | Skipped
+    began: float | None
+
+
+class Server:
+    """Queues received messages, loads their payloads a group at a time, runs their
+    handlers on `concurrency` threads, and writes the replies in batches."""
+
+    def __init__(
+        self, pool: ConnectionPool, app: RunApp, worker: str, out: IO[str], concurrency: int
+    ) -> None:
         self.pool = pool
         self.app = app
         self.worker = worker
+        self.concurrency = max(1, concurrency)
         self._out = out
         self._out_lock = threading.Lock()
+        self._starts: list[int] = []
+        """Messages whose handler starts, not yet announced."""
+        self._starts_lock = threading.Lock()
+        self._handlers = ThreadPoolExecutor(
+            max_workers=self.concurrency, thread_name_prefix="clientapp-handler"
+        )
+        self._cond = threading.Condition()
+        self._queue: deque[tuple[MessageRow, dict[str, Any]]] = deque()
+        """Received, not taken for loading yet (with the node's config)."""
+        self._handling = 0
+        """Messages taken for loading whose handler has not finished yet."""
+        self._finished: list[Finished] = []
         self._inflight = 0
-        self._idle = threading.Condition()
+        """Messages received and not answered yet."""
+        self._bytes_per_message = -1
+        """Payload bytes per message in the last group loaded (-1: none loaded yet)."""
+        threading.Thread(target=self._loader, name="clientapp-loader", daemon=True).start()
+        threading.Thread(target=self._writer, name="clientapp-writer", daemon=True).start()
 
     def serve(self, requests: IO[str], grace: float) -> None:
+        """Queue the batches of each line until end of input; then answer the messages
+        not started yet as released and wait up to `grace` s for the others."""
         for line in requests:
             request = json.loads(line)
-            with self._idle:
-                self._inflight += 1
-            threading.Thread(
-                target=self._handle,
-                args=(request,),
-                name=f"clientapp-{request['message']['id']}",
-                daemon=True,
-            ).start()
-        with self._idle:
-            self._idle.wait_for(lambda: self._inflight == 0, timeout=grace)
+            configs: dict[str, dict[str, Any]] = request.get("node_configs", {})
+            rows = [MessageRow(**m) for m in request["messages"]]
+            with self._cond:
+                self._inflight += len(rows)
+                self._queue.extend((r, configs.get(str(r.dst_node_id), {})) for r in rows)
+                self._cond.notify_all()
+        with self._cond:
+            dropped, self._queue = list(self._queue), deque()
+            for row, _ in dropped:
+                skipped = Skipped(row, "released", "not started before the process was closed")
+                self._finished.append(Finished(skipped, None))
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: self._inflight == 0, timeout=grace)
 
-    def _answer(self, message_id: int, outcome: str, detail: str = "") -> None:
-        line = json.dumps({"id": message_id, "outcome": outcome, "detail": detail})
-        with self._out_lock:
+    def _group_size(self) -> int:
+        """Messages to load at once: many small ones, but about GROUP_BYTES at most
+        (judged by the last group; the first is `concurrency` messages)."""
+        if self._bytes_per_message < 0:
+            return self.concurrency
+        return max(1, min(MAX_GROUP, GROUP_BYTES // max(1, self._bytes_per_message)))
+
+    def _loader(self) -> None:
+        """Take queued messages a group at a time while a handler thread is free (or
+        about to be), load their payloads with one query, hand them to handlers."""
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._queue) and self._handling < self.concurrency)
+                group = [
+                    self._queue.popleft() for _ in range(min(len(self._queue), self._group_size()))
+                ]
+                self._handling += len(group)
+            untouched = {row.id: row for row, _ in group}
             try:
-                self._out.write(line + "\n")
-                self._out.flush()
-            except (OSError, ValueError):  # the node worker is gone
-                pass
+                self._start(group, untouched)
+            except Exception as exc:  # a bug here must not leave messages unanswered
+                log.exception("could not start %d message(s)", len(untouched))
+                for row in untouched.values():
+                    self._finish(Answer(row, error=app_error(describe(exc))), None, handled=True)
 
-    def _handle(self, request: dict[str, Any]) -> None:
-        row = MessageRow(**request["message"])
-        message_id = row.id
+    def _start(
+        self, group: list[tuple[MessageRow, dict[str, Any]]], untouched: dict[int, MessageRow]
+    ) -> None:
+        """Load the group and hand each message to a handler (or answer it); removes
+        each message from `untouched` once passed on."""
+        now = time.time()
+        live: list[tuple[MessageRow, dict[str, Any]]] = []
+        for row, config in group:
+            if row.created_at + row.ttl_seconds <= now:
+                detail = f"its TTL of {row.ttl_seconds:g} s passed before its handler started"
+                del untouched[row.id]
+                self._finish(Skipped(row, "expired", detail), None, handled=True)
+            else:
+                live.append((row, config))
+        if not live:
+            return
+        if self.app.app is None:
+            error = app_error(f"the run's ClientApp did not load: {self.app.load_error}")
+            for row, _ in live:
+                del untouched[row.id]
+                self._finish(Answer(row, error=error), None, handled=True)
+            return
+        configs = {row.id: config for row, config in live}
+        rows = [row for row, _ in live]
+        for row in rows:
+            del untouched[row.id]  # `_load` answers those it cannot load
+        loaded = self._load(rows)
+        for row, message in loaded:
+            self._handlers.submit(self._handle, row, message, configs[row.id])
+        if loaded:
+            nbytes = sum(
+                a.nbytes
+                for _, message in loaded
+                for record in message.content.array_records.values()
+                for a in record.values()
+            )
+            self._bytes_per_message = nbytes // len(loaded)
+
+    def _load(self, rows: list[MessageRow]) -> list[tuple[MessageRow, Message]]:
+        """The rows' messages with their payloads (one query for all); a row that
+        cannot be loaded is answered here (an error reply, or nothing if the database
+        went away: its claim lapses and it is retried)."""
         try:
-            outcome, detail = self._run(row, request["node_config"])
-        except Exception as exc:  # the database is gone: the lease will lapse
-            outcome, detail = "lease-lost", f"{type(exc).__name__}: {exc}"
-        self._answer(message_id, outcome, detail)
-        with self._idle:
-            self._inflight -= 1
-            self._idle.notify_all()
-
-    def _run(self, row: MessageRow, node_config: dict[str, Any]) -> tuple[str, str]:
-        started = time.monotonic()
-        message_id = row.id
-        assert row.dst_node_id is not None
-        with self.pool.connection() as conn:
+            with self.pool.connection() as conn:
+                return list(zip(rows, bus.load(conn, rows), strict=True))
+        except TRANSIENT as exc:
+            for row in rows:
+                self._finish(Skipped(row, "lease-lost", describe(exc)), None, handled=True)
+            return []
+        except Exception:
+            pass  # some message cannot be loaded (e.g. a corrupt payload): one at a time
+        loaded: list[tuple[MessageRow, Message]] = []
+        for row in rows:
             try:
-                if self.app.app is None:
-                    raise FlpgError(f"the run's ClientApp did not load: {self.app.load_error}")
-                message = bus.load(conn, [row])[0]
-                reply = self.app.app(message, self.app.context(row.dst_node_id, node_config))
-                if reply.metadata.reply_to_message_id != message_id:
-                    raise TypeError(
-                        "the handler's reply does not answer this message; "
-                        "build it with Message(content, reply_to=msg)"
-                    )
-                bus.reply(conn, self.worker, message_id, row.run_id, reply)
-            except LeaseLost as exc:
-                return "lease-lost", str(exc)
-            except TRANSIENT:
-                raise  # not the app's fault: the claim lapses and the message is retried
+                with self.pool.connection() as conn:
+                    loaded.append((row, bus.load(conn, [row])[0]))
+            except TRANSIENT as exc:
+                self._finish(Skipped(row, "lease-lost", describe(exc)), None, handled=True)
             except Exception as exc:
-                reason = str(exc) if isinstance(exc, FlpgError) else f"{type(exc).__name__}: {exc}"
-                try:
-                    bus.error_reply(
-                        conn,
-                        self.worker,
-                        message_id,
-                        Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason),
-                    )
-                except LeaseLost as inner:
-                    return "lease-lost", str(inner)
-                return "error", reason
-        return "replied", f"{time.monotonic() - started:.3f} s"
+                self._finish(Answer(row, error=app_error(describe(exc))), None, handled=True)
+        return loaded
+
+    def _handle(self, row: MessageRow, message: Message, node_config: dict[str, Any]) -> None:
+        began = time.monotonic()
+        assert row.dst_node_id is not None
+        # Before any app code runs: should the process die now, the node worker
+        # answers this message with an error, and hands unstarted ones to a new one.
+        self._announce(row.id)
+        try:
+            assert self.app.app is not None
+            reply = self.app.app(message, self.app.context(row.dst_node_id, node_config))
+            if reply.metadata.reply_to_message_id != row.id:
+                raise TypeError(
+                    "the handler's reply does not answer this message; "
+                    "build it with Message(content, reply_to=msg)"
+                )
+            answer = Answer(row, reply=reply)
+        except BaseException as exc:  # any escape from app code is the app's error
+            answer = Answer(row, error=app_error(describe(exc)))
+        self._finish(answer, began, handled=True)
+
+    def _finish(self, item: Answer | Skipped, began: float | None, *, handled: bool) -> None:
+        with self._cond:
+            self._finished.append(Finished(item, began))
+            if handled:
+                self._handling -= 1
+            self._cond.notify_all()
+
+    def _writer(self) -> None:
+        """Write finished messages in batches and answer each batch on one line."""
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._finished))
+                deadline = time.monotonic() + LINGER
+                while self._handling > 0 and len(self._finished) < MAX_BATCH:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                batch, self._finished = self._finished[:MAX_BATCH], self._finished[MAX_BATCH:]
+            done = self._write([f.item for f in batch])
+            now = time.monotonic()
+            self._answer(
+                [
+                    {
+                        "id": w.message_id,
+                        "outcome": w.outcome,
+                        "detail": w.detail or f"{now - (f.began or now):.3f} s",
+                        "seconds": round(now - f.began, 6) if f.began is not None else 0.0,
+                    }
+                    for w, f in zip(done, batch, strict=True)
+                ]
+            )
+            with self._cond:
+                self._inflight -= len(batch)
+                self._cond.notify_all()
+
+    def _write(self, items: list[Answer | Skipped]) -> list[Written]:
+        answers = [i for i in items if isinstance(i, Answer)]
+        try:
+            with self.pool.connection() as conn:
+                written = write_replies(conn, self.worker, self.app.run_id, answers)
+        except Exception as exc:  # the database went away: the claims lapse and are retried
+            written = [Written(a.row.id, "lease-lost", describe(exc)) for a in answers]
+        by_id = {w.message_id: w for w in written}
+        return [
+            Written(i.row.id, i.outcome, i.detail) if isinstance(i, Skipped) else by_id[i.row.id]
+            for i in items
+        ]
+
+    def _announce(self, message_id: int) -> None:
+        """Tell the worker a handler starts; returns once that was written. Handlers
+        starting together share one line."""
+        with self._starts_lock:
+            self._starts.append(message_id)
+        with self._out_lock:
+            with self._starts_lock:
+                ids, self._starts = self._starts, []
+            if ids:  # else a handler that held the lock before wrote ours too
+                self._write_line({"started": ids})
+
+    def _answer(self, done: list[dict[str, Any]]) -> None:
+        with self._out_lock:
+            self._write_line({"done": done})
+
+    def _write_line(self, answer: dict[str, Any]) -> None:
+        """Write one protocol line (call with `_out_lock` held)."""
+        try:
+            self._out.write(json.dumps(answer) + "\n")
+            self._out.flush()
+        except (OSError, ValueError):  # the node worker is gone
+            pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,10 +370,10 @@ def main(argv: list[str] | None = None) -> int:
         app = RunApp(conn, args.run, args.cache_dir)
     if app.load_error:
         log.warning("ClientApp did not load: %s", app.load_error)
-    pool = ConnectionPool(
+    pool = ConnectionPool(  # one connection loads payloads, one writes replies
         url,
         min_size=1,
-        max_size=max(1, args.concurrency),
+        max_size=2,
         kwargs={
             "autocommit": True,
             "application_name": f"flpg-clientapp-{args.run}",
@@ -195,15 +383,15 @@ def main(argv: list[str] | None = None) -> int:
         open=True,
     )
     try:
-        Server(pool, app, args.worker, out).serve(sys.stdin, args.grace)
+        Server(pool, app, args.worker, out, args.concurrency).serve(sys.stdin, args.grace)
     finally:
         pool.close()
     return 0
 
 
 if __name__ == "__main__":
-    # Daemon handler threads may still run after the grace period: leave without
-    # joining them (their claims lapse and the link re-queues or expires them).
+    # Handler threads may still run after the grace period: leave without joining
+    # them (their claims lapse and the link re-queues or expires them).
     code = main()
     sys.stderr.flush()
     os._exit(code)

@@ -9,9 +9,10 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from flpg import arrays
 from flpg.db import Connection
 from flpg.errors import DuplicateReply, LeaseLost, SelectionError
-from flpg.store._exec import many, many_returning, one, rows, run
+from flpg.store._exec import many, one, rows, run
 
 _SELECTION_FKS = ("fk_messages_dst_in_selection", "fk_messages_src_in_selection")
 
@@ -91,33 +92,36 @@ def insert_instructions(
     """
     if not instructions:
         return []
+    docs = [
+        {
+            "ord": i,
+            "dst_node_id": m.dst_node_id,
+            "group_id": m.group_id,
+            "message_type": m.message_type,
+            "ttl": m.ttl,
+            "metrics": m.metrics,
+            "configs": m.configs,
+        }
+        for i, m in enumerate(instructions)
+    ]
+    links = [
+        {
+            "ord": i,
+            "record_name": a.record_name,
+            "position": a.position,
+            "array_name": a.array_name,
+            "array_id": a.array_id,
+        }
+        for i, m in enumerate(instructions)
+        for a in m.arrays
+    ]
     try:
-        with conn.transaction():
-            created = many_returning(
-                conn,
-                "message_insert",
-                [
-                    {
-                        "run_id": run_id,
-                        "dst_node_id": m.dst_node_id,
-                        "group_id": m.group_id,
-                        "message_type": m.message_type,
-                        "ttl": m.ttl,
-                        "metrics": Jsonb(m.metrics),
-                        "configs": Jsonb(m.configs),
-                    }
-                    for m in instructions
-                ],
-            )
-            links = [
-                link
-                for row, m in zip(created, instructions, strict=True)
-                for link in _links(row["id"], m.arrays)
-            ]
-            if links:
-                many(conn, "message_arrays_insert", links)
-            node_ids = sorted({m.dst_node_id for m in instructions})
-            run(conn, "notify_nodes", {"run_id": run_id, "node_ids": node_ids})
+        # One statement: the rows, their links and the NOTIFYs commit together.
+        created = rows(
+            conn,
+            "messages_insert_batch",
+            {"run_id": run_id, "instructions": Jsonb(docs), "links": Jsonb(links)},
+        )
     except psycopg.errors.ForeignKeyViolation as exc:
         if exc.diag.constraint_name in _SELECTION_FKS:
             # The whole selection, offline nodes included: an offline selected node
@@ -135,15 +139,15 @@ def insert_instructions(
 def claim(
     conn: Connection, *, worker: str, node_ids: list[int], lease: float, limit: int
 ) -> list[MessageRow]:
-    """Claim up to `limit` queued instructions addressed to `node_ids` (SKIP LOCKED)."""
+    """Claim up to `limit` queued instructions addressed to `node_ids` (SKIP LOCKED),
+    fairly across runs (see messages_claim), in one statement; returned by id."""
     if limit <= 0 or not node_ids:
         return []
-    with conn.transaction():
-        found = rows(
-            conn,
-            "messages_claim",
-            {"worker": worker, "node_ids": node_ids, "lease": lease, "limit": limit},
-        )
+    found = rows(
+        conn,
+        "messages_claim",
+        {"worker": worker, "node_ids": node_ids, "lease": lease, "limit": limit},
+    )
     return [
         MessageRow(src_node_id=None, reply_to=None, **r)
         for r in sorted(found, key=lambda r: r["id"])
@@ -192,6 +196,82 @@ def reply(conn: Connection, *, worker: str, new: NewReply) -> int:
     except psycopg.errors.UniqueViolation as exc:
         raise DuplicateReply(f"message {new.reply_to} already has a reply") from exc
     return int(row["id"])
+
+
+def write_small_arrays(
+    conn: Connection, run_id: int, encoded: Sequence[arrays.EncodedArray], chunk_size: int
+) -> list[int]:
+    """Store arrays of at most `chunk_size` bytes each, all in one statement (so one
+    transaction, no NOTIFY); returns their ids in order. For many small reply
+    payloads, where `payloads.write` would take a round trip per array."""
+    if not encoded:
+        return []
+    for enc in encoded:
+        if enc.nbytes > chunk_size:
+            raise ValueError(f"array of {enc.nbytes} bytes is larger than one chunk")
+    found = rows(
+        conn,
+        "reply_arrays_insert",
+        {
+            "run_id": run_id,
+            "chunk_size": chunk_size,
+            "dtypes": [enc.dtype for enc in encoded],
+            "shapes": ["{" + ",".join(map(str, enc.shape)) + "}" for enc in encoded],
+            "nbytes": [enc.nbytes for enc in encoded],
+            "digests": [arrays.digest(enc.data) for enc in encoded],
+            "datas": [bytes(enc.data) for enc in encoded],
+        },
+    )
+    return [int(r["id"]) for r in found]
+
+
+def reply_batch(conn: Connection, *, worker: str, replies: Sequence[NewReply]) -> dict[int, int]:
+    """Complete claimed instructions and insert their replies in one statement (so one
+    transaction), notifying each run once; payloads must already be written.
+
+    Returns `{instruction id: reply id}` for the replies written. An instruction
+    missing from it got no reply from here: this worker no longer held its claim
+    (lease ran out, expired or cancelled), and it was left as it was. Each
+    instruction is completed together with its own reply, or not at all.
+    """
+    if not replies:
+        return {}
+    docs = [
+        {
+            "reply_to": r.reply_to,
+            "metrics": r.metrics,
+            "configs": r.configs,
+            "error_code": r.error_code,
+            "error_reason": r.error_reason,
+        }
+        for r in replies
+    ]
+    links = [
+        {
+            "reply_to": r.reply_to,
+            "record_name": a.record_name,
+            "position": a.position,
+            "array_name": a.array_name,
+            "array_id": a.array_id,
+        }
+        for r in replies
+        for a in r.arrays
+    ]
+    found = rows(
+        conn,
+        "replies_insert_batch",
+        {"worker": worker, "replies": Jsonb(docs), "links": Jsonb(links)},
+    )
+    return {int(r["reply_to"]): int(r["id"]) for r in found}
+
+
+def runs_starting(conn: Connection, run_ids: list[int], node_ids: list[int]) -> list[int]:
+    """Which of `run_ids` are pending or running (no stop requested) with some of
+    `node_ids` in their selection: a node worker may start their ClientApp ahead."""
+    if not run_ids or not node_ids:
+        return []
+    found = rows(conn, "runs_starting", {"run_ids": run_ids, "node_ids": node_ids})
+    return [int(r["id"]) for r in found]
 
 
 def release(conn: Connection, *, worker: str) -> int:

@@ -7,7 +7,7 @@ import pytest
 
 from tests.e2e.harness import APPS, Federation
 from tests.e2e.test_multitenancy import expected_final, final_of
-from tests.e2e.test_tenancy import rounds_of
+from tests.e2e.test_tenancy import one_reply_per_instruction, rounds_of
 
 pytestmark = pytest.mark.e2e
 
@@ -54,3 +54,26 @@ def test_virtual_refuses_a_node_config_that_sets_the_partition(federation: Feder
     )
     bad = federation.cli("node", "--name", "sim", "--virtual", "0", check=False)
     assert bad.returncode == 2 and "--virtual" in bad.stderr
+
+
+def test_a_virtual_node_whose_handler_raises_gets_an_error_reply_and_the_others_train(
+    federation: Federation,
+) -> None:
+    """The messages of many virtual nodes are handled in batches: the one whose
+    handler raises gets its error reply (code 1), every other one its reply."""
+    fed = federation
+    fed.link()
+    fed.exec()
+    fed.start("sim", "node", "--name", "sim", "--virtual", str(N), "--concurrency", "4")
+    fed.wait_nodes_online(N)
+    run_id = fed.submit(APPS / "faulty", "--run-config", 'mode="client-raises" fail-partition=3')
+    assert fed.wait_run(run_id, timeout=120)["status"] == "finished", fed.logs()
+    replies = fed.sql(
+        "SELECT (n.node_config->>'partition-id')::int, m.error_code, m.error_reason"
+        " FROM messages m JOIN nodes n ON n.id = m.src_node_id"
+        " WHERE m.run_id = %s AND m.reply_to IS NOT NULL ORDER BY 1",
+        [run_id],
+    )
+    assert replies == [(p, 1, "ValueError: boom") if p == 3 else (p, None, None) for p in range(N)]
+    assert one_reply_per_instruction(fed, run_id)
+    assert "FINAL w=[2.0, 2.0, 2.0]" in fed.log_of(run_id)

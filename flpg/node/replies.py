@@ -1,0 +1,193 @@
+"""Writing a node's answers to many claimed instructions at once.
+
+`write_replies` writes the reply payloads of a batch (small arrays all in one
+statement, no NOTIFY), then completes every instruction and inserts every reply in
+one statement that notifies each run once (`store.messages.reply_batch`). Each
+instruction is still completed atomically with its own reply, and one whose claim
+this worker lost gets no reply while the others of the batch do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from flpg import arrays
+from flpg.db import TRANSIENT, Connection
+from flpg.errors import FlpgError
+from flpg.message import Error, ErrorCode, Message
+from flpg.records import RecordDict, records_to_json
+from flpg.store import messages as store_messages
+from flpg.store import payloads as store_payloads
+from flpg.store.messages import ArrayLink, MessageRow, NewReply
+from flpg.store.payloads import DEFAULT_CHUNK_SIZE
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What to write for one claimed instruction: the handler's reply, or an error."""
+
+    row: MessageRow
+    reply: Message | None = None
+    error: Error | None = None
+
+
+@dataclass(frozen=True)
+class Written:
+    """What became of one answer."""
+
+    message_id: int
+    outcome: str
+    """"replied", "error" (an error reply was written) or "lease-lost" (nothing was)."""
+    detail: str
+
+
+def describe(exc: BaseException) -> str:
+    """An error reply's reason: an flpg error's own message, else `Type: message`."""
+    return str(exc) if isinstance(exc, FlpgError) else f"{type(exc).__name__}: {exc}"
+
+
+def app_error(reason: str) -> Error:
+    """The error reply for a ClientApp that raised (code 1)."""
+    return Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason)
+
+
+def write_replies(
+    conn: Connection,
+    worker: str,
+    run_id: int,
+    answers: Sequence[Answer],
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> list[Written]:
+    """Write the answers (all of run `run_id`, claimed by `worker`); one `Written` each,
+    in order.
+
+    A reply that cannot be stored (say, an unsupported value) becomes an error reply
+    for its instruction alone. Raises only on a database that went away (TRANSIENT):
+    then nothing of the failed step was written and the claims lapse.
+    """
+    if not answers:
+        return []
+    try:
+        return _write(conn, worker, run_id, answers, chunk_size)
+    except TRANSIENT:
+        raise
+    except Exception as exc:
+        if len(answers) == 1:
+            return _write_unstorable(conn, worker, run_id, answers[0], exc, chunk_size)
+    # Some answer cannot be stored: write them one at a time to answer only it with an error.
+    out: list[Written] = []
+    for answer in answers:
+        try:
+            out += _write(conn, worker, run_id, [answer], chunk_size)
+        except TRANSIENT:
+            raise
+        except Exception as exc:
+            out += _write_unstorable(conn, worker, run_id, answer, exc, chunk_size)
+    return out
+
+
+def _write_unstorable(
+    conn: Connection,
+    worker: str,
+    run_id: int,
+    answer: Answer,
+    exc: Exception,
+    chunk_size: int,
+) -> list[Written]:
+    """Answer an instruction whose reply failed to store with an error naming why."""
+    error = app_error(describe(exc))
+    return _write(conn, worker, run_id, [Answer(answer.row, error=error)], chunk_size)
+
+
+def write_arrays(
+    conn: Connection, run_id: int, contents: Sequence[RecordDict], chunk_size: int
+) -> list[list[ArrayLink]]:
+    """Store every distinct ndarray of `contents` once; return each content's links.
+
+    Arrays of at most one chunk are written together in one statement, bigger ones
+    chunk by chunk (`payloads.write`), each group in its own transaction.
+    """
+    unique: dict[int, int] = {}  # id(ndarray) -> index into `encoded`
+    encoded: list[arrays.EncodedArray] = []
+    keep_alive: list[np.ndarray[Any, Any]] = []
+    plan: list[list[tuple[str, int, str, int]]] = []
+    for content in contents:
+        items: list[tuple[str, int, str, int]] = []
+        for record_name, record in content.array_records.items():
+            for position, (array_name, array) in enumerate(record.items()):
+                nd = array.numpy()
+                if id(nd) not in unique:
+                    unique[id(nd)] = len(encoded)
+                    encoded.append(arrays.encode(nd, f"{record_name}[{array_name!r}]"))
+                    keep_alive.append(nd)
+                items.append((record_name, position, array_name, unique[id(nd)]))
+        plan.append(items)
+    small = [i for i, enc in enumerate(encoded) if enc.nbytes <= chunk_size]
+    big = [i for i, enc in enumerate(encoded) if enc.nbytes > chunk_size]
+    ids = [0] * len(encoded)
+    stored = store_messages.write_small_arrays(
+        conn, run_id, [encoded[i] for i in small], chunk_size
+    )
+    for i, array_id in zip(small, stored, strict=True):
+        ids[i] = array_id
+    for i, array_id in zip(
+        big, store_payloads.write(conn, run_id, [encoded[i] for i in big], chunk_size), strict=True
+    ):
+        ids[i] = array_id
+    return [[ArrayLink(r, p, n, ids[i]) for r, p, n, i in items] for items in plan]
+
+
+def _write(
+    conn: Connection, worker: str, run_id: int, answers: Sequence[Answer], chunk_size: int
+) -> list[Written]:
+    with_content = [
+        a for a in answers if a.error is None and a.reply is not None and not a.reply.has_error()
+    ]
+    links: dict[int, list[ArrayLink]] = {}
+    if any(a.reply is not None and a.reply.content.array_records for a in with_content):
+        written = write_arrays(
+            conn, run_id, [a.reply.content for a in with_content if a.reply], chunk_size
+        )
+        links = {a.row.id: w for a, w in zip(with_content, written, strict=True)}
+    new: list[NewReply] = []
+    for a in answers:
+        if a.error is not None or a.reply is None or a.reply.has_error():
+            err = a.error if a.error is not None else _reply_error(a.reply)
+            new.append(NewReply(a.row.id, {}, {}, [], err.code, err.reason))
+        else:
+            content = a.reply.content
+            new.append(
+                NewReply(
+                    a.row.id,
+                    records_to_json(content.metric_records),
+                    records_to_json(content.config_records),
+                    links.get(a.row.id, []),
+                )
+            )
+    done = store_messages.reply_batch(conn, worker=worker, replies=new)
+    out: list[Written] = []
+    for a, n in zip(answers, new, strict=True):
+        if a.row.id not in done:
+            out.append(
+                Written(
+                    a.row.id,
+                    "lease-lost",
+                    f"message {a.row.id} is no longer claimed by this worker "
+                    "(lease ran out, expired or cancelled); reply dropped",
+                )
+            )
+        elif n.error_code is not None:
+            out.append(Written(a.row.id, "error", n.error_reason or ""))
+        else:
+            out.append(Written(a.row.id, "replied", ""))
+    return out
+
+
+def _reply_error(reply: Message | None) -> Error:
+    if reply is None:
+        return app_error("the ClientApp returned no reply")
+    return reply.error
