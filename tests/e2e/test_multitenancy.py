@@ -35,7 +35,7 @@ def final_of(federation: Federation, run_id: int, tag: str) -> list[float]:
 def test_two_concurrent_runs_with_their_own_node_selection(federation: Federation) -> None:
     federation.federation(3)
     ids = {n["name"]: n["id"] for n in federation.nodes()}
-    run1 = federation.submit(APP, "--run-config", "delay=1.5 min-nodes=3")
+    run1 = federation.submit(APP, "--run-config", "delay=3.0 min-nodes=3")
     federation.wait_run(run1, statuses=("running",), timeout=30)
     run2 = federation.submit(
         APP, "--nodes", "node0,node2", "--run-config", "step=100.0 delay=0.1 min-nodes=2"

@@ -53,9 +53,9 @@ def test_one_runs_crashing_or_raising_clientapp_leaves_the_other_run_alone(
     run_a = fed.submit(
         PROBE,
         "--run-config",
-        f"delay=0.5 min-nodes=2 crash-node={n0} raise-node={n1} fault-round=2",
+        f"delay=1.5 min-nodes=2 crash-node={n0} raise-node={n1} fault-round=2",
     )
-    run_b = fed.submit(PROBE, "--run-config", "delay=0.5 min-nodes=2")
+    run_b = fed.submit(PROBE, "--run-config", "delay=1.5 min-nodes=2")
     assert fed.wait_run(run_a, timeout=120)["status"] == "finished", fed.logs()
     assert fed.wait_run(run_b, timeout=120)["status"] == "finished", fed.logs()
 
