@@ -46,6 +46,27 @@ def stored_id(array: Array, run_id: int) -> int | None:
     return source.array_id
 
 
+def _write_encoded(
+    conn: Connection, run_id: int, encoded: Sequence[arrays.EncodedArray], chunk_size: int
+) -> list[int]:
+    """Store `encoded`; ids in order. Arrays of at most one chunk go in together in one
+    statement, bigger ones chunk by chunk (`payloads.write`)."""
+    small = [i for i, enc in enumerate(encoded) if enc.nbytes <= chunk_size]
+    big = [i for i, enc in enumerate(encoded) if enc.nbytes > chunk_size]
+    ids = [0] * len(encoded)
+    if small:
+        stored = store_messages.write_small_arrays(
+            conn, run_id, [encoded[i] for i in small], chunk_size
+        )
+        for i, array_id in zip(small, stored, strict=True):
+            ids[i] = array_id
+    if big:
+        stored = store_payloads.write(conn, run_id, [encoded[i] for i in big], chunk_size)
+        for i, array_id in zip(big, stored, strict=True):
+            ids[i] = array_id
+    return ids
+
+
 def write_arrays(
     conn: Connection, run_id: int, contents: Sequence[RecordDict], chunk_size: int
 ) -> list[list[ArrayLink]]:
@@ -78,7 +99,7 @@ def write_arrays(
                         keep_alive.append(nd)
                 items.append((record_name, position, array_name, unique[key]))
         plan.append(items)
-    written = iter(store_payloads.write(conn, run_id, encoded, chunk_size))
+    written = iter(_write_encoded(conn, run_id, encoded, chunk_size))
     ids = [stored_ids[i] if i in stored_ids else next(written) for i in range(len(unique))]
     return [[ArrayLink(r, p, n, ids[i]) for r, p, n, i in items] for items in plan]
 

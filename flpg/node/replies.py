@@ -11,17 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
-
-from flpg import arrays
+from flpg import bus
 from flpg.db import TRANSIENT, Connection
 from flpg.errors import FlpgError
 from flpg.message import Error, ErrorCode, Message
-from flpg.records import RecordDict, records_to_json
+from flpg.records import records_to_json
 from flpg.store import messages as store_messages
-from flpg.store import payloads as store_payloads
 from flpg.store.messages import ArrayLink, MessageRow, NewReply
 from flpg.store.payloads import DEFAULT_CHUNK_SIZE
 
@@ -103,44 +99,6 @@ def _write_unstorable(
     return _write(conn, worker, run_id, [Answer(answer.row, error=error)], chunk_size)
 
 
-def write_arrays(
-    conn: Connection, run_id: int, contents: Sequence[RecordDict], chunk_size: int
-) -> list[list[ArrayLink]]:
-    """Store every distinct ndarray of `contents` once; return each content's links.
-
-    Arrays of at most one chunk are written together in one statement, bigger ones
-    chunk by chunk (`payloads.write`), each group in its own transaction.
-    """
-    unique: dict[int, int] = {}  # id(ndarray) -> index into `encoded`
-    encoded: list[arrays.EncodedArray] = []
-    keep_alive: list[np.ndarray[Any, Any]] = []
-    plan: list[list[tuple[str, int, str, int]]] = []
-    for content in contents:
-        items: list[tuple[str, int, str, int]] = []
-        for record_name, record in content.array_records.items():
-            for position, (array_name, array) in enumerate(record.items()):
-                nd = array.numpy()
-                if id(nd) not in unique:
-                    unique[id(nd)] = len(encoded)
-                    encoded.append(arrays.encode(nd, f"{record_name}[{array_name!r}]"))
-                    keep_alive.append(nd)
-                items.append((record_name, position, array_name, unique[id(nd)]))
-        plan.append(items)
-    small = [i for i, enc in enumerate(encoded) if enc.nbytes <= chunk_size]
-    big = [i for i, enc in enumerate(encoded) if enc.nbytes > chunk_size]
-    ids = [0] * len(encoded)
-    stored = store_messages.write_small_arrays(
-        conn, run_id, [encoded[i] for i in small], chunk_size
-    )
-    for i, array_id in zip(small, stored, strict=True):
-        ids[i] = array_id
-    for i, array_id in zip(
-        big, store_payloads.write(conn, run_id, [encoded[i] for i in big], chunk_size), strict=True
-    ):
-        ids[i] = array_id
-    return [[ArrayLink(r, p, n, ids[i]) for r, p, n, i in items] for items in plan]
-
-
 def _write(
     conn: Connection, worker: str, run_id: int, answers: Sequence[Answer], chunk_size: int
 ) -> list[Written]:
@@ -149,7 +107,7 @@ def _write(
     ]
     links: dict[int, list[ArrayLink]] = {}
     if any(a.reply is not None and a.reply.content.array_records for a in with_content):
-        written = write_arrays(
+        written = bus.write_arrays(
             conn, run_id, [a.reply.content for a in with_content if a.reply], chunk_size
         )
         links = {a.row.id: w for a, w in zip(with_content, written, strict=True)}
