@@ -219,7 +219,7 @@ def write_small_arrays(
             "shapes": ["{" + ",".join(map(str, enc.shape)) + "}" for enc in encoded],
             "nbytes": [enc.nbytes for enc in encoded],
             "digests": [arrays.digest(enc.data) for enc in encoded],
-            "datas": [bytes(enc.data) for enc in encoded],
+            "datas": [enc.data for enc in encoded],
         },
     )
     return [int(r["id"]) for r in found]
