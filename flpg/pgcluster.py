@@ -81,6 +81,11 @@ _SERVER_SETTINGS: tuple[tuple[str, str], ...] = (
     ("shared_buffers", "128MB"),
     ("fsync", "on"),
     ("synchronous_commit", "on"),
+    # Payload traffic: a round writes gigabytes; do not wait on a 4 MB WAL buffer,
+    # force checkpoints mid-round, or zero-fill new WAL segments (recycle them).
+    ("wal_buffers", "64MB"),
+    ("max_wal_size", "4GB"),
+    ("min_wal_size", "1GB"),
     ("logging_collector", "off"),
     ("log_line_prefix", "'%m [%p] '"),
     ("log_timezone", "'UTC'"),
