@@ -177,7 +177,13 @@ def error_reply(conn: Connection, worker: str, instruction_id: int, error: Error
     return store_messages.reply(conn, worker=worker, new=new)
 
 
-SourceFactory = Callable[[ArrayRef], ArraySource]
+SourceFactory = Callable[[ArrayRef, store_payloads.Chunks | None], ArraySource]
+"""Makes the source of one stored array, given its chunk rows if already read."""
+
+EAGER_BYTES = 4 << 20
+"""`load` with a source reads arrays of one chunk together with the rows, up to this
+many bytes per call: a small model costs no query per array, and memory stays
+bounded however many replies one call returns (bigger arrays stay in the database)."""
 
 
 def load(
@@ -188,17 +194,29 @@ def load(
     Without `source` the arrays are read now. An array shared by several messages
     is read once; every message but the first gets its own copy, so a handler that
     mutates its input in place never changes another message's content. With
-    `source`, arrays stay in the database as `Array.stored(..., source(ref))`.
+    `source`, arrays stay in the database as `Array.stored(..., source(ref, rows))`,
+    except that small ones (EAGER_BYTES) come with their chunk rows, still unchecked.
     """
     refs = store_payloads.refs(conn, [r.id for r in rows if r.error_code is None])
     data = {} if source is not None else store_payloads.read(conn, refs)
+    read: dict[int, store_payloads.Chunks] = {}
+    if source is not None:
+        budget = EAGER_BYTES
+        small: dict[int, ArrayRef] = {}
+        for ref in refs:
+            if ref.n_chunks == 1 and not ref.collected and ref.array_id not in small:
+                if ref.nbytes > budget:
+                    break
+                small[ref.array_id] = ref
+                budget -= ref.nbytes
+        read = store_payloads.read_raw(conn, list(small.values()))
     handed_out: set[int] = set()
     by_message: dict[int, dict[str, ArrayRecord]] = {}
     for ref in refs:
         assert ref.message_id is not None
         array: Array | np.ndarray[Any, Any]
         if source is not None:
-            array = Array.stored(ref.dtype, ref.shape, source(ref))
+            array = Array.stored(ref.dtype, ref.shape, source(ref, read.get(ref.array_id)))
         else:
             array = data[ref.array_id]
             if ref.array_id in handed_out:

@@ -20,7 +20,7 @@ from flpg.records import Array, ArrayRecord, MetricRecord, RecordDict, records_t
 from flpg.store import checkpoints as store_checkpoints
 from flpg.store import messages as store_messages
 from flpg.store import runs as store_runs
-from flpg.store.payloads import DEFAULT_CHUNK_SIZE, ArrayRef, StoredArray
+from flpg.store.payloads import DEFAULT_CHUNK_SIZE, ArrayRef, Chunks, StoredArray
 
 
 class NodesUnavailable(FlpgError):
@@ -130,8 +130,8 @@ class Grid:
             lambda c: bus.load(c, store_messages.pull_replies(c, ids, again=again), source)
         )
 
-    def _source(self, ref: ArrayRef) -> StoredArray:
-        return StoredArray(self._session, self._run_id, ref)
+    def _source(self, ref: ArrayRef, chunks: Chunks | None = None) -> StoredArray:
+        return StoredArray(self._session, self._run_id, ref, chunks)
 
     def _stored(self, refs: Sequence[ArrayRef]) -> ArrayRecord:
         return ArrayRecord(

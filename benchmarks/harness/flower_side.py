@@ -193,7 +193,10 @@ class FlowerFederation:
         online = 0
         while True:
             self.procs.check_alive()
-            done = self.flwr("supernode", "ls", "bench", "--format", "json", timeout=60)
+            # 32 SuperNodes starting on 2 busy cores can keep `flwr` from answering for
+            # over a minute: wait as long as the configuration's deadline allows.
+            wait = max(60.0, deadline - time.monotonic())
+            done = self.flwr("supernode", "ls", "bench", "--format", "json", timeout=wait)
             if done.returncode == 0:
                 try:
                     nodes = json.loads(done.stdout).get("nodes", [])
@@ -216,7 +219,7 @@ class FlowerFederation:
         return [p for p in pids if "flwr-serverapp" in cmdline(p) and _alive(p)]
 
     def run_status(self, run_id: str) -> str:
-        done = self.flwr("ls", "bench", "--run-id", run_id, "--format", "json", timeout=60)
+        done = self.flwr("ls", "bench", "--run-id", run_id, "--format", "json", timeout=180)
         try:
             runs = json.loads(done.stdout).get("runs", [])
         except json.JSONDecodeError:

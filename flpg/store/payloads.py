@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -152,26 +153,53 @@ def _chunk_batch(conn: Connection, *, array_id: int, first: int, limit: int) -> 
         return cur.fetchall()
 
 
+Chunks = list[tuple[int, bytes]]
+"""`(seq, data)` rows of one array, in order."""
+
+
+def read_raw(conn: Connection, wanted: Sequence[ArrayRef]) -> dict[int, Chunks]:
+    """The stored chunk rows of the referenced arrays, unchecked (one query); for
+    `StoredArray(..., chunks=...)`, which checks them when they are used."""
+    if not wanted:
+        return {}
+    out: dict[int, Chunks] = {}
+    with conn.cursor(binary=True) as cur:
+        for array_id, seq, data in cur.stream(
+            query("array_chunks_stream"), {"array_ids": sorted({r.array_id for r in wanted})}
+        ):
+            out.setdefault(array_id, []).append((seq, data))
+    return out
+
+
 class StoredArray:
     """An `ArraySource` for one stored array, read through the ServerApp's session.
 
     Reads retry after a lost connection (they only read), so a database restart
-    in the middle of a streamed aggregation resumes at the next chunk.
+    in the middle of a streamed aggregation resumes at the next chunk. `chunks`,
+    when given, are the array's rows already read (`read_raw`): no query is needed
+    for them, and they are checked like fetched ones.
     """
 
     BATCH = 16
     """Chunks fetched per query by `chunks()` (16 MiB at the default chunk size)."""
 
-    def __init__(self, session: Session, run_id: int, ref: ArrayRef) -> None:
+    def __init__(
+        self, session: Session, run_id: int, ref: ArrayRef, chunks: Chunks | None = None
+    ) -> None:
         self._session = session
         self.run_id = run_id
         self.array_id = ref.array_id
         self.digest = ref.digest
         self.ref = ref
+        self._read = chunks
 
     def load(self) -> np.ndarray[Any, Any]:
         """The whole array (`PayloadCorrupt` naming it and its message if unreadable)."""
-        return self._session.call(lambda conn: read(conn, [self.ref])[self.array_id])
+        ref = self.ref
+        assembler = arrays.ArrayAssembler(ref.dtype, ref.shape, ref.nbytes, _label(ref))
+        for data in self.chunks():
+            assembler.add(data)
+        return assembler.finish()
 
     def chunks(self) -> Iterator[bytes]:
         """Yield the stored bytes in order; `PayloadCorrupt` on a missing chunk, a
@@ -180,12 +208,7 @@ class StoredArray:
         _check_not_collected(ref)
         hasher = arrays.Digest()
         seq = total = 0
-        while seq < ref.n_chunks:
-            batch = self._session.call(
-                partial(_chunk_batch, array_id=ref.array_id, first=seq, limit=self.BATCH)
-            )
-            if not batch:
-                raise PayloadCorrupt(f"array {_label(ref)} is missing chunk {seq}")
+        for batch in self._batches(hasher):
             for got, data in batch:
                 if got != seq:
                     raise PayloadCorrupt(f"array {_label(ref)} is missing chunk {seq}")
@@ -194,13 +217,53 @@ class StoredArray:
                     raise PayloadCorrupt(
                         f"array {_label(ref)} payload is longer than its {ref.nbytes} bytes"
                     )
-                hasher.update(data)
                 seq += 1
                 yield data
+        if seq < ref.n_chunks:
+            raise PayloadCorrupt(f"array {_label(ref)} is missing chunk {seq}")
         if total != ref.nbytes:
             raise PayloadCorrupt(f"array {_label(ref)} payload has {total} of {ref.nbytes} bytes")
         if hasher.digest() != ref.digest:
             raise PayloadCorrupt(f"array {_label(ref)} fails its digest check")
+
+    def _batches(self, hasher: arrays.Digest) -> Iterator[Chunks]:
+        """The array's rows in batches, each added to `hasher` before it is yielded;
+        ends early (the caller finds the gap) at a missing chunk.
+
+        A reader thread fetches (and hashes) the next batch while the caller uses
+        this one: psycopg, hashlib and numpy release the GIL, so on two cores reading
+        and aggregating overlap. The caller must not use the session meanwhile.
+        """
+        n_chunks = self.ref.n_chunks
+        if self._read is not None:
+            for _, data in self._read:
+                hasher.update(data)
+            yield self._read
+            return
+        if not n_chunks:
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix=f"flpg-read-{self.array_id}") as reader:
+            pending: Future[Chunks] | None = reader.submit(self._fetch, 0, hasher)
+            while pending is not None:
+                batch = pending.result()
+                following = batch[-1][0] + 1 if batch else n_chunks
+                complete = len(batch) == self.BATCH and following == batch[0][0] + self.BATCH
+                pending = (
+                    reader.submit(self._fetch, following, hasher)
+                    if complete and following < n_chunks
+                    else None
+                )
+                yield batch
+
+    def _fetch(self, first: int, hasher: arrays.Digest) -> Chunks:
+        """The next BATCH rows from chunk `first` on (retried after a lost
+        connection), added to `hasher` in order."""
+        batch: Chunks = self._session.call(
+            partial(_chunk_batch, array_id=self.array_id, first=first, limit=self.BATCH)
+        )
+        for _, data in batch:
+            hasher.update(data)
+        return batch
 
 
 def collect(conn: Connection, *, grace: float, limit: int = 1000) -> tuple[int, int]:

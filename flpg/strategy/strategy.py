@@ -97,7 +97,8 @@ class Strategy(ABC):
         global arrays are saved as the run's checkpoint before round 1 (as round 0)
         and as soon as each round's training is aggregated (they are written once
         there, and every message and later checkpoint references those bytes); at
-        the end of every round the checkpoint gets all metrics so far. If the run
+        the end of every round the checkpoint gets all metrics so far (saved again
+        only if evaluation added some, or the round produced no new arrays). If the run
         has a checkpoint (it was restarted or resumed), training continues after its
         round from its arrays. The returned result's arrays are stored
         (`Array.stored`): `numpy()` reads them.
@@ -141,8 +142,10 @@ class Strategy(ABC):
                 tally.failures += missing
                 tally.reasons.append(f"{missing} node(s) did not reply within {timeout:g} s")
             result.train_metrics_clientapp[server_round] = metrics or MetricRecord()
+            saved_metrics = None
             if new_arrays is not None:
-                arrays = grid.save_checkpoint(server_round, new_arrays, result.metrics_to_json())
+                saved_metrics = result.metrics_to_json()
+                arrays = grid.save_checkpoint(server_round, new_arrays, saved_metrics)
                 result.arrays = arrays
                 del new_arrays
             grid.record_round(
@@ -183,8 +186,10 @@ class Strategy(ABC):
                 )
             if evaluate_fn is not None:
                 self._server_evaluate(grid, server_round, arrays, evaluate_fn, result)
-            arrays = grid.save_checkpoint(server_round, arrays, result.metrics_to_json())
-            result.arrays = arrays
+            round_metrics = result.metrics_to_json()
+            if round_metrics != saved_metrics:  # evaluation added metrics, or no new arrays
+                arrays = grid.save_checkpoint(server_round, arrays, round_metrics)
+                result.arrays = arrays
         result.arrays = arrays
         log(f"finished {num_rounds} rounds")
         return result

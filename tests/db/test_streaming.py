@@ -16,10 +16,12 @@ import pytest
 
 from flpg import bus
 from flpg.db import Connection
+from flpg.errors import PayloadCorrupt
 from flpg.grid import Grid
 from flpg.message import Message
 from flpg.records import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flpg.store import messages as store_messages
+from flpg.store.payloads import StoredArray
 from flpg.strategy.aggregate import ReplyRejected, WeightedArrayMean
 from flpg.strategy.strategy import ReplyTally
 
@@ -192,11 +194,14 @@ def test_streamed_mean_equals_the_in_memory_reference(
             np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("batch", [16, 2])
 def test_bad_replies_are_taken_back_out_and_the_round_goes_on(
-    conn: Connection, fed5: Federation
+    conn: Connection, fed5: Federation, batch: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Good, NaN in the last chunk, corrupt chunk, missing chunk, wrong shape: only the
-    good reply is in the mean, and each rejection names the array and the message."""
+    good reply is in the mean, and each rejection names the array and the message.
+    With 2-chunk batches the bad chunks sit in batches the reader thread prefetched."""
+    monkeypatch.setattr(StoredArray, "BATCH", batch)
     chunk = 4096
     grid = open_grid(conn, fed5, chunk_size=chunk)
     good, nan, corrupt, missing, shape = fed5.selected
@@ -275,3 +280,53 @@ def test_streaming_aggregation_holds_the_sum_not_the_replies(
     assert peak < 3.5 * model_bytes, (
         f"peak {peak / 2**20:.0f} MiB for a {model_bytes >> 20} MiB model"
     )
+
+
+def test_small_arrays_come_with_the_reply_and_are_checked_when_used(
+    conn: Connection, fed: Federation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Arrays of one chunk are read together with the reply rows, up to
+    bus.EAGER_BYTES per pull; bigger ones stay in the database until used. A small
+    array read early is still checked against its digest when it is used."""
+    monkeypatch.setattr(bus, "EAGER_BYTES", 2000)
+    chunk = 1024
+    grid = open_grid(conn, fed, chunk_size=chunk)
+    small = np.arange(200, dtype=np.float32)  # 800 bytes: one chunk
+    big = np.arange(1000, dtype=np.float32)  # 4000 bytes: four chunks
+    try:
+        ids = broadcast(grid, fed.selected, ArrayRecord({"s": small, "b": big}))
+        reply_ids = answer(
+            conn,
+            fed,
+            {node: ({"s": small + node, "b": big + node}, 1) for node in fed.selected},
+            chunk,
+        )
+        # In reply order: the first two small arrays fit the budget, the third does not.
+        first, second, third = sorted(fed.selected, key=lambda node: reply_ids[node])
+        # Damage the stored bytes before the grid reads anything.
+        array_of = "SELECT array_id FROM message_arrays WHERE message_id = %s AND array_name = %s"
+        conn.execute(
+            f"UPDATE array_chunks SET data = set_byte(data, 0, get_byte(data, 0) # 1)"
+            f" WHERE array_id = ({array_of})",
+            [reply_ids[second], "s"],
+        )
+        replies = {r.metadata.message_id: r for r in grid.receive(ids, timeout=10)}
+        # Now the chunks go away: only what came with the reply rows is still readable.
+        conn.execute(
+            "DELETE FROM array_chunks WHERE array_id IN (SELECT array_id FROM "
+            "message_arrays WHERE message_id = ANY(%s))",
+            [list(reply_ids.values())],
+        )
+    finally:
+        grid.close()
+    by_node = {
+        node: replies[reply_ids[node]].content.array_records["arrays"] for node in fed.selected
+    }
+    np.testing.assert_array_equal(by_node[first]["s"].numpy(), small + first)
+    with pytest.raises(PayloadCorrupt, match=f"message {reply_ids[second]} fails its digest"):
+        by_node[second]["s"].numpy()
+    # 3 x 800 bytes exceed the 3000-byte budget by one array: the third stayed stored.
+    with pytest.raises(PayloadCorrupt, match=f"message {reply_ids[third]} is missing chunk 0"):
+        by_node[third]["s"].numpy()
+    with pytest.raises(PayloadCorrupt, match="is missing chunk 0"):
+        by_node[first]["b"].numpy()
