@@ -209,21 +209,23 @@ class Grid:
         Returns the arrays as stored (`Array.stored`): sending them, or saving them
         again, references the stored bytes instead of writing them again. Arrays
         that are already stored for this run (and unchanged) are not written again.
-        Raises StaleAttempt if the run was restarted or ended meanwhile.
+        One transaction (checkpoints send no NOTIFY). Raises StaleAttempt, having
+        written nothing, if the run was restarted or ended meanwhile.
         """
         content = [RecordDict({"checkpoint": arrays})]
 
         def save(conn: Connection) -> ArrayRecord:
-            links = bus.write_arrays(conn, self._run_id, content, self._chunk_size)[0]
-            store_checkpoints.save(
-                conn,
-                self._run_id,
-                self._attempt,
-                server_round,
-                [(link.array_name, link.array_id) for link in links],
-                metrics or {},
-            )
-            return self._stored(store_checkpoints.array_refs(conn, self._run_id))
+            with conn.transaction():  # one commit; a stale attempt writes nothing at all
+                links = bus.write_arrays(conn, self._run_id, content, self._chunk_size)[0]
+                store_checkpoints.save(
+                    conn,
+                    self._run_id,
+                    self._attempt,
+                    server_round,
+                    [(link.array_name, link.array_id) for link in links],
+                    metrics or {},
+                )
+                return self._stored(store_checkpoints.array_refs(conn, self._run_id))
 
         return self._session.call(save)
 

@@ -1,14 +1,17 @@
 """Writing a node's answers to many claimed instructions at once.
 
 `write_replies` writes the reply payloads of a batch (small arrays all in one
-statement, no NOTIFY), then completes every instruction and inserts every reply in
-one statement that notifies each run once (`store.messages.reply_batch`). Each
-instruction is still completed atomically with its own reply, and one whose claim
-this worker lost gets no reply while the others of the batch do.
+statement), then completes every instruction and inserts every reply in one
+statement that notifies each run once (`store.messages.reply_batch`). Payloads of
+at most SHARED_COMMIT_BYTES share that transaction; bigger ones are committed
+first, without NOTIFY. Each instruction is still completed atomically with its own
+reply, and one whose claim this worker lost gets no reply while the others of the
+batch do.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,6 +23,10 @@ from flpg.records import records_to_json
 from flpg.store import messages as store_messages
 from flpg.store.messages import ArrayLink, MessageRow, NewReply
 from flpg.store.payloads import DEFAULT_CHUNK_SIZE
+
+SHARED_COMMIT_BYTES = 256 << 10
+"""A batch's reply payloads up to this size are committed together with the replies
+(one WAL flush instead of two); a NOTIFY then waits on at most this much WAL."""
 
 
 @dataclass(frozen=True)
@@ -105,28 +112,19 @@ def _write(
     with_content = [
         a for a in answers if a.error is None and a.reply is not None and not a.reply.has_error()
     ]
-    links: dict[int, list[ArrayLink]] = {}
-    if any(a.reply is not None and a.reply.content.array_records for a in with_content):
-        written = bus.write_arrays(
-            conn, run_id, [a.reply.content for a in with_content if a.reply], chunk_size
-        )
-        links = {a.row.id: w for a, w in zip(with_content, written, strict=True)}
-    new: list[NewReply] = []
-    for a in answers:
-        if a.error is not None or a.reply is None or a.reply.has_error():
-            err = a.error if a.error is not None else _reply_error(a.reply)
-            new.append(NewReply(a.row.id, {}, {}, [], err.code, err.reason))
-        else:
-            content = a.reply.content
-            new.append(
-                NewReply(
-                    a.row.id,
-                    records_to_json(content.metric_records),
-                    records_to_json(content.config_records),
-                    links.get(a.row.id, []),
-                )
-            )
-    done = store_messages.reply_batch(conn, worker=worker, replies=new)
+    contents = [a.reply.content for a in with_content if a.reply is not None]
+    payload = sum(
+        arr.nbytes for c in contents for r in c.array_records.values() for arr in r.values()
+    )
+    # Small payloads share the replies' transaction (one commit, one WAL flush);
+    # big ones commit first, so the replies' NOTIFY never waits on their flush.
+    with conn.transaction() if payload <= SHARED_COMMIT_BYTES else contextlib.nullcontext():
+        links: dict[int, list[ArrayLink]] = {}
+        if any(c.array_records for c in contents):
+            written = bus.write_arrays(conn, run_id, contents, chunk_size)
+            links = {a.row.id: w for a, w in zip(with_content, written, strict=True)}
+        new = _new_replies(answers, links)
+        done = store_messages.reply_batch(conn, worker=worker, replies=new)
     out: list[Written] = []
     for a, n in zip(answers, new, strict=True):
         if a.row.id not in done:
@@ -143,6 +141,26 @@ def _write(
         else:
             out.append(Written(a.row.id, "replied", ""))
     return out
+
+
+def _new_replies(answers: Sequence[Answer], links: dict[int, list[ArrayLink]]) -> list[NewReply]:
+    """The reply rows of `answers`, with their written arrays' `links`."""
+    new: list[NewReply] = []
+    for a in answers:
+        if a.error is not None or a.reply is None or a.reply.has_error():
+            err = a.error if a.error is not None else _reply_error(a.reply)
+            new.append(NewReply(a.row.id, {}, {}, [], err.code, err.reason))
+        else:
+            content = a.reply.content
+            new.append(
+                NewReply(
+                    a.row.id,
+                    records_to_json(content.metric_records),
+                    records_to_json(content.config_records),
+                    links.get(a.row.id, []),
+                )
+            )
+    return new
 
 
 def _reply_error(reply: Message | None) -> Error:

@@ -291,8 +291,8 @@ def pull_replies(
     `again`, return those taken before too (the caller deduplicates)."""
     if not instruction_ids:
         return []
-    with conn.transaction():
-        found = rows(conn, "replies_pull", {"ids": instruction_ids, "again": again})
+    # One statement on an autocommit connection: atomic without BEGIN/COMMIT round trips.
+    found = rows(conn, "replies_pull", {"ids": instruction_ids, "again": again})
     return [MessageRow(dst_node_id=None, **r) for r in sorted(found, key=lambda r: r["id"])]
 
 

@@ -80,9 +80,12 @@ def test_replacing_a_checkpoint_keeps_payloads_a_message_still_carries(
 def test_a_stale_attempt_cannot_save(conn: Connection, fed: Federation, grid: Grid) -> None:
     grid.save_checkpoint(1, arrays_of(1.0))
     conn.execute("UPDATE runs SET attempt = 2 WHERE id = %s", [fed.run_id])
+    before = scalar(conn, "SELECT count(*) FROM arrays WHERE run_id = %s", [fed.run_id])
     with pytest.raises(StaleAttempt, match=f"run {fed.run_id} is no longer running as attempt 1"):
         grid.save_checkpoint(2, arrays_of(2.0))
     assert scalar(conn, "SELECT round FROM checkpoints WHERE run_id = %s", [fed.run_id]) == 1
+    # Nothing half-written: the refused checkpoint's arrays went with it.
+    assert scalar(conn, "SELECT count(*) FROM arrays WHERE run_id = %s", [fed.run_id]) == before
 
 
 def test_a_failure_with_restarts_left_queues_the_next_attempt(

@@ -16,6 +16,7 @@ from flpg import arrays as flpg_arrays
 from flpg import bus
 from flpg.db import Connection, Listener, run_channel
 from flpg.message import Error, ErrorCode, Message
+from flpg.node import replies as replies_module
 from flpg.node.replies import Answer, write_replies
 from flpg.records import ArrayRecord, MetricRecord, RecordDict
 from flpg.store import messages as store_messages
@@ -155,6 +156,36 @@ def test_a_reply_that_cannot_be_stored_becomes_an_error_for_that_message_alone(
     got = _replies(conn, sent)
     assert got[sent[1]].error.code == ErrorCode.CLIENT_APP_RAISED_EXCEPTION
     np.testing.assert_array_equal(got[sent[2]].content["arrays"]["good"].numpy(), one)  # type: ignore[union-attr]
+
+
+def test_small_reply_payloads_commit_with_their_replies(
+    conn: Connection, fed: Federation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reply whose metrics cannot be stored fails after its arrays were written; as
+    the small payloads share the replies' transaction, nothing of the failed attempt
+    stays behind: only the good replies' arrays are stored."""
+    real = replies_module.records_to_json
+
+    def records_to_json(records: Any) -> Any:
+        if any(dict(r).get("v") == 1.0 for r in records.values()):
+            raise ValueError("cannot store this metric")
+        return real(records)
+
+    monkeypatch.setattr(replies_module, "records_to_json", records_to_json)
+    sent = bus.send(conn, fed.run_id, [instruction(n) for n in fed.selected])
+    rows = _claim(conn, "w", fed.selected)
+    loaded = bus.load(conn, rows)
+    before = scalar(conn, "SELECT count(*) FROM arrays WHERE run_id = %s", [fed.run_id])
+    answers = [
+        Answer(row, reply=_answer(msg, float(i), a=np.full(3, float(i))))
+        for i, (row, msg) in enumerate(zip(rows, loaded, strict=True))
+    ]
+    written = write_replies(conn, "w", fed.run_id, answers)
+    assert [w.outcome for w in written] == ["replied", "error", "replied"]
+    after = scalar(conn, "SELECT count(*) FROM arrays WHERE run_id = %s", [fed.run_id])
+    assert after - before == 2
+    got = _replies(conn, sent)
+    np.testing.assert_array_equal(got[rows[2].id].content["arrays"]["a"].numpy(), np.full(3, 2.0))  # type: ignore[union-attr]
 
 
 def test_a_batch_wakes_each_run_once(conn: Connection, fed: Federation) -> None:

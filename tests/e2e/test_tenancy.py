@@ -206,7 +206,9 @@ def test_two_exec_workers_launch_each_run_exactly_once(federation: Federation) -
     for i in range(2):
         fed.node(f"node{i}", f"partition-id={i}", concurrency=4)
     fed.wait_nodes_online(2)
-    runs = [fed.submit(PROBE, "--run-config", "rounds=2 delay=0.3") for _ in range(6)]
+    # Each run lasts over 3 s, longer than submitting three takes: at some point three
+    # run at once, more than one exec's --max-runs, so both execs must launch some.
+    runs = [fed.submit(PROBE, "--run-config", "rounds=2 delay=1.5") for _ in range(6)]
     for run_id in runs:
         assert fed.wait_run(run_id, timeout=120)["status"] == "finished", fed.logs()
     execs = [p for p in fed.procs if p.name.startswith("exec-")]
