@@ -208,7 +208,7 @@ class StoredArray:
         _check_not_collected(ref)
         hasher = arrays.Digest()
         seq = total = 0
-        for batch in self._batches(hasher):
+        for batch in self._batches():
             for got, data in batch:
                 if got != seq:
                     raise PayloadCorrupt(f"array {_label(ref)} is missing chunk {seq}")
@@ -217,6 +217,7 @@ class StoredArray:
                     raise PayloadCorrupt(
                         f"array {_label(ref)} payload is longer than its {ref.nbytes} bytes"
                     )
+                hasher.update(data)
                 seq += 1
                 yield data
         if seq < ref.n_chunks:
@@ -226,43 +227,38 @@ class StoredArray:
         if hasher.digest() != ref.digest:
             raise PayloadCorrupt(f"array {_label(ref)} fails its digest check")
 
-    def _batches(self, hasher: arrays.Digest) -> Iterator[Chunks]:
-        """The array's rows in batches, each added to `hasher` before it is yielded;
-        ends early (the caller finds the gap) at a missing chunk.
+    def _batches(self) -> Iterator[Chunks]:
+        """The array's rows in batches; ends early (the caller finds the gap) at a
+        missing chunk.
 
-        A reader thread fetches (and hashes) the next batch while the caller uses
-        this one: psycopg, hashlib and numpy release the GIL, so on two cores reading
-        and aggregating overlap. The caller must not use the session meanwhile.
+        A reader thread fetches the next batch while the caller hashes and uses this
+        one: psycopg, hashlib and numpy release the GIL, so on two cores reading and
+        aggregating overlap. The caller must not use the session meanwhile.
         """
         n_chunks = self.ref.n_chunks
         if self._read is not None:
-            for _, data in self._read:
-                hasher.update(data)
             yield self._read
             return
         if not n_chunks:
             return
         with ThreadPoolExecutor(1, thread_name_prefix=f"flpg-read-{self.array_id}") as reader:
-            pending: Future[Chunks] | None = reader.submit(self._fetch, 0, hasher)
+            pending: Future[Chunks] | None = reader.submit(self._fetch, 0)
             while pending is not None:
                 batch = pending.result()
                 following = batch[-1][0] + 1 if batch else n_chunks
                 complete = len(batch) == self.BATCH and following == batch[0][0] + self.BATCH
                 pending = (
-                    reader.submit(self._fetch, following, hasher)
+                    reader.submit(self._fetch, following)
                     if complete and following < n_chunks
                     else None
                 )
                 yield batch
 
-    def _fetch(self, first: int, hasher: arrays.Digest) -> Chunks:
-        """The next BATCH rows from chunk `first` on (retried after a lost
-        connection), added to `hasher` in order."""
+    def _fetch(self, first: int) -> Chunks:
+        """The next BATCH rows from chunk `first` on (retried after a lost connection)."""
         batch: Chunks = self._session.call(
             partial(_chunk_batch, array_id=self.array_id, first=first, limit=self.BATCH)
         )
-        for _, data in batch:
-            hasher.update(data)
         return batch
 
 
