@@ -113,20 +113,32 @@ def send(
     run_id: int,
     messages: Sequence[Message],
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    *,
+    send_key: str | None = None,
 ) -> list[int]:
     """Store instructions for their nodes and wake them; returns message ids.
 
     Sets each message's `metadata.message_id`, `run_id` and `created_at`.
     Raises SelectionError if a destination is outside the run's selection.
+    With `send_key` (chosen once per send, passed again on every retry of it; the
+    i-th message is stored with the key `f"{send_key}:{i}"`) the send is idempotent:
+    a retry after a lost connection finds what an earlier try committed and returns
+    the same ids, inserting nothing twice (nor writing its arrays again).
     """
     for m in messages:
         if m.metadata.dst_node_id is None or m.metadata.reply_to_message_id is not None:
             raise ValueError("only instructions (with a dst_node_id) can be sent by a ServerApp")
         if m.has_error():
             raise ValueError("an instruction must carry content, not an error")
+    keys: list[str | None] = [None] * len(messages)
+    if send_key is not None:
+        keys = [f"{send_key}:{i}" for i in range(len(messages))]
+        found = store_messages.sent(conn, run_id, [k for k in keys if k is not None])
+        if len(found) == len(messages):
+            return _stamp(messages, run_id, [found[k] for k in keys if k is not None])
     links = write_arrays(conn, run_id, [m.content for m in messages], chunk_size)
     new: list[NewInstruction] = []
-    for m, arr_links in zip(messages, links, strict=True):
+    for m, arr_links, key in zip(messages, links, keys, strict=True):
         metrics, configs = _json_parts(m.content)
         md = m.metadata
         assert md.dst_node_id is not None
@@ -139,9 +151,16 @@ def send(
                 metrics=metrics,
                 configs=configs,
                 arrays=arr_links,
+                send_key=key,
             )
         )
-    created = store_messages.insert_instructions(conn, run_id, new)
+    return _stamp(messages, run_id, store_messages.insert_instructions(conn, run_id, new))
+
+
+def _stamp(
+    messages: Sequence[Message], run_id: int, created: Sequence[tuple[int, float]]
+) -> list[int]:
+    """Record each stored `(id, created_at)` in its message's metadata; the ids."""
     for m, (message_id, created_at) in zip(messages, created, strict=True):
         m.metadata.run_id = run_id
         m.metadata.message_id = message_id

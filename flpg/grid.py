@@ -8,6 +8,7 @@ they arrive, for streaming aggregation) and `wait_for_nodes`.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -113,9 +114,13 @@ class Grid:
 
     def push_messages(self, messages: Iterable[Message]) -> list[int]:
         """Send instructions; returns their ids. Raises SelectionError (nothing sent)
-        if any destination is outside the run's node selection."""
+        if any destination is outside the run's node selection. Sent once, even when
+        the connection drops and the send is retried (one send key for all tries)."""
         batch = list(messages)
-        return self._session.call(lambda c: bus.send(c, self._run_id, batch, self._chunk_size))
+        key = uuid.uuid4().hex
+        return self._session.call(
+            lambda c: bus.send(c, self._run_id, batch, self._chunk_size, send_key=key)
+        )
 
     def pull_messages(self, message_ids: Iterable[int]) -> list[Message]:
         """The replies that have arrived for the given instructions (each returned once)."""

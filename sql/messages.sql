@@ -2,37 +2,49 @@
 
 -- name: messages_insert_batch
 -- Many instructions, their array links and the NOTIFY of each destination node in
--- one statement (so one transaction); returns `(id, created_at)` in input order
--- (`ord`). A destination outside the run's selection fails it all (foreign key).
+-- one statement (so one transaction); returns `(ord, id, created_at)` of each row it
+-- inserted, in input order. A destination outside the run's selection fails it all
+-- (foreign key). An instruction whose `send_key` the run already has is skipped (an
+-- earlier try of the same send committed it; messages_sent finds it), and if that
+-- try is still in flight, this statement waits for its outcome first.
 WITH input AS MATERIALIZED (
     SELECT nextval(pg_get_serial_sequence('messages', 'id')) AS id, i.*
     FROM jsonb_to_recordset(%(instructions)s::jsonb)
         AS i(ord int, dst_node_id bigint, group_id text, message_type text, ttl float8,
-             metrics jsonb, configs jsonb)
+             metrics jsonb, configs jsonb, send_key text)
 ), inserted AS (
     INSERT INTO messages (id, run_id, dst_node_id, group_id, message_type, ttl_seconds,
-                          deadline, metrics, configs)
+                          deadline, metrics, configs, send_key)
     SELECT id, %(run_id)s, dst_node_id, group_id, message_type, ttl,
-           now() + make_interval(secs => ttl), metrics, configs
+           now() + make_interval(secs => ttl), metrics, configs, send_key
     FROM input
-    RETURNING id, created_at
+    ON CONFLICT (run_id, send_key) WHERE send_key IS NOT NULL DO NOTHING
+    RETURNING id, dst_node_id, created_at
 ), linked AS (
     INSERT INTO message_arrays (message_id, record_name, position, array_name, array_id)
     SELECT i.id, l.record_name, l.position, l.array_name, l.array_id
     FROM input i
+    JOIN inserted n ON n.id = i.id
     JOIN jsonb_to_recordset(%(links)s::jsonb)
         AS l(ord int, record_name text, position int, array_name text, array_id bigint)
         ON l.ord = i.ord
     RETURNING 1
 ), woken AS (
     SELECT pg_notify('flpg_node_' || dst_node_id, %(run_id)s::text)
-    FROM (SELECT DISTINCT dst_node_id FROM input) AS d
+    FROM (SELECT DISTINCT dst_node_id FROM inserted) AS d
 )
-SELECT i.id, extract(epoch FROM n.created_at)::float8 AS created_at,
+SELECT i.ord, i.id, extract(epoch FROM n.created_at)::float8 AS created_at,
        (SELECT count(*) FROM linked) AS linked, (SELECT count(*) FROM woken) AS notified
 FROM input i
 JOIN inserted n ON n.id = i.id
 ORDER BY i.ord;
+
+-- name: messages_sent
+-- The instructions of a run with the given send keys (what an earlier try of a send
+-- committed), via ix_messages_send_key.
+SELECT send_key, id, extract(epoch FROM created_at)::float8 AS created_at
+FROM messages
+WHERE run_id = %(run_id)s AND send_key = ANY(%(keys)s::text[]);
 
 -- name: message_arrays_insert
 INSERT INTO message_arrays (message_id, record_name, position, array_name, array_id)

@@ -12,7 +12,7 @@ SELECT %(run_id)s, unnest(%(node_ids)s::bigint[]);
 -- name: run_get
 SELECT id, app_hash, app_name, run_config, status, reason, priority, submitted_at,
        started_at, finished_at, exec_id, serverapp_pid, heartbeat_at, stop_requested_at,
-       attempt, max_restarts
+       attempt, max_restarts, claimed_at
 FROM runs
 WHERE id = %(run_id)s;
 
@@ -37,24 +37,39 @@ JOIN nodes n ON n.id = rn.node_id
 WHERE rn.run_id = %(run_id)s AND n.status = 'online'
 ORDER BY rn.node_id;
 
--- name: runs_claim_pending
--- Exec: claim runs to launch, highest priority first, then submission order.
-UPDATE runs SET status = 'starting', exec_id = %(exec_id)s
+-- name: runs_claim_next
+-- Exec: claim the next run to launch, highest priority first, then submission order.
+-- One at a time: the exec starts its ServerApp (run_mark_running) before it claims
+-- another, so an exec that dies leaves at most one run `starting`, and the link takes
+-- that one back (runs_take_back_unlaunched). `exclude`: runs whose previous
+-- ServerApp this exec has not reaped yet.
+UPDATE runs SET status = 'starting', exec_id = %(exec_id)s, claimed_at = now()
 WHERE id IN (
     SELECT id FROM runs
-    WHERE status = 'pending'
+    WHERE status = 'pending' AND id <> ALL(%(exclude)s::bigint[])
     ORDER BY priority DESC, id
     FOR UPDATE SKIP LOCKED
-    LIMIT %(limit)s
+    LIMIT 1
 )
 RETURNING id, attempt;
 
 -- name: run_mark_running
+-- The exec started the ServerApp of a run it claimed: only while the run is still
+-- `starting` under this exec (not stopped, not taken back by the link meanwhile).
+-- Asked again after a lost connection, it answers the run's id if the first time
+-- took effect (the snapshot of the SELECT is the one from before the UPDATE).
 -- heartbeat_at stays NULL until the ServerApp itself beats (see runs_fail_silent).
-UPDATE runs
-SET status = 'running', started_at = now(), heartbeat_at = NULL, serverapp_pid = %(pid)s
-WHERE id = %(run_id)s AND status = 'starting' AND exec_id = %(exec_id)s
-RETURNING id;
+WITH marked AS (
+    UPDATE runs
+    SET status = 'running', started_at = now(), heartbeat_at = NULL, serverapp_pid = %(pid)s
+    WHERE id = %(run_id)s AND status = 'starting' AND exec_id = %(exec_id)s
+    RETURNING id
+)
+SELECT id FROM marked
+UNION ALL
+SELECT id FROM runs
+WHERE id = %(run_id)s AND status = 'running' AND exec_id = %(exec_id)s
+  AND serverapp_pid = %(pid)s;
 
 -- name: run_finish
 -- Records a run's outcome once: only a run that has not ended changes, and, when an
@@ -71,7 +86,7 @@ RETURNING id;
 -- By the user (`flpg resume`): a failed or stopped run that has a checkpoint.
 UPDATE runs r
 SET status = 'pending', attempt = r.attempt + 1, finished_at = NULL, exec_id = NULL,
-    serverapp_pid = NULL, heartbeat_at = NULL, stop_requested_at = NULL,
+    claimed_at = NULL, serverapp_pid = NULL, heartbeat_at = NULL, stop_requested_at = NULL,
     reason = CASE WHEN %(automatic)s
         THEN format('restart %%s of %%s after: %%s', r.attempt, r.max_restarts, r.reason)
         ELSE format('resumed after: %%s', coalesce(r.reason, r.status::text))
@@ -86,9 +101,19 @@ WHERE r.id = %(run_id)s
 RETURNING r.attempt, r.reason;
 
 -- name: run_cancel_messages
--- Undelivered instructions of an ended run are cancelled (kept, not deleted).
+-- Undelivered instructions of an ended run are cancelled (kept, not deleted). Run
+-- run_cancel_replies after it, as a separate statement of the same transaction.
 UPDATE messages SET state = 'cancelled', finished_at = now(), lease_until = NULL
 WHERE run_id = %(run_id)s AND reply_to IS NULL AND state IN ('queued', 'claimed');
+
+-- name: run_cancel_replies
+-- Replies of an ended run that its ServerApp never took are cancelled too. Every
+-- reply is inserted in the transaction that ends its instruction (node, expiry and
+-- offline replies alike), and run_cancel_messages waited for each such transaction
+-- still holding one of the run's queued or claimed instructions; so this statement's
+-- snapshot sees every reply the run will ever get, and no reply is left queued.
+UPDATE messages SET state = 'cancelled', finished_at = now()
+WHERE run_id = %(run_id)s AND reply_to IS NOT NULL AND state = 'queued';
 
 -- name: run_delete_messages
 -- Retention, step 1 of 2 (same transaction as run_delete): an ended run's messages;
@@ -113,9 +138,18 @@ WHERE id = %(run_id)s AND status = 'running' AND attempt = %(attempt)s
 RETURNING stop_requested_at IS NOT NULL AS stop_requested;
 
 -- name: run_request_stop
-UPDATE runs SET stop_requested_at = coalesce(stop_requested_at, now())
-WHERE id = %(run_id)s AND status IN ('starting', 'running')
-RETURNING id;
+-- `flpg stop`, in every state that has not ended. A run without a ServerApp yet
+-- (pending, or starting: its exec is between claim and launch) is stopped at once;
+-- an exec that then tries to mark it running fails and terminates what it started.
+-- A running one gets the request: its exec (or, without one, its ServerApp's own
+-- heartbeat) ends the ServerApp. Returns the status after the request.
+UPDATE runs
+SET stop_requested_at = coalesce(stop_requested_at, now()),
+    status = CASE WHEN status = 'running' THEN status ELSE 'stopped' END::run_status,
+    reason = CASE WHEN status = 'running' THEN reason ELSE 'stopped by user' END,
+    finished_at = CASE WHEN status = 'running' THEN NULL ELSE now() END
+WHERE id = %(run_id)s AND status IN ('pending', 'starting', 'running')
+RETURNING status::text AS status;
 
 -- name: runs_stop_requested
 SELECT id FROM runs
@@ -151,6 +185,29 @@ WHERE status = 'running'
        OR (heartbeat_at IS NULL AND started_at < now() - make_interval(secs => %(startup)s)))
 RETURNING id;
 
+-- name: runs_take_back_unlaunched
+-- Link sweep: a run still `starting` `after` s after its exec claimed it was never
+-- launched (the exec died or lost its connection between the claim and
+-- run_mark_running, which normally takes milliseconds). It goes back to the queue as
+-- its next attempt, so whatever the lost launch may have started is fenced off by the
+-- attempt number (its mark_running, heartbeat, checkpoint saves and outcome all fail);
+-- or, when a stop was requested, it ends `stopped`.
+UPDATE runs
+SET status = CASE WHEN stop_requested_at IS NULL THEN 'pending' ELSE 'stopped' END::run_status,
+    attempt = attempt + CASE WHEN stop_requested_at IS NULL THEN 1 ELSE 0 END,
+    finished_at = CASE WHEN stop_requested_at IS NULL THEN NULL ELSE now() END,
+    exec_id = CASE WHEN stop_requested_at IS NULL THEN NULL ELSE exec_id END,
+    claimed_at = CASE WHEN stop_requested_at IS NULL THEN NULL ELSE claimed_at END,
+    serverapp_pid = NULL, heartbeat_at = NULL,
+    reason = CASE
+        WHEN stop_requested_at IS NOT NULL THEN 'stopped by user'
+        ELSE format('exec %%s claimed attempt %%s but did not start its ServerApp within'
+                    ' %%s s; queued again as attempt %%s', exec_id, attempt, %(after)s,
+                    attempt + 1)
+    END
+WHERE status = 'starting' AND claimed_at < now() - make_interval(secs => %(after)s)
+RETURNING id, status::text AS status, reason;
+
 -- name: round_metrics_upsert
 INSERT INTO round_metrics (run_id, round, phase, metrics, num_replies, num_failures)
 VALUES (%(run_id)s, %(round)s, %(phase)s, %(metrics)s, %(num_replies)s, %(num_failures)s)
@@ -168,3 +225,14 @@ ORDER BY round, phase;
 
 -- name: notify_exec
 SELECT pg_notify('flpg_exec', %(run_id)s::text);
+
+-- name: runs_superseded
+-- Exec: which of its ServerApps (run id, attempt) no longer run their run's current
+-- attempt for this exec (the run ended, was taken back or restarted, or is gone).
+SELECT c.id, c.attempt
+FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS c(id, attempt)
+WHERE NOT EXISTS (
+    SELECT 1 FROM runs r
+    WHERE r.id = c.id AND r.attempt = c.attempt AND r.exec_id = %(exec_id)s
+      AND r.status IN ('starting', 'running')
+);

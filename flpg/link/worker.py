@@ -31,11 +31,16 @@ STARTUP = 30.0
 """Seconds a launched ServerApp has to send its first heartbeat (start-up on a busy
 machine: interpreter, imports, bundle) before the link fails its run."""
 
+LAUNCH = 30.0
+"""Seconds an exec has from claiming a run to recording its ServerApp started (a
+process start: normally milliseconds) before the link takes the run back."""
+
 
 class LinkWorker:
     """Marks silent nodes offline (answering their undelivered messages with an error
     reply), re-queues lapsed leases, expires messages past their TTL (with an error
-    reply) and fails runs whose ServerApp went silent."""
+    reply), fails runs whose ServerApp went silent and takes back runs whose exec
+    never launched them."""
 
     def __init__(self, url: str, *, intervals: Intervals | None = None) -> None:
         self.url = url
@@ -49,10 +54,12 @@ class LinkWorker:
     def _sweep(self, conn: Connection, *, judge_liveness: bool = True) -> dict[str, int]:
         """One pass of every sweep. Without `judge_liveness` (right after the link
         connected: heartbeats may be missing because the database was away, not the
-        workers), nodes are not marked offline and silent runs are not failed."""
+        workers), nodes are not marked offline, silent runs are not failed and
+        unlaunched runs are not taken back."""
         offline: list[tuple[int, str]] = []
         unavailable = 0
         failed: list[int] = []
+        taken: list[store_runs.TakenBack] = []
         if judge_liveness:
             # One transaction: a node marked offline has its undelivered messages
             # answered (ErrorCode.NODE_UNAVAILABLE) at that moment, not at their TTL;
@@ -88,14 +95,20 @@ class LinkWorker:
             failed = store_runs.fail_silent(
                 conn, self.intervals.offline_after, max(self.intervals.offline_after, STARTUP)
             )
+            # Also a liveness judgement: an exec cut off by the database's own outage
+            # could not record its launches either.
+            taken = store_runs.take_back_unlaunched(conn, LAUNCH)
         for run_id in failed:
             log.info("run %d failed: its ServerApp stopped heart-beating", run_id)
+        for t in taken:
+            log.info("run %d: %s", t.run_id, t.reason)
         return {
             "nodes_offline": len(offline),
             "node_unavailable": unavailable,
             "requeued": requeued,
             "expired": expired,
             "runs_failed": len(failed),
+            "runs_taken_back": len(taken),
             "payloads_collected": collected,
         }
 

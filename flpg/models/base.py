@@ -28,7 +28,9 @@ RUN_STATUS = ENUM(
     name="run_status",
     metadata=metadata,
 )
-"""pending -> starting -> running -> finished | failed | stopped (stopped also from pending)."""
+"""pending -> starting -> running -> finished | failed | stopped (stopped also from pending
+and starting; starting -> pending when the link takes back a run its exec never launched).
+docs/reliability.md lists who moves each state on and within what bound."""
 
 MESSAGE_STATE = ENUM(
     "queued",
@@ -40,7 +42,8 @@ MESSAGE_STATE = ENUM(
     metadata=metadata,
 )
 """Instructions: queued -> claimed -> done | expired | cancelled (claimed -> queued when a
-lease runs out). Replies: queued (waiting for the ServerApp) -> done (pulled)."""
+lease runs out). Replies: queued (waiting for the ServerApp) -> done (pulled) | cancelled
+(the run ended first)."""
 
 LOG_STREAM = ENUM("stdout", "stderr", "event", name="log_stream", metadata=metadata)
 

@@ -56,6 +56,9 @@ messages = Table(
     # Set by the ServerApp on a reply its strategy could not use (wrong names,
     # shapes or dtypes, NaN/Inf, no weight): why it was left out of the round.
     Column("rejected_reason", Text),
+    # Chosen by the sender, unique per run: a send retried after a lost connection
+    # finds the instructions its first try committed instead of inserting them again.
+    Column("send_key", Text),
     ForeignKeyConstraint(
         ["run_id", "dst_node_id"],
         ["run_nodes.run_id", "run_nodes.node_id"],
@@ -77,7 +80,12 @@ messages = Table(
         "state <> 'claimed' OR (claimed_by IS NOT NULL AND lease_until IS NOT NULL)",
         name="claimed_has_lease",
     ),
-    CheckConstraint("reply_to IS NULL OR state IN ('queued', 'done')", name="reply_states"),
+    # A reply is queued until its ServerApp takes it (done), or cancelled when its
+    # run ended first.
+    CheckConstraint(
+        "reply_to IS NULL OR state IN ('queued', 'done', 'cancelled')", name="reply_states"
+    ),
+    CheckConstraint("reply_to IS NULL OR send_key IS NULL", name="send_key_only_instructions"),
     CheckConstraint(
         "(state IN ('queued', 'claimed')) = (finished_at IS NULL)",
         name="finished_at_iff_final",
@@ -110,3 +118,10 @@ Index(
     postgresql_where=text("state IN ('queued', 'claimed') AND reply_to IS NULL"),
 )
 Index("ix_messages_run_id", messages.c.run_id, messages.c.id)
+Index(
+    "ix_messages_send_key",
+    messages.c.run_id,
+    messages.c.send_key,
+    unique=True,
+    postgresql_where=text("send_key IS NOT NULL"),
+)

@@ -49,6 +49,9 @@ runs = Table(
     Column("attempt", Integer, nullable=False, server_default=text("1")),
     # Automatic restarts allowed after a failure (`flpg run --max-restarts`).
     Column("max_restarts", Integer, nullable=False, server_default=text("0")),
+    # When the current attempt was claimed by its exec (`exec_id`); the link takes
+    # back a run left `starting` for too long (its exec died before launching it).
+    _ts("claimed_at"),
     CheckConstraint("jsonb_typeof(run_config) = 'object'", name="run_config_is_object"),
     CheckConstraint("attempt >= 1", name="attempt_positive"),
     CheckConstraint("max_restarts >= 0", name="max_restarts_not_negative"),
@@ -65,12 +68,21 @@ runs = Table(
         "status NOT IN ('running', 'finished') OR started_at IS NOT NULL",
         name="running_has_started_at",
     ),
+    CheckConstraint(
+        "status <> 'starting' OR claimed_at IS NOT NULL", name="starting_has_claimed_at"
+    ),
 )
 Index(
     "ix_runs_pending_queue",
     runs.c.priority.desc(),
     runs.c.id,
     postgresql_where=text("status = 'pending'"),
+)
+# The link's sweep of runs left `starting` (runs_take_back_unlaunched).
+Index(
+    "ix_runs_starting",
+    runs.c.claimed_at,
+    postgresql_where=text("status = 'starting'"),
 )
 Index(
     "ix_runs_active_exec",

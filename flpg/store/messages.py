@@ -13,6 +13,7 @@ from flpg import arrays
 from flpg.db import Connection
 from flpg.errors import DuplicateReply, LeaseLost, SelectionError
 from flpg.store._exec import many, one, rows, run
+from flpg.store.text import REASON_LIMIT, storable
 
 _SELECTION_FKS = ("fk_messages_dst_in_selection", "fk_messages_src_in_selection")
 
@@ -36,6 +37,9 @@ class NewInstruction:
     metrics: dict[str, Any]
     configs: dict[str, Any]
     arrays: Sequence[ArrayLink]
+    send_key: str | None = None
+    """Chosen by the sender, unique per run: inserting an instruction whose key the run
+    already has inserts nothing and answers the existing row (see `insert_instructions`)."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,11 @@ class MessageRow:
     attempts: int = 0
 
 
+def _reason(reason: str | None) -> str | None:
+    """An error reply's reason as stored: app text, so made storable and bounded."""
+    return None if reason is None else storable(reason, REASON_LIMIT)
+
+
 def _links(message_id: int, links: Sequence[ArrayLink]) -> list[dict[str, Any]]:
     return [
         {
@@ -86,9 +95,11 @@ def insert_instructions(
 ) -> list[tuple[int, float]]:
     """Insert instructions and wake their nodes in one small transaction.
 
-    Returns `(message_id, created_at)` per instruction, in order. Raises
-    SelectionError (and inserts nothing) if a destination is outside the run's
-    node selection. Payloads must already be written (see `payloads.write`).
+    Returns `(message_id, created_at)` per instruction, in order. An instruction whose
+    `send_key` the run already has is not inserted again: its existing row is
+    answered (so a retried send returns what its first try committed). Raises
+    SelectionError (and inserts nothing) if a destination is outside the run's node
+    selection. Payloads must already be written (see `payloads.write`).
     """
     if not instructions:
         return []
@@ -101,6 +112,7 @@ def insert_instructions(
             "ttl": m.ttl,
             "metrics": m.metrics,
             "configs": m.configs,
+            "send_key": m.send_key,
         }
         for i, m in enumerate(instructions)
     ]
@@ -133,7 +145,24 @@ def insert_instructions(
                 f"of run {run_id}; address only nodes from grid.get_node_ids()"
             ) from exc
         raise
-    return [(int(r["id"]), float(r["created_at"])) for r in created]
+    out: dict[int, tuple[int, float]] = {
+        int(r["ord"]): (int(r["id"]), float(r["created_at"])) for r in created
+    }
+    skipped = {m.send_key: i for i, m in enumerate(instructions) if i not in out}
+    if skipped:  # their keys were taken by an earlier try, committed before this statement
+        found = sent(conn, run_id, [k for k in skipped if k is not None])
+        out.update({skipped[k]: v for k, v in found.items()})
+    if len(out) != len(instructions):
+        raise RuntimeError(f"run {run_id}: {len(instructions) - len(out)} instruction(s) lost")
+    return [out[i] for i in range(len(instructions))]
+
+
+def sent(conn: Connection, run_id: int, send_keys: Sequence[str]) -> dict[str, tuple[int, float]]:
+    """`{send_key: (message_id, created_at)}` of the run's instructions with these keys."""
+    if not send_keys:
+        return {}
+    found = rows(conn, "messages_sent", {"run_id": run_id, "keys": list(send_keys)})
+    return {str(r["send_key"]): (int(r["id"]), float(r["created_at"])) for r in found}
 
 
 def claim(
@@ -186,7 +215,7 @@ def reply(conn: Connection, *, worker: str, new: NewReply) -> int:
                     "metrics": Jsonb(new.metrics),
                     "configs": Jsonb(new.configs),
                     "error_code": new.error_code,
-                    "error_reason": new.error_reason,
+                    "error_reason": _reason(new.error_reason),
                 },
             )
             assert row is not None
@@ -232,7 +261,8 @@ def reply_batch(conn: Connection, *, worker: str, replies: Sequence[NewReply]) -
     Returns `{instruction id: reply id}` for the replies written. An instruction
     missing from it got no reply from here: this worker no longer held its claim
     (lease ran out, expired or cancelled), and it was left as it was. Each
-    instruction is completed together with its own reply, or not at all.
+    instruction is completed together with its own reply, or not at all. Error
+    reasons are stored as `storable(reason, REASON_LIMIT)` (here and in `reply`).
     """
     if not replies:
         return {}
@@ -242,7 +272,7 @@ def reply_batch(conn: Connection, *, worker: str, replies: Sequence[NewReply]) -
             "metrics": r.metrics,
             "configs": r.configs,
             "error_code": r.error_code,
-            "error_reason": r.error_reason,
+            "error_reason": _reason(r.error_reason),
         }
         for r in replies
     ]
@@ -325,10 +355,10 @@ def fail_offline(conn: Connection, node_ids: list[int], error_code: int) -> int:
 
 
 def reject_replies(conn: Connection, run_id: int, rejections: Sequence[tuple[int, str]]) -> int:
-    """Record on each reply `(message id, reason)` why its strategy did not use it."""
+    """Record on each reply `(message id, reason)` why its strategy did not use it
+    (each reason made storable and bounded: it may quote app-chosen names)."""
     if not rejections:
         return 0
-    ids, reasons = zip(*rejections, strict=True)
-    return run(
-        conn, "replies_reject", {"run_id": run_id, "ids": list(ids), "reasons": list(reasons)}
-    )
+    ids = [message_id for message_id, _ in rejections]
+    reasons = [storable(reason, REASON_LIMIT) for _, reason in rejections]
+    return run(conn, "replies_reject", {"run_id": run_id, "ids": ids, "reasons": reasons})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -12,6 +13,7 @@ from flpg.db import Connection
 from flpg.errors import InvalidState, NotFound
 from flpg.store import logs as store_logs
 from flpg.store._exec import one, rows, run
+from flpg.store.text import REASON_LIMIT, storable
 
 TERMINAL = ("finished", "failed", "stopped")
 
@@ -34,6 +36,25 @@ class Run:
     stop_requested_at: datetime | None
     attempt: int = 1
     max_restarts: int = 0
+    claimed_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A run an exec claimed (now `starting`): launch this attempt of it."""
+
+    run_id: int
+    attempt: int
+
+
+@dataclass(frozen=True)
+class TakenBack:
+    """A run the link took back from an exec that never launched it."""
+
+    run_id: int
+    status: str
+    """`pending` (queued again as its next attempt), or `stopped` if a stop was requested."""
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -116,19 +137,18 @@ def online_node_ids(conn: Connection, run_id: int) -> list[int]:
     return [int(r["node_id"]) for r in rows(conn, "run_online_node_ids", {"run_id": run_id})]
 
 
-def claim_pending(conn: Connection, exec_id: str, limit: int) -> list[tuple[int, int]]:
-    """Exec: claim up to `limit` pending runs (status -> starting): `(run id, attempt)`s."""
-    if limit <= 0:
-        return []
-    with conn.transaction():
-        return [
-            (int(r["id"]), int(r["attempt"]))
-            for r in rows(conn, "runs_claim_pending", {"exec_id": exec_id, "limit": limit})
-        ]
+def claim_next(conn: Connection, exec_id: str, *, exclude: Sequence[int] = ()) -> Claim | None:
+    """Exec: claim the next pending run (status -> starting, `claimed_at` now); None when
+    no run is pending. One run per call: start its ServerApp (`mark_running`) before
+    claiming the next. `exclude`: runs whose previous ServerApp the exec still has."""
+    row = one(conn, "runs_claim_next", {"exec_id": exec_id, "exclude": list(exclude)})
+    return None if row is None else Claim(int(row["id"]), int(row["attempt"]))
 
 
 def mark_running(conn: Connection, run_id: int, exec_id: str, pid: int) -> bool:
-    """Exec: the ServerApp process started; False if the run is no longer `starting`."""
+    """Exec: the ServerApp process `pid` of a run it claimed started. False if the run is
+    no longer `starting` under this exec (stopped, or taken back by the link): the exec
+    must then terminate that process. Safe to repeat after a lost connection."""
     return run(conn, "run_mark_running", {"run_id": run_id, "exec_id": exec_id, "pid": pid}) == 1
 
 
@@ -148,14 +168,24 @@ def finish(
     """
     if status not in TERMINAL:
         raise ValueError(f"{status!r} is not a terminal run status")
+    if reason is not None:  # often app text (an exception's message): storable, bounded
+        reason = storable(reason, REASON_LIMIT)
     params = {"run_id": run_id, "status": status, "reason": reason, "attempt": attempt}
     with conn.transaction():
         if not run(conn, "run_finish", params):
             return None
-        run(conn, "run_cancel_messages", {"run_id": run_id})
+        _cancel_messages(conn, run_id)
         if status == "failed" and _requeue(conn, run_id, automatic=True):
             return "pending"
     return status
+
+
+def _cancel_messages(conn: Connection, run_id: int) -> None:
+    """An ended run's undelivered instructions and untaken replies -> cancelled (two
+    statements, in this order: see run_cancel_replies). Call inside the transaction
+    that ended the run."""
+    run(conn, "run_cancel_messages", {"run_id": run_id})
+    run(conn, "run_cancel_replies", {"run_id": run_id})
 
 
 def _requeue(conn: Connection, run_id: int, *, automatic: bool) -> int | None:
@@ -207,21 +237,23 @@ def heartbeat(conn: Connection, run_id: int, attempt: int) -> bool | None:
 
 
 def request_stop(conn: Connection, run_id: int) -> str:
-    """Stop a run: a pending run stops at once, a launched one is signalled to its exec.
+    """Stop a run in any state that has not ended.
 
-    Returns the run's status after the request. Raises NotFound, or InvalidState
-    if the run already ended.
+    A pending or starting run (no ServerApp yet) is `stopped` at once and its messages
+    cancelled; a running one gets a stop request that its exec applies (its ServerApp's
+    heartbeat does, if the exec is gone). Returns the status after the request:
+    "stopped" or "stopping". Raises NotFound, or InvalidState if the run already ended.
     """
-    current = get(conn, run_id)
-    if current.status in TERMINAL:
-        raise InvalidState(f"run {run_id} already ended ({current.status})")
-    if current.status == "pending" and finish(conn, run_id, "stopped", "stopped by user"):
-        return "stopped"
     with conn.transaction():
-        if run(conn, "run_request_stop", {"run_id": run_id}):
+        row = one(conn, "run_request_stop", {"run_id": run_id})
+        if row is not None and row["status"] == "stopped":
+            _cancel_messages(conn, run_id)
+            return "stopped"
+        if row is not None:
             run(conn, "notify_exec", {"run_id": run_id})
             return "stopping"
-    return get(conn, run_id).status
+    current = get(conn, run_id)
+    raise InvalidState(f"run {run_id} already ended ({current.status})")
 
 
 def stop_requested(conn: Connection, exec_id: str) -> list[int]:
@@ -244,9 +276,24 @@ def fail_silent(conn: Connection, after: float, startup: float) -> list[int]:
         found = rows(conn, "runs_fail_silent", {"after": after, "startup": startup})
         failed = [int(r["id"]) for r in found]
         for run_id in failed:
-            run(conn, "run_cancel_messages", {"run_id": run_id})
+            _cancel_messages(conn, run_id)
             _requeue(conn, run_id, automatic=True)
     return failed
+
+
+def take_back_unlaunched(conn: Connection, after: float) -> list[TakenBack]:
+    """Link: runs `starting` for more than `after` s since their claim (their exec never
+    launched them) go back to the queue as their next attempt, or end `stopped` if a
+    stop was requested; each with an event in its log, in one transaction."""
+    with conn.transaction():
+        found = rows(conn, "runs_take_back_unlaunched", {"after": after})
+        taken = [TakenBack(int(r["id"]), str(r["status"]), str(r["reason"])) for r in found]
+        for t in taken:
+            _cancel_messages(conn, t.run_id)
+            store_logs.append(conn, t.run_id, [("event", t.reason)])
+            if t.status == "pending":
+                run(conn, "notify_exec", {"run_id": t.run_id})
+    return taken
 
 
 def record_round(
@@ -281,3 +328,22 @@ def round_metrics(conn: Connection, run_id: int) -> list[dict[str, Any]]:
 def message_counts(conn: Connection, run_id: int) -> list[dict[str, Any]]:
     """Message counts of a run by state and direction."""
     return rows(conn, "message_counts_for_run", {"run_id": run_id})
+
+
+def superseded(
+    conn: Connection, exec_id: str, attempts: list[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """Exec: those of its ServerApps' `(run id, attempt)`s that are no longer their
+    run's current attempt on this exec (ended, taken back, restarted or deleted)."""
+    if not attempts:
+        return []
+    found = rows(
+        conn,
+        "runs_superseded",
+        {
+            "exec_id": exec_id,
+            "ids": [run_id for run_id, _ in attempts],
+            "attempts": [attempt for _, attempt in attempts],
+        },
+    )
+    return [(int(r["id"]), int(r["attempt"])) for r in found]

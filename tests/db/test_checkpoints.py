@@ -19,10 +19,10 @@ from .conftest import Federation, instruction, scalar
 
 def launch(conn: Connection, run_id: int) -> int:
     """Claim and mark the run running as an exec would; returns the attempt."""
-    ((claimed, attempt),) = store_runs.claim_pending(conn, "exec-test", 1)
-    assert claimed == run_id
+    claim = store_runs.claim_next(conn, "exec-test")
+    assert claim is not None and claim.run_id == run_id
     assert store_runs.mark_running(conn, run_id, "exec-test", 4242)
-    return attempt
+    return claim.attempt
 
 
 @pytest.fixture

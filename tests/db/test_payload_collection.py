@@ -66,7 +66,10 @@ def test_keeps_recent_payloads_and_checkpoints(conn: Connection, fed: Federation
     store_payloads.write(conn, fed.run_id, [arrays.encode(np.full(10, 3.0), "w")])
     assert store_payloads.collect(conn, grace=60) == (0, 0)
     # Held by a checkpoint: kept however old.
-    conn.execute("UPDATE runs SET status = 'starting', exec_id = 'e' WHERE id = %s", [fed.run_id])
+    conn.execute(
+        "UPDATE runs SET status = 'starting', exec_id = 'e', claimed_at = now() WHERE id = %s",
+        [fed.run_id],
+    )
     assert store_runs.mark_running(conn, fed.run_id, "e", 1)
     grid = Grid(fed.url, fed.run_id)
     try:
