@@ -511,11 +511,33 @@ def _metric_to_json(value: MetricScalar) -> Any:
     return value
 
 
+def _jsonb_safe(text: str) -> bool:
+    """Whether jsonb can hold `text`: no NUL (\\u0000) and no unpaired surrogate."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _json_key(key: str, what: str) -> str:
+    if not _jsonb_safe(key):
+        raise RecordError(
+            f"{what} {key!r} holds a character the database cannot store in a key "
+            "(NUL or an unpaired surrogate); rename it"
+        )
+    return key
+
+
 def _config_to_json(value: ConfigScalar) -> Any:
     if isinstance(value, bytes):
         return {"$bytes": base64.b64encode(value).decode("ascii")}
     if isinstance(value, float) and not math.isfinite(value):
         return {"$float": _nonfinite_name(value)}
+    if isinstance(value, str) and not _jsonb_safe(value):
+        return {"$str": base64.b64encode(value.encode("utf-8", "surrogatepass")).decode("ascii")}
     return value
 
 
@@ -526,20 +548,27 @@ def records_to_json(
 
     Plain values stay plain (so `doc->'name'->>'key'` works in SQL). Non-finite
     floats become "NaN"/"Infinity"/"-Infinity" in metric records and
-    `{"$float": ...}` in config records; bytes become `{"$bytes": <base64>}`.
+    `{"$float": ...}` in config records; bytes become `{"$bytes": <base64>}`; a
+    string jsonb cannot hold (NUL, an unpaired surrogate) becomes `{"$str": <base64
+    of its UTF-8, surrogates passed>}`, so every config string round-trips exactly.
+    A record name or key jsonb cannot hold raises RecordError naming it.
     Decode with `metric_records_from_json` / `config_records_from_json`.
     """
     doc: dict[str, dict[str, Any]] = {}
     for name, record in records.items():
-        _check_key(name, "record")
+        _json_key(_check_key(name, "record"), "record name")
         if isinstance(record, MetricRecord):
             doc[name] = {
-                k: [_metric_to_json(x) for x in v] if isinstance(v, list) else _metric_to_json(v)
+                _json_key(k, f"record {name!r} key"): [_metric_to_json(x) for x in v]
+                if isinstance(v, list)
+                else _metric_to_json(v)
                 for k, v in record.items()
             }
         elif isinstance(record, ConfigRecord):
             doc[name] = {
-                k: [_config_to_json(x) for x in v] if isinstance(v, list) else _config_to_json(v)
+                _json_key(k, f"record {name!r} key"): [_config_to_json(x) for x in v]
+                if isinstance(v, list)
+                else _config_to_json(v)
                 for k, v in record.items()
             }
         else:
@@ -576,6 +605,11 @@ def _config_from_json(key: str, value: object) -> ConfigScalar:
                 raise _bad_json("config record", key, value) from exc
         if tag == "$float" and isinstance(payload, str) and payload in _JSON_TO_NONFINITE:
             return _JSON_TO_NONFINITE[payload]
+        if tag == "$str" and isinstance(payload, str):
+            try:
+                return base64.b64decode(payload, validate=True).decode("utf-8", "surrogatepass")
+            except (binascii.Error, ValueError) as exc:
+                raise _bad_json("config record", key, value) from exc
     raise _bad_json("config record", key, value)
 
 

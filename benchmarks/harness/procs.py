@@ -129,6 +129,8 @@ class ProcessSet:
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.cwd = cwd
         self.env = {**env, RUN_TAG_ENV: RUN_TAG, CONFIG_TAG_ENV: self.tag}
+        # flpg passes app processes only an allowlisted environment: name the tags.
+        self.env["FLPG_APP_ENV"] = f"{RUN_TAG_ENV} {CONFIG_TAG_ENV}"
         self.procs: list[Proc] = []
 
     def start(self, name: str, argv: Sequence[str]) -> Proc:

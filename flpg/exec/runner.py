@@ -10,6 +10,11 @@ If its exec dies, the ServerApp notices at its next heartbeat (it was re-parente
 fails its attempt (a run with restarts left is relaunched by another exec from its
 checkpoint) and ends.
 
+Its first connections (loading the run and its bundle, opening the grid) and its
+last (recording the outcome) are retried with backoff (`Session.call`) while the
+database is away, for up to `appchild.CONNECT_WITHIN` s: a ServerApp launched during a database
+blip waits for it, as every other component does, instead of failing the run.
+
 The exec worker normally ends a stopped run's ServerApp with SIGTERM. The heartbeat
 is the fallback when no exec does (its exec died: the ServerApp lives in its own
 session and would run on): when it sees a stop request, or that its attempt is no
@@ -25,10 +30,14 @@ import signal
 import sys
 import threading
 import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
 
 from flpg.appbundle import BundleCache, default_cache_dir, load_component, parse_pyproject
+from flpg.appchild import call_within
 from flpg.context import Context
-from flpg.db import TRANSIENT, Session, connect
+from flpg.db import TRANSIENT, Connection, Session
 from flpg.grid import Grid
 from flpg.records import RecordDict
 from flpg.serverapp import ServerApp
@@ -40,6 +49,13 @@ RESULT_PREFIX = "flpg-serverapp-failed: "
 EXEC_PID_ENV = "FLPG_EXEC_PID"
 """The pid of the exec worker that launched this ServerApp (unset when run by hand)."""
 
+T = TypeVar("T")
+
+
+def _within(url: str, run_id: int, fn: Callable[[Connection], T]) -> T:
+    """`fn(conn)`, retried while the database is away (`appchild.call_within`)."""
+    return call_within(url, f"flpg-serverapp-{run_id}", fn)
+
 
 def _exec_gone() -> bool:
     """Whether the exec that launched this ServerApp died (it was re-parented)."""
@@ -50,12 +66,15 @@ def _exec_gone() -> bool:
 def _record_failure(url: str, run_id: int, attempt: int, reason: str) -> None:
     """Record this attempt's failure (or the stop, if one was requested) in the
     database; best effort. A run with restarts left goes back to the queue."""
+
+    def record(conn: Connection) -> None:
+        if store_runs.get(conn, run_id).stop_requested_at is not None:
+            store_runs.finish(conn, run_id, "stopped", "stopped by user", attempt=attempt)
+        else:
+            store_runs.finish(conn, run_id, "failed", reason, attempt=attempt)
+
     try:
-        with connect(url, application_name=f"flpg-serverapp-{run_id}") as conn:
-            if store_runs.get(conn, run_id).stop_requested_at is not None:
-                store_runs.finish(conn, run_id, "stopped", "stopped by user", attempt=attempt)
-            else:
-                store_runs.finish(conn, run_id, "failed", reason, attempt=attempt)
+        _within(url, run_id, record)
     except Exception as exc:
         _say(f"could not record the outcome: {exc}")
 
@@ -134,20 +153,31 @@ def run_serverapp(url: str, run_id: int, attempt: int) -> None:
                 raise
     finally:
         stop.set()
-    with connect(url, application_name=f"flpg-serverapp-{run_id}") as conn:
+
+    def record(conn: Connection) -> None:
         if store_runs.get(conn, run_id).stop_requested_at is None:
             store_runs.finish(conn, run_id, "finished", attempt=attempt)
 
+    try:
+        _within(url, run_id, record)
+    except TRANSIENT as exc:  # it exits 0, so its exec records `finished`
+        _say(f"could not record the outcome: {exc}")
+
 
 def _load_and_run(url: str, run_id: int, attempt: int, intervals: Intervals) -> None:
-    with connect(url, application_name=f"flpg-serverapp-{run_id}") as conn:
+    def fetch(conn: Connection) -> tuple[store_runs.Run, Path]:
         run = store_runs.get(conn, run_id)
         root = BundleCache(default_cache_dir()).path(
             run.app_hash, lambda: store_apps.get(conn, run.app_hash)[1]
         )
+        return run, root
+
+    run, root = _within(url, run_id, fetch)
     spec = parse_pyproject((root / "pyproject.toml").read_text(), f"app {run.app_name}")
     app = load_component(root, spec.serverapp, ServerApp)
-    grid = Grid(url, run_id, attempt=attempt, poll=min(intervals.poll, 2.0))
+    grid = _within(
+        url, run_id, lambda _: Grid(url, run_id, attempt=attempt, poll=min(intervals.poll, 2.0))
+    )
     try:
         context = Context(
             run_id=run_id,
@@ -159,6 +189,14 @@ def _load_and_run(url: str, run_id: int, attempt: int, intervals: Intervals) -> 
         app(grid, context)
     finally:
         grid.close()
+
+
+def _reason(exc: BaseException) -> str:
+    """`Type: message` of an exception, all of its message (which may span lines;
+    a SyntaxError's quoted code before it and any notes after it are left out)."""
+    lines = traceback.format_exception_only(exc)
+    line = next((x for x in lines if not x.startswith(" ")), lines[-1])
+    return line.rstrip("\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,11 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:  # report every failure, including SystemExit from user code
         with contextlib.suppress(OSError, ValueError):
             traceback.print_exc()
-        reason = "".join(traceback.format_exception_only(exc)).strip().splitlines()[-1]
+        reason = _reason(exc)
         if _exec_gone():
             reason = f"its exec worker went away ({reason})"
         _record_failure(url, int(args[0]), int(args[1]), reason)
-        _say(f"{RESULT_PREFIX}{reason}")
+        # One line, so the exec finds it as the last line on stderr.
+        _say(RESULT_PREFIX + reason.replace("\r", "\\r").replace("\n", "\\n"))
         return 1
     return 0
 

@@ -2,6 +2,18 @@
 
 Connections held: one for state changes, one dedicated LISTEN connection, and
 one for writing run logs (3 in all); each ServerApp process holds its own.
+
+ServerApps are tenant code and may be hostile; nothing one of them does stops the
+exec serving the others. Each child is reaped on its own: recording one outcome
+that fails is logged and retried (database away) or replaced by a plain reason,
+never raised out of the loop. Any exit code or signal number is named
+(`flpg.appchild.describe_exit`). Output is read bounded (`flpg.exec.logwriter`).
+A ServerApp gets only an allowlisted environment (`flpg.appchild.app_environment`).
+One that no longer runs its run's current attempt (the link failed it for silence,
+the run was restarted or taken back) is terminated two heartbeats after the exec
+sees it, like one whose run was stopped: SIGTERM and SIGCONT to its process group
+(a stopped process handles SIGTERM only once continued), SIGKILL after STOP_GRACE.
+Processes left in its group when it exits are killed.
 """
 
 from __future__ import annotations
@@ -16,29 +28,40 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from flpg.appchild import app_environment, describe_exit
 from flpg.db import EXEC_CHANNEL, TRANSIENT, Connection, Listener, Session
 from flpg.exec.logwriter import LogWriter
 from flpg.exec.runner import EXEC_PID_ENV, RESULT_PREFIX
 from flpg.lifecycle import worker_id
 from flpg.migrate import ensure_schema
 from flpg.settings import DATABASE_URL_ENV, Intervals
+from flpg.store import logs as store_logs
 from flpg.store import runs as store_runs
 
 log = logging.getLogger("flpg.exec")
 
 STOP_GRACE = 10.0
 """Seconds a ServerApp has to exit after SIGTERM before it is killed."""
+READERS_GRACE = 5.0
+"""Seconds the exec waits, after a ServerApp exited, for the rest of its output."""
+RECORD_TRIES = 3
+"""Times the exec tries to record an exited ServerApp's outcome before it gives up."""
 
 
 @dataclass
 class Child:
     run_id: int
     attempt: int
-    proc: subprocess.Popen[str]
+    proc: subprocess.Popen[bytes]
     readers: list[threading.Thread]
     last_stderr: list[str] = field(default_factory=lambda: [""])
     last_stdout: list[str] = field(default_factory=lambda: [""])
     terminated_at: float | None = None
+    superseded_at: float | None = None
+    """When the exec saw that its attempt no longer runs (monotonic)."""
+    exited_at: float | None = None
+    exit_logged: bool = False
+    record_failures: int = 0
 
 
 class ExecWorker:
@@ -61,15 +84,14 @@ class ExecWorker:
         listener = Listener(self.url, [EXEC_CHANNEL], application_name="flpg-exec-listen")
         logs = LogWriter(self.url)
         log.info("exec %s launching up to %d run(s) at once", self.exec_id, self.max_runs)
+        unconfirmed: set[int] = set()  # launched; the answer of mark_running was lost
         try:
             while not stop.is_set():
                 try:
                     conn = session.conn
                     self._reap(conn, logs)
                     self._apply_stops(conn)
-                    free = self.max_runs - len(self.children)
-                    for run_id, attempt in store_runs.claim_pending(conn, self.exec_id, free):
-                        self._launch(conn, logs, run_id, attempt)
+                    self._claim(conn, logs, unconfirmed)
                 except TRANSIENT as exc:
                     session.reset(exc)  # ServerApps keep running; retry with backoff
                     continue
@@ -84,22 +106,52 @@ class ExecWorker:
             session.close()
             log.info("stopped")
 
+    def _claim(self, conn: Connection, logs: LogWriter, unconfirmed: set[int]) -> None:
+        """Claim pending runs one at a time, launching each before claiming the next, so
+        an exec that dies leaves at most one run `starting` (the link takes it back).
+
+        Launches whose `mark_running` answer was lost with the connection are confirmed
+        first: their ServerApp goes on if its run is running under it, and is terminated
+        if the run was stopped or taken back meanwhile.
+        """
+        for run_id in sorted(unconfirmed):
+            child = self.children.get(run_id)
+            if child is not None and child.terminated_at is None:
+                if store_runs.mark_running(conn, run_id, self.exec_id, child.proc.pid):
+                    logs.put(
+                        run_id,
+                        "event",
+                        store_logs.launch_event(child.attempt, self.exec_id, child.proc.pid),
+                    )
+                else:
+                    self._terminate(child)
+            unconfirmed.discard(run_id)
+        while len(self.children) < self.max_runs:
+            claim = store_runs.claim_next(conn, self.exec_id, exclude=sorted(self.children))
+            if claim is None:
+                return
+            try:
+                self._launch(conn, logs, claim.run_id, claim.attempt)
+            except TRANSIENT:
+                if claim.run_id in self.children:
+                    unconfirmed.add(claim.run_id)
+                raise
+
     def _launch(self, conn: Connection, logs: LogWriter, run_id: int, attempt: int) -> None:
-        env = {
-            **os.environ,
-            DATABASE_URL_ENV: self.url,
-            "PYTHONUNBUFFERED": "1",
-            EXEC_PID_ENV: str(os.getpid()),
-        }
+        env = app_environment(
+            {
+                DATABASE_URL_ENV: self.url,
+                "PYTHONUNBUFFERED": "1",
+                EXEC_PID_ENV: str(os.getpid()),
+            }
+        )
         try:
-            proc = subprocess.Popen(
+            proc = subprocess.Popen(  # bytes: app output need not be text (logwriter)
                 [sys.executable, "-m", "flpg.exec.runner", str(run_id), str(attempt)],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                text=True,
-                bufsize=1,
                 start_new_session=True,
             )
         except OSError as exc:
@@ -115,34 +167,91 @@ class ExecWorker:
         ]
         self.children[run_id] = child
         if store_runs.mark_running(conn, run_id, self.exec_id, proc.pid):
-            logs.put(
-                run_id,
-                "event",
-                f"ServerApp attempt {attempt} started by {self.exec_id} (pid {proc.pid})",
-            )
+            logs.put(run_id, "event", store_logs.launch_event(attempt, self.exec_id, proc.pid))
             log.info("run %d: ServerApp started (pid %d)", run_id, proc.pid)
         else:  # stopped while starting
             self._terminate(child)
 
     def _reap(self, conn: Connection, logs: LogWriter) -> None:
+        """Record the outcome of every ServerApp that exited, each on its own: one
+        that cannot be recorded never stops the others (see `_reap_one`)."""
         for run_id, child in list(self.children.items()):
-            code = child.proc.poll()
-            if code is None:
-                if child.terminated_at and time.monotonic() - child.terminated_at > STOP_GRACE:
-                    os.killpg(child.proc.pid, signal.SIGKILL)
-                continue
-            for reader in child.readers:
-                reader.join(timeout=5)
-            del self.children[run_id]
-            status, reason = self._outcome(conn, child, code)
-            logs.put(run_id, "event", f"ServerApp exited with code {code}: {status}")
-            new_status = store_runs.finish(conn, run_id, status, reason, attempt=child.attempt)
-            if new_status == "pending":
-                log.info(
-                    "run %d: attempt %d failed (%s); restarting", run_id, child.attempt, reason
+            try:
+                self._reap_one(conn, logs, child)
+            except TRANSIENT:
+                raise  # the database went away: the loop reconnects; reaped again then
+            except Exception:
+                child.record_failures += 1
+                log.exception(
+                    "run %d: could not record the outcome of attempt %d (try %d of %d)",
+                    run_id,
+                    child.attempt,
+                    child.record_failures,
+                    RECORD_TRIES,
                 )
-            elif new_status is not None:
-                log.info("run %d: %s%s", run_id, status, f" ({reason})" if reason else "")
+                if child.record_failures >= RECORD_TRIES:
+                    self._give_up(conn, child)
+
+    def _reap_one(self, conn: Connection, logs: LogWriter, child: Child) -> None:
+        """Escalate a termination, or record an exited ServerApp's outcome once its
+        output is read (at most READERS_GRACE s after its exit); the child is dropped
+        only once that is recorded."""
+        now = time.monotonic()
+        code = child.proc.poll()
+        if code is None:
+            if child.terminated_at and now - child.terminated_at > STOP_GRACE:
+                _signal_group(child.proc.pid, signal.SIGKILL)
+            elif (
+                child.terminated_at is None
+                and child.superseded_at is not None
+                and now - child.superseded_at > 2 * self.intervals.heartbeat
+            ):  # a healthy ServerApp sees this at its next heartbeat and ends itself
+                log.info(
+                    "run %d: attempt %d no longer runs; terminating its ServerApp",
+                    child.run_id,
+                    child.attempt,
+                )
+                self._terminate(child)
+            return
+        if child.exited_at is None:
+            child.exited_at = now
+            # Whatever it left in its group (and holding its pipes) ends with it.
+            _signal_group(child.proc.pid, signal.SIGKILL)
+        if any(r.is_alive() for r in child.readers) and now - child.exited_at < READERS_GRACE:
+            return  # the rest of its output is still being read
+        status, reason = self._outcome(conn, child, code)
+        if not child.exit_logged:
+            logs.put(
+                child.run_id, "event", store_logs.end_event(f"{describe_exit(code)}: {status}")
+            )
+            child.exit_logged = True
+        new_status = store_runs.finish(conn, child.run_id, status, reason, attempt=child.attempt)
+        del self.children[child.run_id]
+        if new_status == "pending":
+            log.info(
+                "run %d: attempt %d failed (%s); restarting", child.run_id, child.attempt, reason
+            )
+        elif new_status is not None:
+            log.info("run %d: %s%s", child.run_id, status, f" ({reason})" if reason else "")
+
+    def _give_up(self, conn: Connection, child: Child) -> None:
+        """Drop a child whose outcome could not be recorded; try a plain reason once
+        (if even that fails, the link fails the run: its ServerApp is silent)."""
+        del self.children[child.run_id]
+        code = child.proc.returncode
+        how = describe_exit(code) if code is not None else "ended"
+        try:
+            store_runs.finish(
+                conn,
+                child.run_id,
+                "failed",
+                f"ServerApp {how}; its outcome could not be recorded",
+                attempt=child.attempt,
+            )
+        except TRANSIENT:
+            raise
+        except Exception:
+            log.exception("run %d: could not record even a plain outcome", child.run_id)
 
     def _outcome(self, conn: Connection, child: Child, code: int) -> tuple[str, str | None]:
         run = store_runs.get(conn, child.run_id)
@@ -153,24 +262,38 @@ class ExecWorker:
         last = child.last_stderr[0]
         if last.startswith(RESULT_PREFIX):
             return "failed", last[len(RESULT_PREFIX) :]
-        if code < 0:
-            return "failed", f"ServerApp was killed by {signal.Signals(-code).name}"
-        return "failed", f"ServerApp exited with code {code}"
+        return "failed", f"ServerApp {describe_exit(code)}"
 
     def _apply_stops(self, conn: Connection) -> None:
+        """Terminate the ServerApps of runs with a stop request; note those whose
+        attempt no longer runs (`_reap_one` terminates them two heartbeats later, unless
+        they end themselves first, as a healthy one does)."""
         for run_id in store_runs.stop_requested(conn, self.exec_id):
             child = self.children.get(run_id)
             if child is not None and child.terminated_at is None:
                 log.info("run %d: stop requested, terminating its ServerApp", run_id)
                 self._terminate(child)
+        running = [
+            (c.run_id, c.attempt)
+            for c in self.children.values()
+            if c.superseded_at is None and c.exited_at is None
+        ]
+        now = time.monotonic()
+        for run_id, attempt in store_runs.superseded(conn, self.exec_id, running):
+            child = self.children.get(run_id)
+            if child is not None and child.attempt == attempt:
+                child.superseded_at = now
 
     @staticmethod
     def _terminate(child: Child) -> None:
+        """SIGTERM to the ServerApp's group, then SIGCONT: a stopped process (SIGSTOP)
+        handles SIGTERM only once continued. SIGKILL follows after STOP_GRACE."""
         child.terminated_at = time.monotonic()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.proc.pid, signal.SIGTERM)
+        _signal_group(child.proc.pid, signal.SIGTERM)
+        _signal_group(child.proc.pid, signal.SIGCONT)
 
     def _shutdown(self, conn: Connection, logs: LogWriter) -> None:
+        """Terminate every ServerApp and fail its run (each recorded on its own)."""
         for child in self.children.values():
             self._terminate(child)
         deadline = time.monotonic() + STOP_GRACE
@@ -178,16 +301,30 @@ class ExecWorker:
             try:
                 child.proc.wait(max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
-                os.killpg(child.proc.pid, signal.SIGKILL)
+                _signal_group(child.proc.pid, signal.SIGKILL)
                 child.proc.wait()
+            _signal_group(child.proc.pid, signal.SIGKILL)  # what it left in its group
             for reader in child.readers:
-                reader.join(timeout=5)
-            store_runs.finish(
-                conn,
-                child.run_id,
-                "failed",
-                f"exec worker {self.exec_id} shut down",
-                attempt=child.attempt,
+                reader.join(timeout=READERS_GRACE)
+            logs.put(
+                child.run_id, "event", store_logs.end_event("terminated: exec worker shut down")
             )
-            logs.put(child.run_id, "event", "ServerApp terminated: exec worker shut down")
+            try:
+                store_runs.finish(
+                    conn,
+                    child.run_id,
+                    "failed",
+                    f"exec worker {self.exec_id} shut down",
+                    attempt=child.attempt,
+                )
+            except TRANSIENT:
+                raise
+            except Exception:
+                log.exception("run %d: could not record that it was shut down", child.run_id)
         self.children.clear()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    """Signal a ServerApp's process group; nothing if it is gone already."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)

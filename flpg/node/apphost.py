@@ -11,10 +11,18 @@ so a hanging ClientApp frees the worker's slot instead of holding it for ever.
 Messages go to a process in batches, one protocol line each, and come back as one
 line per batch of replies written (see `flpg.node.appprocess`); the node worker
 learns of them through callbacks on the process's reader thread.
+
+App code is tenant code: the process gets only an allowlisted environment
+(`flpg.appchild.app_environment`); its protocol pipe is read as bytes in lines of
+at most PROTOCOL_LINE_LIMIT bytes, and a line that is not a protocol answer (binary,
+cut, garbage the app wrote there) is logged and skipped; any exit code or signal is
+named (`flpg.appchild.describe_exit`); when the process ends, whatever it left in
+its process group is killed, so no leftover holds its pipes open.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,11 +32,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from flpg.appchild import app_environment, describe_exit
 from flpg.settings import DATABASE_URL_ENV
 from flpg.store.messages import MessageRow
 
@@ -55,14 +64,10 @@ OnExit = Callable[["AppProcess", str, list[MessageRow]], None]
 """Called once the process ended, with how (`describe_exit`) and the messages it held."""
 
 
-def describe_exit(returncode: int) -> str:
-    """`exited with code 3` or `was killed by SIGKILL`."""
-    if returncode < 0:
-        try:
-            return f"was killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"was killed by signal {-returncode}"
-    return f"exited with code {returncode}"
+PROTOCOL_LINE_LIMIT = 4 << 20
+"""Bytes of one answer line read from a ClientApp process, at most (an honest line
+answers at most 256 messages, each with a detail of about REASON_LIMIT characters
+at most: well under 1 MiB)."""
 
 
 def encode_batch(rows: list[MessageRow], node_configs: dict[int, dict[str, Any]]) -> str:
@@ -106,9 +111,7 @@ class AppProcess:
             argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            env={**os.environ, DATABASE_URL_ENV: url},
-            text=True,
-            bufsize=1,
+            env=app_environment({DATABASE_URL_ENV: url}),
             # Its own session: a signal meant for the node worker (Ctrl-C, SIGTERM to
             # the group) must not kill the run's app mid-message; the worker decides.
             # If the worker dies, the process sees end of input and exits.
@@ -129,6 +132,7 @@ class AppProcess:
         self._lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         threading.Thread(target=self._read, name=f"clientapp-{run_id}-reader", daemon=True).start()
         threading.Thread(target=self._write, name=f"clientapp-{run_id}-writer", daemon=True).start()
+        threading.Thread(target=self._wait, name=f"clientapp-{run_id}-waiter", daemon=True).start()
         log.info("run %d: started ClientApp process %d", run_id, self.popen.pid)
 
     @property
@@ -164,14 +168,37 @@ class AppProcess:
                 if line is None:
                     stdin.close()
                     return
-                stdin.write(line)
+                stdin.write(line.encode())
                 stdin.flush()
             except (OSError, ValueError):
                 pass  # the process is gone: the reader reports its messages at end of output
 
+    def _answers(self) -> Iterator[bytes]:
+        """The protocol lines the process writes, until its end of output; a longer
+        line than PROTOCOL_LINE_LIMIT bytes is skipped (read in bounded pieces)."""
+        out = self.popen.stdout
+        assert out is not None
+        while line := out.readline(PROTOCOL_LINE_LIMIT):
+            if line.endswith(b"\n"):
+                yield line
+                continue
+            skipped = len(line)
+            while (more := out.readline(PROTOCOL_LINE_LIMIT)) and not more.endswith(b"\n"):
+                skipped += len(more)
+            if more or skipped > PROTOCOL_LINE_LIMIT:  # not the process's last words
+                log.warning("run %d: skipped a line of %d+ bytes", self.run_id, skipped)
+            else:
+                yield line
+
+    def _wait(self) -> None:
+        """Once the process ended, kill what it left in its group (and holding its
+        pipes), so its end of output comes."""
+        self.popen.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+
     def _read(self) -> None:
-        assert self.popen.stdout is not None
-        for line in self.popen.stdout:
+        for line in self._answers():
             try:
                 answer = json.loads(line)
                 started = [int(i) for i in answer.get("started", [])]
@@ -185,14 +212,15 @@ class AppProcess:
             except (ValueError, KeyError, TypeError, AttributeError):
                 log.warning("run %d: ClientApp process sent %r", self.run_id, line[:200])
                 continue
-            if started:
-                self._on_started(self, started)
             settled: list[tuple[MessageRow, Outcome]] = []
-            with self._lock:
+            with self._lock:  # only messages this process holds (app code could lie)
+                started = [i for i in started if i in self._pending]
                 for message_id, outcome in done:
                     row = self._pending.pop(message_id, None)
                     if row is not None:
                         settled.append((row, outcome))
+            if started:
+                self._on_started(self, started)
             if settled:
                 self._on_done(self, settled)
         how = describe_exit(self.popen.wait())

@@ -1,7 +1,9 @@
 """One run's ClientApp on one node worker, in its own process.
 
 `python -m flpg.node.appprocess --run RUN --worker WORKER --cache-dir DIR`, started
-by a node worker with `FLPG_DATABASE_URL` set. The ClientApp is imported once and
+by a node worker with `FLPG_DATABASE_URL` set (and only an allowlisted environment:
+`flpg.appchild.app_environment`); its first connection is retried while the database
+is away (`flpg.appchild.call_within`). The ClientApp is imported once and
 kept for the run's lifetime; each node id it serves has its own Context, whose
 `state` persists across the run's rounds (and lives only in this process).
 
@@ -41,9 +43,10 @@ from psycopg_pool import ConnectionPool
 
 from flpg import bus
 from flpg.appbundle import BundleCache, load_component, parse_pyproject
+from flpg.appchild import call_within
 from flpg.clientapp import ClientApp
 from flpg.context import Context
-from flpg.db import SESSION_OPTIONS, TRANSIENT, Connection, connect
+from flpg.db import SESSION_OPTIONS, TRANSIENT, Connection
 from flpg.errors import FlpgError
 from flpg.message import Message
 from flpg.node.replies import Answer, Written, app_error, describe, write_replies
@@ -366,8 +369,10 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     url = os.environ[DATABASE_URL_ENV]
-    with connect(url, application_name=f"flpg-clientapp-{args.run}") as conn:
-        app = RunApp(conn, args.run, args.cache_dir)
+    # Retried while the database is away (a process started during a blip waits).
+    app = call_within(
+        url, f"flpg-clientapp-{args.run}", lambda conn: RunApp(conn, args.run, args.cache_dir)
+    )
     if app.load_error:
         log.warning("ClientApp did not load: %s", app.load_error)
     pool = ConnectionPool(  # one connection loads payloads, one writes replies

@@ -49,8 +49,14 @@ class Written:
 
 
 def describe(exc: BaseException) -> str:
-    """An error reply's reason: an flpg error's own message, else `Type: message`."""
-    return str(exc) if isinstance(exc, FlpgError) else f"{type(exc).__name__}: {exc}"
+    """An error reply's reason: an flpg error's own message, else `Type: message`.
+    Never raises, whatever the exception's `__str__` does (app code may define it);
+    the store makes the text storable."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = "<its message could not be read>"
+    return text if isinstance(exc, FlpgError) else f"{type(exc).__name__}: {text}"
 
 
 def app_error(reason: str) -> Error:

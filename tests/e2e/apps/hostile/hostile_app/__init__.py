@@ -1,0 +1,1 @@
+"""An app that misbehaves on purpose, in ways its run config picks."""
