@@ -1,7 +1,10 @@
 """The `flpg` command line. Each command parses options, calls one function, prints.
 
 Every command takes `--db URL` (or `FLPG_DATABASE_URL`); without either it uses
-the embedded default cluster. Failures print one line and exit non-zero.
+the embedded default cluster. Options are checked by the types in `flpg.options`;
+every failure (a usage error, an FlpgError, a database error translated by
+`flpg.store.errors`) prints one line `flpg: error: ...` and exits with the code of
+its class (see `flpg.errors`).
 """
 
 from __future__ import annotations
@@ -15,41 +18,73 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-import psycopg
 
-from flpg.config import parse_kv
+from flpg import options
+from flpg.config import parse_kv, parse_kv_all
 from flpg.db import Connection, connect, redact
 from flpg.errors import FlpgError
+from flpg.limits import check_name
 from flpg.settings import DATABASE_URL_ENV, Intervals, explicit_database_url
+from flpg.store.errors import translated
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"flpg: error: {message}", err=True)
+    """Print `flpg: error: MESSAGE` as one line (whatever the message holds) and exit."""
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    line = line.encode("utf-8", "backslashreplace").decode("utf-8")
+    click.echo(f"flpg: error: {line or 'failed'}", err=True)
     sys.exit(code)
 
 
 def handle_errors(fn: F) -> F:
-    """Turn FlpgError (and database errors) into one line on stderr and an exit code."""
+    """Turn FlpgError (database errors translated first) into one line and its exit code."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with translated(explicit_database_url(kwargs.get("db"))):
+                return fn(*args, **kwargs)
         except FlpgError as exc:
             _fail(str(exc), exc.exit_code)
-        except psycopg.OperationalError as exc:
-            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-            _fail(f"database connection failed: {detail}", 3)
         return None
 
     return wrapper  # type: ignore[return-value]
 
 
+_NoArgsIsHelp: type[click.UsageError] = getattr(
+    click.exceptions, "NoArgsIsHelpError", type("_Never", (click.UsageError,), {})
+)
+
+
+class FlpgGroup(click.Group):
+    """Click's usage errors, and FlpgErrors raised by option types, as one line."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        if not kwargs.get("standalone_mode", True):
+            return super().main(*args, **kwargs)
+        try:
+            code = super().main(*args, **{**kwargs, "standalone_mode": False})
+        except _NoArgsIsHelp as exc:  # `flpg` or `flpg db` alone: the help, as click shows it
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+            _fail(exc.format_message() + hint, 2)
+        except click.ClickException as exc:
+            _fail(exc.format_message(), exc.exit_code)
+        except click.Abort:
+            _fail("aborted", 130)
+        except FlpgError as exc:
+            _fail(str(exc), exc.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 db_option = click.option(
     "--db",
     "db",
+    type=options.DATABASE_URL,
     metavar="URL",
     envvar=DATABASE_URL_ENV,
     help=f"PostgreSQL URL (default: ${DATABASE_URL_ENV}, else the embedded cluster).",
@@ -104,7 +139,7 @@ def _table(columns: list[str], rows: list[list[Any]]) -> None:
     Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200).print(table)
 
 
-@click.group()
+@click.group(cls=FlpgGroup)
 @click.version_option(package_name="flpg")
 def main() -> None:
     """flpg: federated learning with the Flower architecture, on PostgreSQL."""
@@ -123,11 +158,11 @@ def db() -> None:
 @handle_errors
 def db_upgrade(db: str | None) -> None:
     """Migrate the schema to the newest revision (idempotent)."""
-    from flpg.migrate import current_revision, head_revision, upgrade
+    from flpg.migrate import check, head_revision, upgrade
 
     url = resolve_url(db)
     connect(url, application_name="flpg-cli").close()
-    before = current_revision(url)
+    before = check(url)
     upgrade(url)
     click.echo(f"schema at {head_revision()} (was {before or 'empty'}) on {redact(url)}")
 
@@ -138,12 +173,12 @@ def db_upgrade(db: str | None) -> None:
 def db_status(db: str | None) -> None:
     """Where the database is, whether it runs, and its schema revision."""
     from flpg.embedded import cluster
-    from flpg.migrate import current_revision, head_revision
+    from flpg.migrate import current_revision
 
     url = explicit_database_url(db)
     if url:
         click.echo(f"database: {redact(url)} (from --db / {DATABASE_URL_ENV})")
-        click.echo(f"schema: {current_revision(url) or 'empty'} (newest {head_revision()})")
+        click.echo(f"schema: {_revision_text(current_revision(url))}")
         return
     status = cluster().status()
     click.echo(f"embedded cluster: {status.root}")
@@ -151,7 +186,15 @@ def db_status(db: str | None) -> None:
     click.echo(f"initialised: {'yes' if status.initialised else 'no'}")
     click.echo(f"url: {status.url}")
     if status.running:
-        click.echo(f"schema: {current_revision(status.url) or 'empty'} (newest {head_revision()})")
+        click.echo(f"schema: {_revision_text(current_revision(status.url))}")
+
+
+def _revision_text(revision: str | None) -> str:
+    from flpg.migrate import head_revision, known_revisions
+
+    if revision is not None and revision not in known_revisions():
+        return f"{revision} (unknown to this flpg, whose newest is {head_revision()})"
+    return f"{revision or 'empty'} (newest {head_revision()})"
 
 
 @db.command("stop")
@@ -176,7 +219,7 @@ def _serve(worker: Any, verbose: bool) -> None:
 
 @main.command("link")
 @db_option
-@click.option("--sweep", type=float, help="Seconds between sweeps.")
+@click.option("--sweep", type=options.SECONDS, help="Seconds between sweeps.")
 @click.option("-v", "--verbose", is_flag=True)
 @handle_errors
 def link_cmd(db: str | None, sweep: float | None, verbose: bool) -> None:
@@ -195,7 +238,7 @@ def link_cmd(db: str | None, sweep: float | None, verbose: bool) -> None:
 @db_option
 @click.option(
     "--max-runs",
-    type=click.IntRange(min=1),
+    type=options.MAX_RUNS,
     default=4,
     show_default=True,
     help="ServerApps this worker runs at once.",
@@ -211,19 +254,35 @@ def exec_cmd(db: str | None, max_runs: int, verbose: bool) -> None:
 
 @main.command("node")
 @db_option
-@click.option("--name", required=True, help="The node's name; workers with one name share its id.")
-@click.option("--node-config", default="", help='e.g. "partition-id=0 num-partitions=2".')
-@click.option("--label", "labels", multiple=True, help="key=value label (repeatable).")
+@click.option(
+    "--name",
+    type=options.NODE_NAME,
+    required=True,
+    help="The node's name (not all digits); workers with one name share its id.",
+)
+@click.option(
+    "--node-config",
+    type=options.KEY_VALUES,
+    default="",
+    help='e.g. "partition-id=0 num-partitions=2".',
+)
+@click.option(
+    "--label",
+    "labels",
+    type=options.KEY_VALUES,
+    multiple=True,
+    help='key=value label (repeatable), e.g. region=eu or site="lab 2".',
+)
 @click.option(
     "--concurrency",
-    type=click.IntRange(min=1),
+    type=options.CONCURRENCY,
     default=4,
     show_default=True,
     help="Messages handled at once.",
 )
 @click.option(
     "--virtual",
-    type=click.IntRange(min=1),
+    type=options.VIRTUAL,
     default=None,
     metavar="N",
     help="Serve N node ids NAME-0..NAME-(N-1), each with partition-id i and "
@@ -243,10 +302,12 @@ def node_cmd(
     """Run a SuperNode worker: claim this node's messages and run ClientApps on them."""
     from flpg.node.worker import NodeSpec, NodeWorker, virtual_specs
 
+    if virtual is not None:
+        check_name(f"{name}-{virtual - 1}", f"--name with --virtual {virtual}, node name")
     spec = NodeSpec(
         name=name,
         node_config=parse_kv(node_config, "--node-config"),
-        labels=parse_kv(" ".join(labels), "--label"),
+        labels=parse_kv_all(labels, "--label"),
     )
     specs = [spec] if virtual is None else virtual_specs(spec, virtual)
     _serve(NodeWorker(resolve_url(db), specs, concurrency=concurrency), verbose)
@@ -258,13 +319,22 @@ def node_cmd(
 @main.command("run")
 @click.argument("app_dir", type=click.Path(path_type=Path))
 @db_option
-@click.option("--run-config", default=None, help='Overrides, e.g. "num-server-rounds=5 lr=0.05".')
 @click.option(
-    "--priority", type=int, default=0, show_default=True, help="Higher runs launch first."
+    "--run-config",
+    type=options.KEY_VALUES,
+    default=None,
+    help="Overrides, e.g. \"num-server-rounds=5 lr=0.05 name='a b'\" (TOML values).",
+)
+@click.option(
+    "--priority",
+    type=options.PRIORITY,
+    default=0,
+    show_default=True,
+    help="Higher runs launch first.",
 )
 @click.option(
     "--max-restarts",
-    type=click.IntRange(min=0),
+    type=options.MAX_RESTARTS,
     default=0,
     show_default=True,
     help="Restart a failed ServerApp this many times (it continues from its checkpoint).",
@@ -272,12 +342,14 @@ def node_cmd(
 @click.option(
     "--nodes",
     "nodes",
+    type=options.NODE_LIST,
     default=None,
     metavar="IDS",
     help="Comma-separated node ids or names, e.g. 1,3 (default: all nodes).",
 )
 @click.option(
     "--node-selector",
+    type=options.KEY_VALUES,
     default=None,
     metavar="K=V",
     help='Nodes whose labels or node config match, e.g. "region=eu".',
@@ -342,7 +414,7 @@ def _stream(conn: Connection, url: str, run_id: int) -> None:
 
 @main.command("ls")
 @db_option
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--limit", type=options.LIMIT, default=50, show_default=True)
 @format_option
 @handle_errors
 def ls_cmd(db: str | None, limit: int, fmt: str) -> None:
@@ -391,7 +463,7 @@ def ls_cmd(db: str | None, limit: int, fmt: str) -> None:
 
 
 @main.command("show")
-@click.argument("run_id", type=int)
+@click.argument("run_id", type=options.RUN_ID)
 @db_option
 @format_option
 @handle_errors
@@ -485,7 +557,7 @@ def show_cmd(run_id: int, db: str | None, fmt: str) -> None:
 
 
 @main.command("log")
-@click.argument("run_id", type=int)
+@click.argument("run_id", type=options.RUN_ID)
 @db_option
 @click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing until the run ends.")
 @handle_errors
@@ -512,7 +584,7 @@ def log_cmd(run_id: int, db: str | None, follow_: bool) -> None:
 
 
 @main.command("stop")
-@click.argument("run_id", type=int)
+@click.argument("run_id", type=options.RUN_ID)
 @db_option
 @handle_errors
 def stop_cmd(run_id: int, db: str | None) -> None:
@@ -526,7 +598,7 @@ def stop_cmd(run_id: int, db: str | None) -> None:
 
 
 @main.command("resume")
-@click.argument("run_id", type=int)
+@click.argument("run_id", type=options.RUN_ID)
 @db_option
 @handle_errors
 def resume_cmd(run_id: int, db: str | None) -> None:
@@ -592,7 +664,7 @@ def nodes_cmd(db: str | None, fmt: str) -> None:
 @click.option(
     "--nodes",
     "num_nodes",
-    type=click.IntRange(min=1),
+    type=options.LOCAL_NODES,
     default=3,
     show_default=True,
     help="Node workers to start (partition-id 0..N-1).",
@@ -628,10 +700,10 @@ def down_cmd() -> None:
 
 @main.command("demo")
 @db_option
-@click.option("--nodes", "num_nodes", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--nodes", "num_nodes", type=options.LOCAL_NODES, default=3, show_default=True)
 @click.option(
     "--rounds",
-    type=click.IntRange(min=1),
+    type=options.ROUNDS,
     default=None,
     help="Server rounds (default: the example's).",
 )

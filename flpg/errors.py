@@ -1,7 +1,17 @@
 """The flpg error tree.
 
 Every failure flpg reports on purpose is an `FlpgError`. The CLI prints its
-message as one line and exits with its `exit_code`.
+message as one line and exits with its `exit_code`:
+
+- 2 bad input: an option, a `k=v` string, an app directory, a value the database
+  cannot store;
+- 3 the database is unreachable: cannot connect, or the connection was lost;
+- 4 not found: a run or node named by the user, or a node selection matching none;
+- 5 invalid state: the request conflicts with the current state;
+- 6 the database refuses: its schema is not this flpg's, the role lacks a privilege,
+  or the server declined (read-only, out of resources).
+
+Code 1 is left for "the followed run did not finish" (`flpg run --stream`) and bugs.
 """
 
 from __future__ import annotations
@@ -37,10 +47,21 @@ class EmbeddedDatabaseError(FlpgError):
     exit_code = 3
 
 
+class BadValue(FlpgError):
+    """A value the database would reject (out of a column's range, unstorable text, too
+    long) or did reject as invalid; the message names the option or key."""
+
+    exit_code = 2
+
+
 class NotFound(FlpgError):
     """A run, node or message named by the user does not exist."""
 
     exit_code = 4
+
+
+class NodeNotFound(NotFound):
+    """`--nodes` names a node that is not registered, or a node selection matches no node."""
 
 
 class InvalidState(FlpgError):
@@ -49,8 +70,27 @@ class InvalidState(FlpgError):
     exit_code = 5
 
 
+class DatabaseRefused(FlpgError):
+    """The database is reachable but refuses the command (the message says why and what
+    to do); nothing was written."""
+
+    exit_code = 6
+
+
+class SchemaMismatch(DatabaseRefused):
+    """The database's schema is not one this flpg can use: a revision it does not know
+    (a newer flpg's, or another application's), or tables flpg did not create."""
+
+
+class PermissionDenied(DatabaseRefused):
+    """The database role lacks a privilege the command needs."""
+
+
 class SelectionError(FlpgError):
-    """A message was addressed to a node outside its run's node selection."""
+    """A message was addressed to a node outside its run's node selection (raised to
+    the ServerApp; submissions raise NodeNotFound)."""
+
+    exit_code = 4
 
 
 class RecordError(FlpgError, TypeError):

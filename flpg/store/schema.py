@@ -1,0 +1,34 @@
+"""The schema's own state: its Alembic revision and names already taken."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import psycopg
+
+from flpg.db import Connection
+from flpg.errors import SchemaMismatch
+from flpg.store._exec import one, rows
+
+
+def revision(conn: Connection) -> str | None:
+    """The revision the database is at; None if it was never migrated. SchemaMismatch
+    if `alembic_version` exists but is not Alembic's (another application's table)."""
+    try:
+        with conn.transaction():  # a failed read must not poison an outer transaction
+            row = one(conn, "schema_revision")
+    except psycopg.errors.UndefinedTable:
+        return None
+    except psycopg.errors.UndefinedColumn as exc:
+        raise SchemaMismatch(
+            "the database has a table alembic_version that is not a schema revision "
+            f"({exc.diag.message_primary}); use a database of flpg's own (--db)"
+        ) from exc
+    return None if row is None else str(row["version_num"])
+
+
+def existing_names(conn: Connection, names: Sequence[str]) -> list[tuple[str, str]]:
+    """`(name, kind)` of the objects in the current schema that have one of `names`."""
+    return [
+        (r["name"], r["kind"]) for r in rows(conn, "schema_existing_names", {"names": list(names)})
+    ]

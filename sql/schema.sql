@@ -1,0 +1,25 @@
+-- Reading the state of the schema itself, before migrating it (flpg.migrate).
+
+-- name: schema_revision
+-- The Alembic revision the database is at; fails with undefined_table when the
+-- database has never been migrated.
+SELECT version_num FROM alembic_version;
+
+-- name: schema_existing_names
+-- Objects in the current schema whose names flpg's schema uses: tables, views,
+-- sequences (relations) and enum or domain types. A database that was never
+-- migrated must have none, or the first migration would collide with them.
+SELECT c.relname AS name,
+       CASE c.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'view'
+                      WHEN 'S' THEN 'sequence' ELSE 'table' END AS kind
+FROM pg_class c
+WHERE c.relnamespace = current_schema()::regnamespace
+  AND c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S')
+  AND c.relname = ANY(%(names)s)
+UNION ALL
+SELECT t.typname, 'type'
+FROM pg_type t
+WHERE t.typnamespace = current_schema()::regnamespace
+  AND t.typtype IN ('e', 'd')
+  AND t.typname = ANY(%(names)s)
+ORDER BY 1;
