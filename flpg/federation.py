@@ -5,6 +5,14 @@ database, records them in `<flpg home>/federation.json`, and waits until the
 nodes are online. `down` stops exactly the processes `up` recorded (and the
 embedded cluster, if `up` was what started it). Both hold a lock, so two at
 once never double-start.
+
+A recorded process is recognised by its pid *and* the identity `up` recorded when
+it started it (`process_start`: the boot id and the start time from
+`/proc/PID/stat`, or `ps -o lstart=` where there is no /proc). A pid that now
+belongs to another process (the recorded one ended and the pid was reused) fails
+that check and is never signalled; on Linux the signal goes through a pidfd opened
+before the check, so the pid cannot change hands between check and signal. A record
+without an identity (written by an older flpg) is never signalled either.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ from flpg.settings import DATABASE_URL_ENV
 from flpg.store import nodes as store_nodes
 
 STARTUP_TIMEOUT = 60.0
+KILL_WAIT = 5.0
+"""Seconds `down` waits for SIGKILLed processes to be gone."""
 
 
 @dataclass
@@ -35,6 +45,8 @@ class Member:
     name: str
     pid: int
     log: str
+    start: str | None = None
+    """The process's identity when `up` started it (see `process_start`)."""
 
 
 @dataclass
@@ -45,20 +57,70 @@ class Federation:
     members: list[Member] = field(default_factory=list)
 
     def alive(self) -> list[Member]:
-        """The recorded processes that still run flpg."""
-        return [m for m in self.members if _is_flpg_process(m.pid)]
+        """The recorded processes that still run (the same processes, not their pids)."""
+        return [m for m in self.members if _is_ours(m)]
 
 
-def _is_flpg_process(pid: int) -> bool:
+def process_start(pid: int) -> str | None:
+    """What tells this process from any other that has or had the same pid: the boot
+    id and start time (clock ticks since boot) on Linux, else `ps`'s start time.
+    None if there is no such process or it is a zombie."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except FileNotFoundError:
+        return None
     except OSError:
-        try:
-            os.kill(pid, 0)
-        except OSError:
+        return _ps_start(pid)
+    fields = raw[raw.rindex(b")") + 2 :].split()  # after "pid (comm) ": comm may hold spaces
+    if fields[0] in (b"Z", b"X"):
+        return None
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    return f"{boot}:{fields[19].decode()}"  # field 22 of proc(5): starttime
+
+
+def _ps_start(pid: int) -> str | None:
+    """`ps`'s state and start time of `pid` (systems without /proc)."""
+    try:
+        out = subprocess.run(
+            ["ps", "-o", "stat=,lstart=", "-p", str(pid)],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if not out or out.startswith("Z"):
+        return None
+    return " ".join(out.split()[1:])
+
+
+def _is_ours(member: Member) -> bool:
+    """True if the member's pid is still the process `up` started."""
+    return member.start is not None and process_start(member.pid) == member.start
+
+
+def _signal(member: Member, sig: signal.Signals) -> bool:
+    """Send `sig` to the member's process if it is still the one `up` started; True if
+    sent. The pidfd (Linux) pins the process before the check, so a pid reused in
+    between is never signalled."""
+    if member.start is None:
+        return False
+    pidfd = None
+    with contextlib.suppress(OSError, AttributeError):  # no pidfd: plain kill after the check
+        pidfd = os.pidfd_open(member.pid)
+    try:
+        if process_start(member.pid) != member.start:
             return False
-        return True  # no /proc (macOS): trust the pid
-    return b"flpg" in cmdline
+        if pidfd is not None:
+            signal.pidfd_send_signal(pidfd, sig)
+        else:
+            os.kill(member.pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
 
 
 def _state_file(home: Path) -> Path:
@@ -77,13 +139,20 @@ def _locked(home: Path) -> Iterator[None]:
 
 
 def load(home: Path) -> Federation | None:
-    """The recorded federation, or None if none was started."""
+    """The recorded federation, or None if none was started; InvalidState if the
+    record is unreadable."""
     path = _state_file(home)
     if not path.exists():
         return None
-    doc = json.loads(path.read_text())
-    members = [Member(**m) for m in doc.pop("members")]
-    return Federation(members=members, **doc)
+    try:
+        doc = json.loads(path.read_text())
+        members = [Member(**m) for m in doc.pop("members")]
+        return Federation(members=members, **doc)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise InvalidState(
+            f"{path} is not a record of a local federation ({type(exc).__name__}); "
+            "stop its processes yourself and remove it"
+        ) from None
 
 
 def _save(home: Path, federation: Federation) -> None:
@@ -106,7 +175,8 @@ def _spawn(home: Path, url: str, role: str, name: str, args: list[str]) -> Membe
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    return Member(role, name, proc.pid, str(log_path))
+    # Not reaped until it ends, so its pid (and start time) are its own meanwhile.
+    return Member(role, name, proc.pid, str(log_path), process_start(proc.pid))
 
 
 def node_names(num_nodes: int) -> list[str]:
@@ -163,7 +233,7 @@ def _wait_online(federation: Federation) -> None:
             online = {n.name for n in store_nodes.list_all(conn) if n.status == "online"}
             if names <= online:
                 return
-            dead = [m for m in federation.members if not _is_flpg_process(m.pid)]
+            dead = [m for m in federation.members if not _is_ours(m)]
             if dead or time.monotonic() > deadline:
                 who = dead[0] if dead else next(m for m in federation.members if m.role == "node")
                 raise FlpgError(
@@ -182,24 +252,23 @@ def down(home: Path, *, timeout: float = 20.0) -> tuple[int, Federation | None]:
         federation = load(home)
         if federation is None:
             return 0, None
-        alive = federation.alive()
+        alive = [m for m in federation.members if _signal(m, signal.SIGTERM)]
+        _wait_gone(alive, timeout)
         for member in alive:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(member.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while any(_is_flpg_process(m.pid) for m in alive) and time.monotonic() < deadline:
-            _reap_children()
-            time.sleep(0.05)
-        for member in alive:
-            if _is_flpg_process(member.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(member.pid, signal.SIGKILL)
-        _reap_children()
+            _signal(member, signal.SIGKILL)
+        _wait_gone(alive, KILL_WAIT)
         _state_file(home).unlink(missing_ok=True)
     return len(alive), federation
 
 
-def _reap_children() -> None:
-    with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0]:
-            pass
+def _wait_gone(members: list[Member], timeout: float) -> None:
+    """Wait up to `timeout` s until none of `members` runs, reaping those that are
+    children of this process (when `up` ran here)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for member in members:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(member.pid, os.WNOHANG)
+        if not any(_is_ours(m) for m in members) or time.monotonic() >= deadline:
+            return
+        time.sleep(0.05)

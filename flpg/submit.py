@@ -6,10 +6,12 @@ created in one transaction, so a rejected submission leaves nothing behind.
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from flpg.appbundle import bundle, check_components, read_app
+from flpg.appbundle import AppSpec, bundle, check_components, read_app, shown
+from flpg.bundlezip import extract
 from flpg.config import merge_run_config, parse_kv
 from flpg.db import Connection
 from flpg.selection import select_nodes
@@ -37,15 +39,16 @@ def submit(
 ) -> Submitted:
     """Validate and store a run of the app in `app_dir`; returns its id.
 
-    Raises AppError (directory, pyproject, components), ConfigError (run config),
-    SelectionError (unknown node, or a selection that matches no node).
+    Raises AppError (directory, pyproject, components), ConfigError or BadValue
+    (run config: syntax, unknown key, a type other than its default's, a value jsonb
+    cannot store), NodeNotFound (unknown node, or a selection that matches no node).
     """
     spec = read_app(app_dir)
+    app_hash, data = bundle(app_dir)  # refuses bad files before any app code runs
     overrides = parse_kv(run_config, "--run-config")
     config = merge_run_config(spec.config, overrides, spec.name)
-    check_components(app_dir, spec)
+    _check_bundle(app_dir, spec, data)
     node_ids = select_nodes(store_nodes.list_all(conn), nodes, node_selector)
-    app_hash, data = bundle(app_dir)
     run_id = store_runs.create(
         conn,
         app_hash=app_hash,
@@ -57,3 +60,11 @@ def submit(
         max_restarts=max_restarts,
     )
     return Submitted(run_id, spec.name, app_hash, node_ids)
+
+
+def _check_bundle(app_dir: Path, spec: AppSpec, data: bytes) -> None:
+    """Import the components from the bundle as a node will see it (not from the
+    directory), in a child process with a time limit; AppError otherwise."""
+    with tempfile.TemporaryDirectory(prefix="flpg-bundle-") as tmp:
+        extract(data, Path(tmp), f"the bundle of {shown(app_dir)}")
+        check_components(Path(tmp), spec, where=str(app_dir))

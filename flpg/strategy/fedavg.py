@@ -20,7 +20,33 @@ class FedAvg(Strategy):
     Replies are aggregated one at a time as they arrive (memory O(model)). A reply
     that carries an error, lacks the weight, or whose arrays do not match the
     global model (names, shapes, dtypes, finite values) is counted as a failure
-    and left out; the round continues with the others.
+    and left out; the round continues with the others, as long as it keeps its
+    minimum (below, and the `Strategy` docstring).
+
+    Parameters (Flower's, with Flower's meaning unless said otherwise):
+
+    - `fraction_train` (1.0): the fraction of online selected nodes sampled for
+      training each round; never fewer than `min_train_nodes` are sampled (while
+      that many are online). 0 skips training and sets `min_train_nodes` to 0.
+    - `fraction_evaluate` (1.0): the same for federated evaluation; 0 skips it and
+      sets `min_evaluate_nodes` to 0.
+    - `min_train_nodes` (2): sample at least this many nodes for training, wait
+      for this many to be online first, and (flpg's addition: Flower carries on)
+      fail the run with TooFewReplies if fewer training replies were aggregated.
+    - `min_evaluate_nodes` (2): the same for federated evaluation.
+    - `min_available_nodes` (2): every round waits until this many of the run's
+      selected nodes are online (at most `timeout` s of `start`, then
+      NodesUnavailable); at least 1.
+    - `weighted_by_key` ("num-examples"): the metric each reply must carry; the
+      weight of its arrays and metrics.
+    - `arrayrecord_key` ("arrays"), `configrecord_key` ("config"): where the
+      arrays and the config go in each instruction (and the arrays in each reply).
+    - `train_metrics_aggr_fn`, `evaluate_metrics_aggr_fn` (None): `(replies'
+      metric RecordDicts, weighted_by_key) -> MetricRecord`; None is the weighted mean.
+    - `seed` (None: the run id): node sampling depends only on (seed, round,
+      phase), so a resumed run samples as the original would (flpg's addition).
+
+    Raises ValueError for a fraction outside [0, 1] or a negative minimum.
     """
 
     def __init__(
@@ -43,10 +69,18 @@ class FedAvg(Strategy):
         ):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1], got {value}")
+        for name, count in (
+            ("min_train_nodes", min_train_nodes),
+            ("min_evaluate_nodes", min_evaluate_nodes),
+            ("min_available_nodes", min_available_nodes),
+        ):
+            if count < 0:
+                raise ValueError(f"{name} must be >= 0, got {count}")
         self.fraction_train = fraction_train
         self.fraction_evaluate = fraction_evaluate
-        self.min_train_nodes = min_train_nodes
-        self.min_evaluate_nodes = min_evaluate_nodes
+        # As Flower: a phase that is skipped needs no nodes.
+        self.min_train_nodes = min_train_nodes if fraction_train > 0.0 else 0
+        self.min_evaluate_nodes = min_evaluate_nodes if fraction_evaluate > 0.0 else 0
         self.min_available_nodes = max(min_available_nodes, 1)
         self.weighted_by_key = weighted_by_key
         self.arrayrecord_key = arrayrecord_key

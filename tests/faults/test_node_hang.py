@@ -128,7 +128,7 @@ def test_a_hung_node_goes_offline_its_messages_are_answered_at_once_and_it_comes
             grid.close()
         with clock.measure("error replies -> runs A and B finished"):
             assert fed.wait_run(run_a, timeout=2 * STARTUP)["status"] == "finished"
-            assert fed.wait_run(run_b, timeout=STARTUP)["status"] == "finished"
+            assert fed.wait_run(run_b, timeout=STARTUP)["status"] == "failed"
         assert node_status(fed, "node2") == "offline"  # still frozen throughout
     finally:
         signal_processes(victim, clientapps, signal.SIGCONT)
@@ -159,9 +159,10 @@ def test_a_hung_node_goes_offline_its_messages_are_answered_at_once_and_it_comes
     )
     assert round_tallies(fed, run_a) == [(1, 2, 1), (2, 2, 0), (3, 2, 0)]
     assert final_model(fed, run_a) == pytest.approx(expected_model([[0, 1]] * 3))
-    # Run B: its only reply was the error, so FedAvg kept the initial model.
+    # Run B: its only reply was the error, fewer than its min_train_nodes=1: it failed.
     assert round_tallies(fed, run_b) == [(1, 0, 1)]
-    assert final_model(fed, run_b) == pytest.approx(expected_model([]))
+    b_reason = run_states(fed)[run_b][1] or ""
+    assert "round 1: 0 training replies, fewer than min_train_nodes=1" in b_reason
 
     # Thawed, node2 heart-beats again under the same id and serves a new run.
     with clock.measure("thaw -> node2 online"):
@@ -187,6 +188,6 @@ def test_a_hung_node_goes_offline_its_messages_are_answered_at_once_and_it_comes
     assert_at_most_one_reply(fed)
     assert run_states(fed) == {
         run_a: ("finished", None),
-        run_b: ("finished", None),
+        run_b: ("failed", b_reason),
         run_c: ("finished", None),
     }
