@@ -135,7 +135,9 @@ def test_a_flood_from_one_run_does_not_starve_another(federation: Federation) ->
 def test_stopping_one_run_leaves_the_other_to_finish(federation: Federation) -> None:
     fed = federation
     fed.federation(2, concurrency=2)
-    run_a = fed.submit(PROBE, "--run-config", "rounds=20 delay=3.0 min-nodes=2")
+    # A's handlers outlast any stop on a loaded machine: its instructions are surely
+    # still in the nodes' hands (undelivered) when the stop ends the run.
+    run_a = fed.submit(PROBE, "--run-config", "rounds=20 delay=25.0 min-nodes=2")
     run_b = fed.submit(PROBE, "--run-config", "rounds=3 delay=0.5 min-nodes=2")
     wait_for(
         lambda: (
