@@ -28,7 +28,7 @@ from flpg.records import (
 )
 from flpg.store import messages as store_messages
 from flpg.store import payloads as store_payloads
-from flpg.store.messages import ArrayLink, MessageRow, NewInstruction, NewReply
+from flpg.store.messages import ArrayLink, MessageRow, NewInstruction
 from flpg.store.payloads import DEFAULT_CHUNK_SIZE, ArrayRef
 
 
@@ -166,34 +166,6 @@ def _stamp(
         m.metadata.message_id = message_id
         m.metadata.created_at = created_at
     return [message_id for message_id, _ in created]
-
-
-def reply(
-    conn: Connection,
-    worker: str,
-    instruction_id: int,
-    run_id: int,
-    message: Message,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> int:
-    """Write a node's reply to a claimed instruction; returns the reply's id.
-
-    Raises LeaseLost if the worker lost the claim, DuplicateReply if a reply exists.
-    """
-    if message.has_error():
-        err = message.error
-        new = NewReply(instruction_id, {}, {}, [], err.code, err.reason)
-    else:
-        links = write_arrays(conn, run_id, [message.content], chunk_size)[0]
-        metrics, configs = _json_parts(message.content)
-        new = NewReply(instruction_id, metrics, configs, links)
-    return store_messages.reply(conn, worker=worker, new=new)
-
-
-def error_reply(conn: Connection, worker: str, instruction_id: int, error: Error) -> int:
-    """Answer a claimed instruction with an error (e.g. the ClientApp raised)."""
-    new = NewReply(instruction_id, {}, {}, [], error.code, error.reason)
-    return store_messages.reply(conn, worker=worker, new=new)
 
 
 SourceFactory = Callable[[ArrayRef, store_payloads.Chunks | None], ArraySource]

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import psycopg
+import psycopg.conninfo
 from psycopg import sql as pgsql
 
 from flpg.errors import DatabaseUnavailable
@@ -41,6 +42,16 @@ def redact(url: str) -> str:
     """The URL with any password replaced by `***`."""
     url = _PASSWORD_IN_URL.sub(r"\g<head>***\g<tail>", url)
     return _PASSWORD_PARAM.sub(r"\g<head>***", url)
+
+
+def url_problem(url: str) -> str | None:
+    """Why libpq cannot parse `url` as a URL or connection string (one line), or
+    None if it can. Nothing is connected."""
+    try:
+        psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error as exc:
+        return str(exc).strip().splitlines()[-1] if str(exc).strip() else "malformed"
+    return None
 
 
 def connect(url: str, *, application_name: str = "flpg") -> Connection:

@@ -111,3 +111,15 @@ class DuplicateReply(InvalidState):
 
 class StaleAttempt(InvalidState):
     """This ServerApp's run was restarted (or ended) meanwhile; another attempt owns it."""
+
+
+class LockConflict(DatabaseRefused):
+    """A statement gave up on a row lock another session holds; retrying may succeed."""
+
+
+class Deadlock(LockConflict):
+    """The database broke a deadlock by cancelling this session's statement."""
+
+
+class LockTimeout(LockConflict):
+    """A statement waited longer than the session's lock timeout on a row lock."""

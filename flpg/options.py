@@ -13,10 +13,9 @@ import math
 from typing import Any
 
 import click
-import psycopg.conninfo
 
 from flpg.config import parse_kv
-from flpg.db import redact
+from flpg.db import redact, url_problem
 from flpg.errors import BadValue, ConfigError
 from flpg.limits import INT32_MAX, INT32_MIN, INT64_MAX, check_name, check_text
 from flpg.selection import parse_node_list
@@ -98,10 +97,8 @@ class DatabaseUrl(click.ParamType[str]):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         url = check_text(str(value), "--db")
-        try:
-            psycopg.conninfo.conninfo_to_dict(url)
-        except psycopg.Error as exc:
-            detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else "malformed"
+        detail = url_problem(url)
+        if detail is not None:
             raise ConfigError(
                 f"--db {redact(url)} is not a PostgreSQL URL (postgresql://USER@HOST/DB) "
                 f"or connection string: {redact(detail)}"

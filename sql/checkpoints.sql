@@ -1,6 +1,6 @@
 -- Checkpoints: a run's arrays and metrics after its last completed round.
 
--- name: checkpoint_upsert
+-- name: checkpoints_upsert
 -- Only the run's current attempt may save: a stale ServerApp (its run was restarted
 -- meanwhile) inserts nothing.
 INSERT INTO checkpoints (run_id, round, attempt, metrics)
@@ -24,16 +24,16 @@ WHERE a.id = old.array_id
   AND a.id <> ALL(%(keep)s)
   AND NOT EXISTS (SELECT 1 FROM message_arrays ma WHERE ma.array_id = a.id);
 
--- name: checkpoint_array_insert
+-- name: checkpoint_arrays_insert
 INSERT INTO checkpoint_arrays (run_id, position, array_name, array_id)
 VALUES (%(run_id)s, %(position)s, %(array_name)s, %(array_id)s);
 
--- name: checkpoint_get
+-- name: checkpoints_get
 SELECT run_id, round, attempt, metrics, extract(epoch FROM saved_at)::float8 AS saved_at
 FROM checkpoints
 WHERE run_id = %(run_id)s;
 
--- name: checkpoint_array_refs
+-- name: checkpoint_arrays_list
 SELECT NULL::bigint AS message_id, 'checkpoint' AS record_name, ca.position, ca.array_name,
        a.id AS array_id, a.dtype, a.shape, a.nbytes, a.n_chunks, a.digest,
        a.collected_at IS NOT NULL AS collected

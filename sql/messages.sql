@@ -5,7 +5,7 @@
 -- one statement (so one transaction); returns `(ord, id, created_at)` of each row it
 -- inserted, in input order. A destination outside the run's selection fails it all
 -- (foreign key). An instruction whose `send_key` the run already has is skipped (an
--- earlier try of the same send committed it; messages_sent finds it), and if that
+-- earlier try of the same send committed it; messages_list_sent finds it), and if that
 -- try is still in flight, this statement waits for its outcome first.
 WITH input AS MATERIALIZED (
     SELECT nextval(pg_get_serial_sequence('messages', 'id')) AS id, i.*
@@ -39,21 +39,12 @@ FROM input i
 JOIN inserted n ON n.id = i.id
 ORDER BY i.ord;
 
--- name: messages_sent
+-- name: messages_list_sent
 -- The instructions of a run with the given send keys (what an earlier try of a send
 -- committed), via ix_messages_send_key.
 SELECT send_key, id, extract(epoch FROM created_at)::float8 AS created_at
 FROM messages
 WHERE run_id = %(run_id)s AND send_key = ANY(%(keys)s::text[]);
-
--- name: message_arrays_insert
-INSERT INTO message_arrays (message_id, record_name, position, array_name, array_id)
-VALUES (%(message_id)s, %(record_name)s, %(position)s, %(array_name)s, %(array_id)s);
-
--- name: notify_nodes
--- Wakes the workers of each node; the payload is the run id (ids only, tiny).
-SELECT pg_notify('flpg_node_' || n, %(run_id)s::text)
-FROM unnest(%(node_ids)s::bigint[]) AS n;
 
 -- name: messages_claim
 -- Claims up to `limit` queued instructions for the given nodes with a lease, in one
@@ -120,51 +111,7 @@ UPDATE messages SET lease_until = now() + make_interval(secs => %(lease)s)
 WHERE id = ANY(%(ids)s) AND state = 'claimed' AND claimed_by = %(worker)s
 RETURNING id;
 
--- name: message_complete
--- The instruction is done only if this worker still holds its claim.
-UPDATE messages SET state = 'done', finished_at = now(), lease_until = NULL
-WHERE id = %(id)s AND state = 'claimed' AND claimed_by = %(worker)s
-RETURNING run_id;
-
--- name: reply_insert
--- A reply to an instruction; unique reply_to makes a second reply impossible.
-INSERT INTO messages (run_id, src_node_id, reply_to, group_id, message_type, ttl_seconds,
-                      deadline, metrics, configs, error_code, error_reason)
-SELECT run_id, dst_node_id, id, group_id, message_type, ttl_seconds, deadline,
-       %(metrics)s, %(configs)s, %(error_code)s, %(error_reason)s
-FROM messages
-WHERE id = %(reply_to)s AND reply_to IS NULL
-RETURNING id, run_id;
-
--- name: notify_run
-SELECT pg_notify('flpg_run_' || %(run_id)s, %(message_id)s::text);
-
--- name: reply_arrays_insert
--- Node replies: many small arrays (at most one chunk each) and their chunks in one
--- statement; returns their ids in input order (bigger arrays go through
--- payloads.write, chunk by chunk). Shapes come as text ('{2,3}'); digests and data
--- as binary parameters (a text bytea[] would be hex-encoded: 7x slower per MB here).
-WITH input AS MATERIALIZED (
-    SELECT nextval(pg_get_serial_sequence('arrays', 'id')) AS id, u.*
-    FROM unnest(%(dtypes)s::text[], %(shapes)s::text[], %(nbytes)s::bigint[],
-                %(digests)b::bytea[], %(datas)b::bytea[])
-        WITH ORDINALITY AS u(dtype, shape, nbytes, digest, data, ord)
-), stored AS (
-    INSERT INTO arrays (id, run_id, dtype, shape, nbytes, chunk_size, n_chunks, digest)
-    SELECT id, %(run_id)s, dtype, shape::bigint[], nbytes, %(chunk_size)s,
-           CASE WHEN nbytes > 0 THEN 1 ELSE 0 END, digest
-    FROM input
-    RETURNING id
-), chunks AS (
-    INSERT INTO array_chunks (array_id, seq, data)
-    SELECT id, 0, data FROM input WHERE nbytes > 0
-    RETURNING array_id
-)
-SELECT i.id, (SELECT count(*) FROM stored) AS arrays, (SELECT count(*) FROM chunks) AS chunks
-FROM input i
-ORDER BY i.ord;
-
--- name: replies_insert_batch
+-- name: messages_insert_replies
 -- Many replies in one statement (so in one transaction): completes each instruction
 -- `replies[].reply_to` that this worker still holds and inserts its reply and the
 -- reply's array links; an instruction whose claim was lost (lease ran out, expired,
@@ -205,25 +152,13 @@ SELECT i.id, i.reply_to, i.run_id,
        (SELECT count(*) FROM linked) AS linked, (SELECT count(*) FROM woken) AS notified
 FROM inserted i;
 
--- name: runs_starting
--- Node worker: which of the given runs are pending or running (and not being stopped)
--- and select any of the given nodes, so their messages for these nodes are to come.
-SELECT r.id
-FROM runs r
-WHERE r.id = ANY(%(run_ids)s) AND r.status IN ('pending', 'starting', 'running')
-  AND r.stop_requested_at IS NULL
-  AND EXISTS (
-      SELECT 1 FROM run_nodes rn WHERE rn.run_id = r.id AND rn.node_id = ANY(%(node_ids)s)
-  )
-ORDER BY r.id;
-
 -- name: messages_release
 -- Graceful shutdown: hand claimed instructions back to the queue.
 UPDATE messages SET state = 'queued', claimed_by = NULL, lease_until = NULL
 WHERE claimed_by = %(worker)s AND state = 'claimed'
 RETURNING id, run_id, dst_node_id;
 
--- name: replies_pull
+-- name: messages_pull_replies
 -- The ServerApp takes the replies that arrived for the given instructions; with
 -- `again`, also those it took before (a retry after a lost connection must not
 -- lose a reply whose taking committed unseen).
@@ -301,14 +236,39 @@ WITH gone AS (
 )
 SELECT (SELECT count(*) FROM expired) AS expired, (SELECT count(*) FROM woken) AS notified;
 
--- name: message_counts_for_run
+-- name: messages_count_for_run
 SELECT state, (reply_to IS NOT NULL) AS is_reply, count(*) AS n
 FROM messages
 WHERE run_id = %(run_id)s
 GROUP BY state, is_reply;
 
--- name: replies_reject
+-- name: messages_reject_replies
 -- The ServerApp records why its strategy left replies of its run out of a round.
 UPDATE messages m SET rejected_reason = r.reason
 FROM unnest(%(ids)s::bigint[], %(reasons)s::text[]) AS r(id, reason)
 WHERE m.id = r.id AND m.run_id = %(run_id)s AND m.reply_to IS NOT NULL;
+
+-- name: messages_cancel_for_run
+-- Undelivered instructions of an ended run are cancelled (kept, not deleted). Run
+-- messages_cancel_replies_for_run after it, as a separate statement of the same transaction.
+UPDATE messages SET state = 'cancelled', finished_at = now(), lease_until = NULL
+WHERE run_id = %(run_id)s AND reply_to IS NULL AND state IN ('queued', 'claimed');
+
+-- name: messages_cancel_replies_for_run
+-- Replies of an ended run that its ServerApp never took are cancelled too. Every
+-- reply is inserted in the transaction that ends its instruction (node, expiry and
+-- offline replies alike), and messages_cancel_for_run waited for each such transaction
+-- still holding one of the run's queued or claimed instructions; so this statement's
+-- snapshot sees every reply the run will ever get, and no reply is left queued.
+UPDATE messages SET state = 'cancelled', finished_at = now()
+WHERE run_id = %(run_id)s AND reply_to IS NOT NULL AND state = 'queued';
+
+-- name: messages_delete_for_run
+-- Retention, step 1 of 2 (same transaction as runs_delete): an ended run's messages;
+-- their array links and replies cascade. Deleting the run alone fails: its arrays
+-- cascade fires before the message_arrays cascade and fk_message_arrays_array_id
+-- (NO ACTION) still sees the links.
+DELETE FROM messages m
+USING runs r
+WHERE m.run_id = %(run_id)s AND r.id = m.run_id
+  AND r.status IN ('finished', 'failed', 'stopped');

@@ -1,6 +1,6 @@
 -- Federation members.
 
--- name: node_register
+-- name: nodes_register
 -- Registers a node by name or re-attaches to the existing id (several workers may
 -- serve one node); the node is online from now.
 INSERT INTO nodes (name, node_config, labels)
@@ -12,15 +12,15 @@ ON CONFLICT (name) DO UPDATE
         last_seen_at = now()
 RETURNING id, name, node_config, labels, status, registered_at, last_seen_at;
 
--- name: node_heartbeat
+-- name: nodes_heartbeat
 UPDATE nodes SET last_seen_at = now(), status = 'online'
 WHERE id = ANY(%(node_ids)s);
 
--- name: node_set_offline
+-- name: nodes_set_offline
 UPDATE nodes SET status = 'offline'
 WHERE id = ANY(%(node_ids)s);
 
--- name: node_list
+-- name: nodes_list
 SELECT id, name, node_config, labels, status, registered_at, last_seen_at
 FROM nodes
 ORDER BY id;
@@ -31,3 +31,8 @@ UPDATE nodes SET status = 'offline'
 WHERE status = 'online'
   AND last_seen_at < now() - make_interval(secs => %(after)s)
 RETURNING id, name;
+
+-- name: nodes_notify
+-- Wakes the workers of each node; the payload is the run id (ids only, tiny).
+SELECT pg_notify('flpg_node_' || n, %(run_id)s::text)
+FROM unnest(%(node_ids)s::bigint[]) AS n;

@@ -1,6 +1,6 @@
 -- Runs, their node selection, metrics and lifecycle.
 
--- name: run_insert
+-- name: runs_insert
 INSERT INTO runs (app_hash, app_name, run_config, priority, max_restarts)
 VALUES (%(app_hash)s, %(app_name)s, %(run_config)s, %(priority)s, %(max_restarts)s)
 RETURNING id;
@@ -9,28 +9,28 @@ RETURNING id;
 INSERT INTO run_nodes (run_id, node_id)
 SELECT %(run_id)s, unnest(%(node_ids)s::bigint[]);
 
--- name: run_get
+-- name: runs_get
 SELECT id, app_hash, app_name, run_config, status, reason, priority, submitted_at,
        started_at, finished_at, exec_id, serverapp_pid, heartbeat_at, stop_requested_at,
        attempt, max_restarts, claimed_at
 FROM runs
 WHERE id = %(run_id)s;
 
--- name: run_list
+-- name: runs_list
 SELECT run_id, app_name, status, reason, num_nodes, rounds_completed,
        submitted_at, started_at, finished_at
 FROM run_history
 ORDER BY run_id DESC
 LIMIT %(limit)s;
 
--- name: run_selection
+-- name: run_nodes_list
 SELECT n.id, n.name, n.status
 FROM run_nodes rn
 JOIN nodes n ON n.id = rn.node_id
 WHERE rn.run_id = %(run_id)s
 ORDER BY n.id;
 
--- name: run_online_node_ids
+-- name: run_nodes_list_online
 SELECT rn.node_id
 FROM run_nodes rn
 JOIN nodes n ON n.id = rn.node_id
@@ -39,7 +39,7 @@ ORDER BY rn.node_id;
 
 -- name: runs_claim_next
 -- Exec: claim the next run to launch, highest priority first, then submission order.
--- One at a time: the exec starts its ServerApp (run_mark_running) before it claims
+-- One at a time: the exec starts its ServerApp (runs_mark_running) before it claims
 -- another, so an exec that dies leaves at most one run `starting`, and the link takes
 -- that one back (runs_take_back_unlaunched). `exclude`: runs whose previous
 -- ServerApp this exec has not reaped yet.
@@ -53,7 +53,7 @@ WHERE id IN (
 )
 RETURNING id, attempt;
 
--- name: run_mark_running
+-- name: runs_mark_running
 -- The exec started the ServerApp of a run it claimed: only while the run is still
 -- `starting` under this exec (not stopped, not taken back by the link meanwhile).
 -- Asked again after a lost connection, it answers the run's id if the first time
@@ -71,7 +71,7 @@ SELECT id FROM runs
 WHERE id = %(run_id)s AND status = 'running' AND exec_id = %(exec_id)s
   AND serverapp_pid = %(pid)s;
 
--- name: run_finish
+-- name: runs_finish
 -- Records a run's outcome once: only a run that has not ended changes, and, when an
 -- attempt is given, only while that attempt is the run's current one.
 UPDATE runs
@@ -80,7 +80,7 @@ WHERE id = %(run_id)s AND status IN ('pending', 'starting', 'running')
   AND (%(attempt)s::int IS NULL OR attempt = %(attempt)s::int)
 RETURNING id;
 
--- name: run_requeue
+-- name: runs_requeue
 -- An ended run goes back to the queue as its next attempt (it continues from its
 -- checkpoint). Automatic: only a failed run with restarts left and no stop request.
 -- By the user (`flpg resume`): a failed or stopped run that has a checkpoint.
@@ -100,44 +100,19 @@ WHERE r.id = %(run_id)s
       END
 RETURNING r.attempt, r.reason;
 
--- name: run_cancel_messages
--- Undelivered instructions of an ended run are cancelled (kept, not deleted). Run
--- run_cancel_replies after it, as a separate statement of the same transaction.
-UPDATE messages SET state = 'cancelled', finished_at = now(), lease_until = NULL
-WHERE run_id = %(run_id)s AND reply_to IS NULL AND state IN ('queued', 'claimed');
-
--- name: run_cancel_replies
--- Replies of an ended run that its ServerApp never took are cancelled too. Every
--- reply is inserted in the transaction that ends its instruction (node, expiry and
--- offline replies alike), and run_cancel_messages waited for each such transaction
--- still holding one of the run's queued or claimed instructions; so this statement's
--- snapshot sees every reply the run will ever get, and no reply is left queued.
-UPDATE messages SET state = 'cancelled', finished_at = now()
-WHERE run_id = %(run_id)s AND reply_to IS NOT NULL AND state = 'queued';
-
--- name: run_delete_messages
--- Retention, step 1 of 2 (same transaction as run_delete): an ended run's messages;
--- their array links and replies cascade. Deleting the run alone fails: its arrays
--- cascade fires before the message_arrays cascade and fk_message_arrays_array_id
--- (NO ACTION) still sees the links.
-DELETE FROM messages m
-USING runs r
-WHERE m.run_id = %(run_id)s AND r.id = m.run_id
-  AND r.status IN ('finished', 'failed', 'stopped');
-
--- name: run_delete
+-- name: runs_delete
 -- Retention, step 2 of 2: the ended run with its selection, payloads, logs, metrics.
 DELETE FROM runs
 WHERE id = %(run_id)s AND status IN ('finished', 'failed', 'stopped');
 
--- name: run_heartbeat
+-- name: runs_heartbeat
 -- ServerApp heartbeat of one attempt; returns whether a stop was requested (no row:
 -- that attempt is no longer the run's running one).
 UPDATE runs SET heartbeat_at = now()
 WHERE id = %(run_id)s AND status = 'running' AND attempt = %(attempt)s
 RETURNING stop_requested_at IS NOT NULL AS stop_requested;
 
--- name: run_request_stop
+-- name: runs_request_stop
 -- `flpg stop`, in every state that has not ended. A run without a ServerApp yet
 -- (pending, or starting: its exec is between claim and launch) is stopped at once;
 -- an exec that then tries to mark it running fails and terminates what it started.
@@ -151,12 +126,12 @@ SET stop_requested_at = coalesce(stop_requested_at, now()),
 WHERE id = %(run_id)s AND status IN ('pending', 'starting', 'running')
 RETURNING status::text AS status;
 
--- name: runs_stop_requested
+-- name: runs_list_stop_requested
 SELECT id FROM runs
 WHERE exec_id = %(exec_id)s AND status IN ('starting', 'running')
   AND stop_requested_at IS NOT NULL;
 
--- name: runs_ended
+-- name: runs_list_ended
 -- Node: which of the given runs have ended (or no longer exist).
 SELECT i AS id
 FROM unnest(%(ids)s::bigint[]) AS i
@@ -188,7 +163,7 @@ RETURNING id;
 -- name: runs_take_back_unlaunched
 -- Link sweep: a run still `starting` `after` s after its exec claimed it was never
 -- launched (the exec died or lost its connection between the claim and
--- run_mark_running, which normally takes milliseconds). It goes back to the queue as
+-- runs_mark_running, which normally takes milliseconds). It goes back to the queue as
 -- its next attempt, so whatever the lost launch may have started is fenced off by the
 -- attempt number (its mark_running, heartbeat, checkpoint saves and outcome all fail);
 -- or, when a stop was requested, it ends `stopped`.
@@ -217,16 +192,16 @@ ON CONFLICT (run_id, round, phase) DO UPDATE
         num_failures = EXCLUDED.num_failures,
         recorded_at = now();
 
--- name: round_metrics_for_run
+-- name: round_metrics_list_for_run
 SELECT round, phase, metrics, num_replies, num_failures, recorded_at
 FROM round_metrics
 WHERE run_id = %(run_id)s
 ORDER BY round, phase;
 
--- name: notify_exec
+-- name: runs_notify_exec
 SELECT pg_notify('flpg_exec', %(run_id)s::text);
 
--- name: runs_superseded
+-- name: runs_list_superseded
 -- Exec: which of its ServerApps (run id, attempt) no longer run their run's current
 -- attempt for this exec (the run ended, was taken back or restarted, or is gone).
 SELECT c.id, c.attempt
@@ -236,3 +211,15 @@ WHERE NOT EXISTS (
     WHERE r.id = c.id AND r.attempt = c.attempt AND r.exec_id = %(exec_id)s
       AND r.status IN ('starting', 'running')
 );
+
+-- name: runs_list_starting
+-- Node worker: which of the given runs are pending or running (and not being stopped)
+-- and select any of the given nodes, so their messages for these nodes are to come.
+SELECT r.id
+FROM runs r
+WHERE r.id = ANY(%(run_ids)s) AND r.status IN ('pending', 'starting', 'running')
+  AND r.stop_requested_at IS NULL
+  AND EXISTS (
+      SELECT 1 FROM run_nodes rn WHERE rn.run_id = r.id AND rn.node_id = ANY(%(node_ids)s)
+  )
+ORDER BY r.id;

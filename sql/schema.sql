@@ -1,11 +1,11 @@
 -- Reading the state of the schema itself, before migrating it (flpg.migrate).
 
--- name: schema_revision
+-- name: schema_get_revision
 -- The Alembic revision the database is at; fails with undefined_table when the
 -- database has never been migrated.
 SELECT version_num FROM alembic_version;
 
--- name: schema_existing_names
+-- name: schema_list_existing_names
 -- Objects in the current schema whose names flpg's schema uses: tables, views,
 -- sequences (relations) and enum or domain types. A database that was never
 -- migrated must have none, or the first migration would collide with them.

@@ -11,9 +11,8 @@ import logging
 import threading
 import time
 
-import psycopg
-
 from flpg.db import TRANSIENT, Connection, Session, connect
+from flpg.errors import Deadlock, LockTimeout
 from flpg.message import ErrorCode
 from flpg.migrate import ensure_schema
 from flpg.settings import Intervals
@@ -21,6 +20,7 @@ from flpg.store import messages as store_messages
 from flpg.store import nodes as store_nodes
 from flpg.store import payloads as store_payloads
 from flpg.store import runs as store_runs
+from flpg.store import session as store_session
 
 log = logging.getLogger("flpg.link")
 
@@ -126,13 +126,14 @@ class LinkWorker:
                     if conn is not connected:
                         # A sweep waits at most this long on a row a stuck session
                         # locks, then gives up until the next period.
-                        conn.execute(f"SET lock_timeout = {int(LOCK_TIMEOUT * 1000)}")
+                        store_session.set_lock_timeout(conn, LOCK_TIMEOUT)
                         connected, connected_at = conn, time.monotonic()
                     settled = time.monotonic() - connected_at >= self.intervals.offline_after
-                    self._sweep(conn, judge_liveness=settled)
-                except psycopg.errors.DeadlockDetected:
+                    with store_session.lock_conflicts():
+                        self._sweep(conn, judge_liveness=settled)
+                except Deadlock:
                     log.warning("a sweep met another link's sweep (deadlock); retrying")
-                except psycopg.errors.LockNotAvailable:
+                except LockTimeout:
                     log.warning(
                         "a sweep waited %.0f s on a lock another session holds; retrying",
                         LOCK_TIMEOUT,

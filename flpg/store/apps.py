@@ -9,7 +9,7 @@ from flpg.store._exec import one
 
 def get(conn: Connection, hash: str) -> tuple[str, bytes]:
     """`(name, bundle)` of the app with this hash; NotFound if absent."""
-    row = one(conn, "app_get", {"hash": hash})
+    row = one(conn, "apps_get", {"hash": hash})
     if row is None:
         raise NotFound(f"app bundle {hash[:12]} is not in the database")
     return str(row["name"]), bytes(row["bundle"])

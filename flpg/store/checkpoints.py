@@ -40,7 +40,7 @@ def save(
     with conn.transaction():
         saved = one(
             conn,
-            "checkpoint_upsert",
+            "checkpoints_upsert",
             {
                 "run_id": run_id,
                 "attempt": attempt,
@@ -61,7 +61,7 @@ def save(
         )
         many(
             conn,
-            "checkpoint_array_insert",
+            "checkpoint_arrays_insert",
             [
                 {"run_id": run_id, "position": i, "array_name": name, "array_id": array_id}
                 for i, (name, array_id) in enumerate(arrays)
@@ -71,7 +71,7 @@ def save(
 
 def get(conn: Connection, run_id: int) -> StoredCheckpoint | None:
     """The run's latest checkpoint, if it saved one."""
-    row = one(conn, "checkpoint_get", {"run_id": run_id})
+    row = one(conn, "checkpoints_get", {"run_id": run_id})
     return None if row is None else StoredCheckpoint(**row)
 
 
@@ -79,5 +79,5 @@ def array_refs(conn: Connection, run_id: int) -> list[ArrayRef]:
     """The checkpoint's arrays, in order (read them with `payloads.read`)."""
     return [
         ArrayRef(**{**r, "shape": tuple(r["shape"]), "digest": bytes(r["digest"])})
-        for r in rows(conn, "checkpoint_array_refs", {"run_id": run_id})
+        for r in rows(conn, "checkpoint_arrays_list", {"run_id": run_id})
     ]

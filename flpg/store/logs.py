@@ -69,13 +69,13 @@ def append(conn: Connection, run_id: int, lines: Sequence[tuple[str, str]]) -> N
         with conn.transaction():
             many(
                 conn,
-                "log_insert",
+                "run_logs_insert",
                 [
                     {"run_id": run_id, "stream": s, "line": storable(line, LINE_LIMIT)}
                     for s, line in lines
                 ],
             )
-            run(conn, "log_notify", {"run_id": run_id})
+            run(conn, "run_logs_notify", {"run_id": run_id})
     except psycopg.errors.ForeignKeyViolation as exc:
         raise NotFound(f"run {run_id} does not exist (any more)") from exc
 
@@ -84,5 +84,7 @@ def tail(conn: Connection, run_id: int, after_id: int = 0, limit: int = 1000) ->
     """Log lines of a run with id > `after_id`, oldest first."""
     return [
         LogLine(**r)
-        for r in rows(conn, "log_tail", {"run_id": run_id, "after_id": after_id, "limit": limit})
+        for r in rows(
+            conn, "run_logs_tail", {"run_id": run_id, "after_id": after_id, "limit": limit}
+        )
     ]

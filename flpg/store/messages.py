@@ -11,8 +11,8 @@ from psycopg.types.json import Jsonb
 
 from flpg import arrays
 from flpg.db import Connection
-from flpg.errors import DuplicateReply, LeaseLost, SelectionError
-from flpg.store._exec import many, one, rows, run
+from flpg.errors import SelectionError
+from flpg.store._exec import one, rows, run
 from flpg.store.text import REASON_LIMIT, storable
 
 _SELECTION_FKS = ("fk_messages_dst_in_selection", "fk_messages_src_in_selection")
@@ -77,19 +77,6 @@ def _reason(reason: str | None) -> str | None:
     return None if reason is None else storable(reason, REASON_LIMIT)
 
 
-def _links(message_id: int, links: Sequence[ArrayLink]) -> list[dict[str, Any]]:
-    return [
-        {
-            "message_id": message_id,
-            "record_name": a.record_name,
-            "position": a.position,
-            "array_name": a.array_name,
-            "array_id": a.array_id,
-        }
-        for a in links
-    ]
-
-
 def insert_instructions(
     conn: Connection, run_id: int, instructions: Sequence[NewInstruction]
 ) -> list[tuple[int, float]]:
@@ -138,7 +125,7 @@ def insert_instructions(
         if exc.diag.constraint_name in _SELECTION_FKS:
             # The whole selection, offline nodes included: an offline selected node
             # is a valid destination and must not be named as outside it.
-            selected = {int(r["id"]) for r in rows(conn, "run_selection", {"run_id": run_id})}
+            selected = {int(r["id"]) for r in rows(conn, "run_nodes_list", {"run_id": run_id})}
             outside = sorted({m.dst_node_id for m in instructions} - selected)
             raise SelectionError(
                 f"node {', '.join(map(str, outside)) or '?'} is not in the node selection "
@@ -161,7 +148,7 @@ def sent(conn: Connection, run_id: int, send_keys: Sequence[str]) -> dict[str, t
     """`{send_key: (message_id, created_at)}` of the run's instructions with these keys."""
     if not send_keys:
         return {}
-    found = rows(conn, "messages_sent", {"run_id": run_id, "keys": list(send_keys)})
+    found = rows(conn, "messages_list_sent", {"run_id": run_id, "keys": list(send_keys)})
     return {str(r["send_key"]): (int(r["id"]), float(r["created_at"])) for r in found}
 
 
@@ -193,40 +180,6 @@ def extend_lease(conn: Connection, *, worker: str, ids: list[int], lease: float)
     ]
 
 
-def reply(conn: Connection, *, worker: str, new: NewReply) -> int:
-    """Complete a claimed instruction and insert its reply, in one transaction.
-
-    Raises LeaseLost if this worker no longer holds the claim (nothing is
-    written), DuplicateReply if the instruction already has a reply.
-    """
-    try:
-        with conn.transaction():
-            done = one(conn, "message_complete", {"id": new.reply_to, "worker": worker})
-            if done is None:
-                raise LeaseLost(
-                    f"message {new.reply_to} is no longer claimed by this worker "
-                    "(lease ran out, expired or cancelled); reply dropped"
-                )
-            row = one(
-                conn,
-                "reply_insert",
-                {
-                    "reply_to": new.reply_to,
-                    "metrics": Jsonb(new.metrics),
-                    "configs": Jsonb(new.configs),
-                    "error_code": new.error_code,
-                    "error_reason": _reason(new.error_reason),
-                },
-            )
-            assert row is not None
-            if new.arrays:
-                many(conn, "message_arrays_insert", _links(row["id"], new.arrays))
-            run(conn, "notify_run", {"run_id": row["run_id"], "message_id": row["id"]})
-    except psycopg.errors.UniqueViolation as exc:
-        raise DuplicateReply(f"message {new.reply_to} already has a reply") from exc
-    return int(row["id"])
-
-
 def write_small_arrays(
     conn: Connection, run_id: int, encoded: Sequence[arrays.EncodedArray], chunk_size: int
 ) -> list[int]:
@@ -240,7 +193,7 @@ def write_small_arrays(
             raise ValueError(f"array of {enc.nbytes} bytes is larger than one chunk")
     found = rows(
         conn,
-        "reply_arrays_insert",
+        "arrays_insert_small",
         {
             "run_id": run_id,
             "chunk_size": chunk_size,
@@ -262,7 +215,7 @@ def reply_batch(conn: Connection, *, worker: str, replies: Sequence[NewReply]) -
     missing from it got no reply from here: this worker no longer held its claim
     (lease ran out, expired or cancelled), and it was left as it was. Each
     instruction is completed together with its own reply, or not at all. Error
-    reasons are stored as `storable(reason, REASON_LIMIT)` (here and in `reply`).
+    reasons are stored as `storable(reason, REASON_LIMIT)`.
     """
     if not replies:
         return {}
@@ -289,7 +242,7 @@ def reply_batch(conn: Connection, *, worker: str, replies: Sequence[NewReply]) -
     ]
     found = rows(
         conn,
-        "replies_insert_batch",
+        "messages_insert_replies",
         {"worker": worker, "replies": Jsonb(docs), "links": Jsonb(links)},
     )
     return {int(r["reply_to"]): int(r["id"]) for r in found}
@@ -300,7 +253,7 @@ def runs_starting(conn: Connection, run_ids: list[int], node_ids: list[int]) -> 
     `node_ids` in their selection: a node worker may start their ClientApp ahead."""
     if not run_ids or not node_ids:
         return []
-    found = rows(conn, "runs_starting", {"run_ids": run_ids, "node_ids": node_ids})
+    found = rows(conn, "runs_list_starting", {"run_ids": run_ids, "node_ids": node_ids})
     return [int(r["id"]) for r in found]
 
 
@@ -310,7 +263,7 @@ def release(conn: Connection, *, worker: str) -> int:
         released = rows(conn, "messages_release", {"worker": worker})
         for run_id in {r["run_id"] for r in released}:
             node_ids = sorted({r["dst_node_id"] for r in released if r["run_id"] == run_id})
-            run(conn, "notify_nodes", {"run_id": run_id, "node_ids": node_ids})
+            run(conn, "nodes_notify", {"run_id": run_id, "node_ids": node_ids})
     return len(released)
 
 
@@ -322,7 +275,7 @@ def pull_replies(
     if not instruction_ids:
         return []
     # One statement on an autocommit connection: atomic without BEGIN/COMMIT round trips.
-    found = rows(conn, "replies_pull", {"ids": instruction_ids, "again": again})
+    found = rows(conn, "messages_pull_replies", {"ids": instruction_ids, "again": again})
     return [MessageRow(dst_node_id=None, **r) for r in sorted(found, key=lambda r: r["id"])]
 
 
@@ -361,4 +314,4 @@ def reject_replies(conn: Connection, run_id: int, rejections: Sequence[tuple[int
         return 0
     ids = [message_id for message_id, _ in rejections]
     reasons = [storable(reason, REASON_LIMIT) for _, reason in rejections]
-    return run(conn, "replies_reject", {"run_id": run_id, "ids": ids, "reasons": reasons})
+    return run(conn, "messages_reject_replies", {"run_id": run_id, "ids": ids, "reasons": reasons})

@@ -30,7 +30,7 @@ def register(
     with conn.transaction():
         row = one(
             conn,
-            "node_register",
+            "nodes_register",
             {"name": name, "node_config": Jsonb(node_config), "labels": Jsonb(labels)},
         )
     assert row is not None
@@ -39,17 +39,17 @@ def register(
 
 def heartbeat(conn: Connection, node_ids: list[int]) -> None:
     """Record that the nodes' workers are alive."""
-    run(conn, "node_heartbeat", {"node_ids": node_ids})
+    run(conn, "nodes_heartbeat", {"node_ids": node_ids})
 
 
 def set_offline(conn: Connection, node_ids: list[int]) -> None:
     """Mark nodes offline (a worker deregistering)."""
-    run(conn, "node_set_offline", {"node_ids": node_ids})
+    run(conn, "nodes_set_offline", {"node_ids": node_ids})
 
 
 def list_all(conn: Connection) -> list[Node]:
     """Every registered node, by id."""
-    return [Node(**r) for r in rows(conn, "node_list")]
+    return [Node(**r) for r in rows(conn, "nodes_list")]
 
 
 def mark_silent_offline(conn: Connection, after: float) -> list[tuple[int, str]]:

@@ -53,7 +53,7 @@ def write(
             n_chunks = -(-enc.nbytes // chunk_size)
             row = one(
                 conn,
-                "array_insert",
+                "arrays_insert",
                 {
                     "run_id": run_id,
                     "dtype": enc.dtype,
@@ -71,7 +71,7 @@ def write(
             # busy server moves the unsent rest to the front (quadratic). Measured with
             # 8 concurrent 128 MiB writers: 0.46 CPU-s per writer pipelined, 0.08 so.
             with conn.cursor() as cur:
-                sql = query("array_chunk_insert")
+                sql = query("array_chunks_insert")
                 for seq, chunk in enumerate(arrays.iter_chunks(enc.data, chunk_size)):
                     cur.execute(sql, {"array_id": array_id, "seq": seq, "data": chunk})
             ids.append(array_id)
@@ -97,7 +97,7 @@ def refs(conn: Connection, message_ids: list[int]) -> list[ArrayRef]:
         return []
     return [
         ArrayRef(**{**r, "shape": tuple(r["shape"]), "digest": bytes(r["digest"])})
-        for r in rows(conn, "message_array_refs", {"message_ids": message_ids})
+        for r in rows(conn, "message_arrays_list", {"message_ids": message_ids})
     ]
 
 
@@ -148,7 +148,7 @@ def read(conn: Connection, wanted: Sequence[ArrayRef]) -> dict[int, np.ndarray[A
 def _chunk_batch(conn: Connection, *, array_id: int, first: int, limit: int) -> list[Any]:
     with conn.cursor(binary=True) as cur:
         cur.execute(
-            query("array_chunks_from"), {"array_id": array_id, "first": first, "limit": limit}
+            query("array_chunks_list_from"), {"array_id": array_id, "first": first, "limit": limit}
         )
         return cur.fetchall()
 
@@ -266,6 +266,6 @@ def collect(conn: Connection, *, grace: float, limit: int = 1000) -> tuple[int, 
     """Link: delete the chunks of up to `limit` arrays nothing live needs (see
     payloads_collect); returns `(arrays, bytes)` collected."""
     with conn.transaction():
-        row = one(conn, "payloads_collect", {"grace": grace, "limit": limit})
+        row = one(conn, "arrays_collect", {"grace": grace, "limit": limit})
     assert row is not None
     return int(row["arrays"]), int(row["bytes"])

@@ -93,12 +93,12 @@ def create(
     with conn.transaction():
         run(
             conn,
-            "app_insert",
+            "apps_insert",
             {"hash": app_hash, "name": app_name, "bundle": bundle, "size": len(bundle)},
         )
         row = one(
             conn,
-            "run_insert",
+            "runs_insert",
             {
                 "app_hash": app_hash,
                 "app_name": app_name,
@@ -110,13 +110,13 @@ def create(
         assert row is not None
         run_id = int(row["id"])
         run(conn, "run_nodes_insert", {"run_id": run_id, "node_ids": node_ids})
-        run(conn, "notify_exec", {"run_id": run_id})
+        run(conn, "runs_notify_exec", {"run_id": run_id})
     return run_id
 
 
 def get(conn: Connection, run_id: int) -> Run:
     """The run; NotFound if there is none with this id."""
-    row = one(conn, "run_get", {"run_id": run_id})
+    row = one(conn, "runs_get", {"run_id": run_id})
     if row is None:
         raise NotFound(f"run {run_id} does not exist (see `flpg ls`)")
     return Run(**row)
@@ -124,17 +124,17 @@ def get(conn: Connection, run_id: int) -> Run:
 
 def list_recent(conn: Connection, limit: int = 100) -> list[RunSummary]:
     """The newest runs first."""
-    return [RunSummary(**r) for r in rows(conn, "run_list", {"limit": limit})]
+    return [RunSummary(**r) for r in rows(conn, "runs_list", {"limit": limit})]
 
 
 def selection(conn: Connection, run_id: int) -> list[SelectedNode]:
     """The run's node selection with each node's status."""
-    return [SelectedNode(**r) for r in rows(conn, "run_selection", {"run_id": run_id})]
+    return [SelectedNode(**r) for r in rows(conn, "run_nodes_list", {"run_id": run_id})]
 
 
 def online_node_ids(conn: Connection, run_id: int) -> list[int]:
     """Selected nodes of the run that are online, ascending."""
-    return [int(r["node_id"]) for r in rows(conn, "run_online_node_ids", {"run_id": run_id})]
+    return [int(r["node_id"]) for r in rows(conn, "run_nodes_list_online", {"run_id": run_id})]
 
 
 def claim_next(conn: Connection, exec_id: str, *, exclude: Sequence[int] = ()) -> Claim | None:
@@ -149,7 +149,7 @@ def mark_running(conn: Connection, run_id: int, exec_id: str, pid: int) -> bool:
     """Exec: the ServerApp process `pid` of a run it claimed started. False if the run is
     no longer `starting` under this exec (stopped, or taken back by the link): the exec
     must then terminate that process. Safe to repeat after a lost connection."""
-    return run(conn, "run_mark_running", {"run_id": run_id, "exec_id": exec_id, "pid": pid}) == 1
+    return run(conn, "runs_mark_running", {"run_id": run_id, "exec_id": exec_id, "pid": pid}) == 1
 
 
 def finish(
@@ -172,7 +172,7 @@ def finish(
         reason = storable(reason, REASON_LIMIT)
     params = {"run_id": run_id, "status": status, "reason": reason, "attempt": attempt}
     with conn.transaction():
-        if not run(conn, "run_finish", params):
+        if not run(conn, "runs_finish", params):
             return None
         _cancel_messages(conn, run_id)
         if status == "failed" and _requeue(conn, run_id, automatic=True):
@@ -184,17 +184,17 @@ def _cancel_messages(conn: Connection, run_id: int) -> None:
     """An ended run's undelivered instructions and untaken replies -> cancelled (two
     statements, in this order: see run_cancel_replies). Call inside the transaction
     that ended the run."""
-    run(conn, "run_cancel_messages", {"run_id": run_id})
-    run(conn, "run_cancel_replies", {"run_id": run_id})
+    run(conn, "messages_cancel_for_run", {"run_id": run_id})
+    run(conn, "messages_cancel_replies_for_run", {"run_id": run_id})
 
 
 def _requeue(conn: Connection, run_id: int, *, automatic: bool) -> int | None:
     """Ended run -> pending as its next attempt (see run_requeue); wakes the execs."""
-    row = one(conn, "run_requeue", {"run_id": run_id, "automatic": automatic})
+    row = one(conn, "runs_requeue", {"run_id": run_id, "automatic": automatic})
     if row is None:
         return None
     store_logs.append(conn, run_id, [("event", str(row["reason"]))])
-    run(conn, "notify_exec", {"run_id": run_id})
+    run(conn, "runs_notify_exec", {"run_id": run_id})
     return int(row["attempt"])
 
 
@@ -225,14 +225,14 @@ def delete_ended(conn: Connection, run_id: int) -> bool:
     """Retention: delete an ended run and all it owns (messages, payloads, selection,
     logs, metrics) in one transaction; False if the run is absent or not ended."""
     with conn.transaction():
-        run(conn, "run_delete_messages", {"run_id": run_id})
-        return run(conn, "run_delete", {"run_id": run_id}) == 1
+        run(conn, "messages_delete_for_run", {"run_id": run_id})
+        return run(conn, "runs_delete", {"run_id": run_id}) == 1
 
 
 def heartbeat(conn: Connection, run_id: int, attempt: int) -> bool | None:
     """ServerApp heartbeat: True when a stop was requested, None when `attempt` is
     no longer the run's running attempt (it ended or was restarted)."""
-    row = one(conn, "run_heartbeat", {"run_id": run_id, "attempt": attempt})
+    row = one(conn, "runs_heartbeat", {"run_id": run_id, "attempt": attempt})
     return None if row is None else bool(row["stop_requested"])
 
 
@@ -245,12 +245,12 @@ def request_stop(conn: Connection, run_id: int) -> str:
     "stopped" or "stopping". Raises NotFound, or InvalidState if the run already ended.
     """
     with conn.transaction():
-        row = one(conn, "run_request_stop", {"run_id": run_id})
+        row = one(conn, "runs_request_stop", {"run_id": run_id})
         if row is not None and row["status"] == "stopped":
             _cancel_messages(conn, run_id)
             return "stopped"
         if row is not None:
-            run(conn, "notify_exec", {"run_id": run_id})
+            run(conn, "runs_notify_exec", {"run_id": run_id})
             return "stopping"
     current = get(conn, run_id)
     raise InvalidState(f"run {run_id} already ended ({current.status})")
@@ -258,14 +258,14 @@ def request_stop(conn: Connection, run_id: int) -> str:
 
 def stop_requested(conn: Connection, exec_id: str) -> list[int]:
     """Exec: its runs that have a stop request."""
-    return [int(r["id"]) for r in rows(conn, "runs_stop_requested", {"exec_id": exec_id})]
+    return [int(r["id"]) for r in rows(conn, "runs_list_stop_requested", {"exec_id": exec_id})]
 
 
 def ended(conn: Connection, run_ids: list[int]) -> list[int]:
     """Those of `run_ids` that have ended or no longer exist."""
     if not run_ids:
         return []
-    return [int(r["id"]) for r in rows(conn, "runs_ended", {"ids": run_ids})]
+    return [int(r["id"]) for r in rows(conn, "runs_list_ended", {"ids": run_ids})]
 
 
 def fail_silent(conn: Connection, after: float, startup: float) -> list[int]:
@@ -292,7 +292,7 @@ def take_back_unlaunched(conn: Connection, after: float) -> list[TakenBack]:
             _cancel_messages(conn, t.run_id)
             store_logs.append(conn, t.run_id, [("event", t.reason)])
             if t.status == "pending":
-                run(conn, "notify_exec", {"run_id": t.run_id})
+                run(conn, "runs_notify_exec", {"run_id": t.run_id})
     return taken
 
 
@@ -322,12 +322,12 @@ def record_round(
 
 def round_metrics(conn: Connection, run_id: int) -> list[dict[str, Any]]:
     """All stored round metrics of a run, by round then phase."""
-    return rows(conn, "round_metrics_for_run", {"run_id": run_id})
+    return rows(conn, "round_metrics_list_for_run", {"run_id": run_id})
 
 
 def message_counts(conn: Connection, run_id: int) -> list[dict[str, Any]]:
     """Message counts of a run by state and direction."""
-    return rows(conn, "message_counts_for_run", {"run_id": run_id})
+    return rows(conn, "messages_count_for_run", {"run_id": run_id})
 
 
 def superseded(
@@ -339,7 +339,7 @@ def superseded(
         return []
     found = rows(
         conn,
-        "runs_superseded",
+        "runs_list_superseded",
         {
             "exec_id": exec_id,
             "ids": [run_id for run_id, _ in attempts],
@@ -347,3 +347,34 @@ def superseded(
         },
     )
     return [(int(r["id"]), int(r["attempt"])) for r in found]
+
+
+@dataclass(frozen=True)
+class RunDetails:
+    """Everything `flpg show` reports about one run."""
+
+    run: Run
+    selection: list[SelectedNode]
+    message_counts: list[dict[str, Any]]
+    """`{is_reply, state, n}` per direction and state."""
+    rounds: list[dict[str, Any]]
+    """`{round, phase, metrics, num_replies, num_failures}`, by round then phase."""
+    checkpoint_round: int | None
+    """The round of the run's latest checkpoint; None if it saved none."""
+
+
+def details(conn: Connection, run_id: int) -> RunDetails:
+    """The run with its node selection, message counts, round metrics and checkpoint
+    round, read in one transaction; NotFound if there is no run with this id."""
+    from flpg.store import checkpoints as store_checkpoints
+
+    with conn.transaction():
+        found = get(conn, run_id)
+        checkpoint = store_checkpoints.get(conn, run_id)
+        return RunDetails(
+            run=found,
+            selection=selection(conn, run_id),
+            message_counts=message_counts(conn, run_id),
+            rounds=round_metrics(conn, run_id),
+            checkpoint_round=None if checkpoint is None else checkpoint.round,
+        )

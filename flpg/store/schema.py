@@ -7,8 +7,9 @@ from collections.abc import Sequence
 import psycopg
 
 from flpg.db import Connection
-from flpg.errors import SchemaMismatch
+from flpg.errors import FlpgError, PermissionDenied, SchemaMismatch
 from flpg.store._exec import one, rows
+from flpg.store.errors import role_of, translate
 
 
 def revision(conn: Connection) -> str | None:
@@ -16,7 +17,7 @@ def revision(conn: Connection) -> str | None:
     if `alembic_version` exists but is not Alembic's (another application's table)."""
     try:
         with conn.transaction():  # a failed read must not poison an outer transaction
-            row = one(conn, "schema_revision")
+            row = one(conn, "schema_get_revision")
     except psycopg.errors.UndefinedTable:
         return None
     except psycopg.errors.UndefinedColumn as exc:
@@ -30,5 +31,26 @@ def revision(conn: Connection) -> str | None:
 def existing_names(conn: Connection, names: Sequence[str]) -> list[tuple[str, str]]:
     """`(name, kind)` of the objects in the current schema that have one of `names`."""
     return [
-        (r["name"], r["kind"]) for r in rows(conn, "schema_existing_names", {"names": list(names)})
+        (r["name"], r["kind"])
+        for r in rows(conn, "schema_list_existing_names", {"names": list(names)})
     ]
+
+
+def migration_error(
+    exc: BaseException, url: str, *, current: str | None, target: str
+) -> FlpgError | None:
+    """The FlpgError for a migration (from `current` to `target`) that failed with
+    `exc` (Alembic's DBAPIError); None if `exc` does not wrap a psycopg error. A
+    missing privilege says to migrate as the database's owner."""
+    orig = getattr(exc, "orig", None)
+    if not isinstance(orig, psycopg.Error):
+        return None
+    error = translate(orig, url)
+    if isinstance(error, PermissionDenied):
+        return PermissionDenied(
+            f"the schema needs migrating from {current or 'empty'} to {target}, but "
+            f"{role_of(orig, url)} may not change it "
+            f"({orig.diag.message_primary}); run `flpg db upgrade` as the "
+            "database's owner"
+        )
+    return error

@@ -18,13 +18,14 @@ from psycopg import errors
 
 from flpg import bus
 from flpg.db import Connection, Listener, connect, node_channel
-from flpg.errors import DuplicateReply, LeaseLost, PayloadCorrupt, SelectionError
+from flpg.errors import LeaseLost, PayloadCorrupt, SelectionError
 from flpg.message import Error, ErrorCode, Message
 from flpg.records import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flpg.store import messages as store_messages
 from flpg.store import nodes as store_nodes
 from flpg.store import runs as store_runs
 from flpg.store.messages import NewInstruction, NewReply
+from tests.db import _replies as reply_path
 
 from .conftest import Federation, instruction, scalar
 
@@ -109,13 +110,13 @@ def test_lapsed_lease_is_requeued_and_the_first_worker_loses_its_reply(
         RecordDict({"m": MetricRecord({"loss": 1.0})}), reply_to=bus.load(conn, [first])[0]
     )
     with pytest.raises(LeaseLost, match=str(mid)):
-        bus.reply(conn, "a", mid, fed.run_id, late)
+        reply_path.reply(conn, "a", mid, fed.run_id, late)
     assert _reply_rows(conn, mid) == []
     assert scalar(conn, "SELECT claimed_by FROM messages WHERE id = %s", (mid,)) == "b"
     assert scalar(conn, "SELECT count(*) FROM messages") == 1
 
     # The worker that holds the lease can still reply.
-    reply_id = bus.reply(conn, "b", mid, fed.run_id, late)
+    reply_id = reply_path.reply(conn, "b", mid, fed.run_id, late)
     assert [r[0] for r in _reply_rows(conn, mid)] == [reply_id]
     assert scalar(conn, "SELECT state::text FROM messages WHERE id = %s", (mid,)) == "done"
 
@@ -181,7 +182,7 @@ def test_expire_answers_with_exactly_one_error_reply(conn: Connection, fed: Fede
 
     # The worker that held the claim can no longer reply.
     with pytest.raises(LeaseLost):
-        store_messages.reply(conn, worker="w", new=NewReply(claimed, {}, {}, []))
+        reply_path.reply_new(conn, worker="w", new=NewReply(claimed, {}, {}, []))
     # The ServerApp receives the error replies as Messages carrying an Error.
     pulled = bus.load(conn, store_messages.pull_replies(conn, [queued, claimed, fresh]))
     assert sorted(m.metadata.reply_to_message_id for m in pulled) == sorted([queued, claimed])
@@ -261,11 +262,11 @@ def test_duplicate_reply_is_rejected_by_the_database(conn: Connection, fed: Fede
     (mid,) = bus.send(conn, fed.run_id, [instruction(node)])
     (row,) = _claim_all(conn, "w", [node])
     reply = Message(RecordDict({"m": MetricRecord({"n": 1})}), reply_to=bus.load(conn, [row])[0])
-    first = bus.reply(conn, "w", mid, fed.run_id, reply)
+    first = reply_path.reply(conn, "w", mid, fed.run_id, reply)
 
     # A plain retry finds the instruction done: nothing is written.
     with pytest.raises(LeaseLost):
-        bus.reply(conn, "w", mid, fed.run_id, reply)
+        reply_path.reply(conn, "w", mid, fed.run_id, reply)
 
     # A duplicated delivery: the instruction is claimed again although it has a reply.
     conn.execute(
@@ -273,10 +274,9 @@ def test_duplicate_reply_is_rejected_by_the_database(conn: Connection, fed: Fede
         " lease_until = now() + interval '1 min' WHERE id = %s",
         (mid,),
     )
-    with pytest.raises(DuplicateReply, match=str(mid)):
-        bus.reply(conn, "w2", mid, fed.run_id, reply)
-    # The whole reply transaction rolled back: the claim is untouched.
-    assert scalar(conn, "SELECT state::text FROM messages WHERE id = %s", (mid,)) == "claimed"
+    # The unique reply_to keeps the first reply; the second writes nothing.
+    with pytest.raises(LeaseLost, match=str(mid)):
+        reply_path.reply(conn, "w2", mid, fed.run_id, reply)
     assert [r[0] for r in _reply_rows(conn, mid)] == [first]
 
     with pytest.raises(errors.UniqueViolation) as info:
@@ -293,7 +293,7 @@ def test_error_reply_round_trips(conn: Connection, fed: Federation) -> None:
     node = fed.selected[2]
     (mid,) = bus.send(conn, fed.run_id, [instruction(node)])
     _claim_all(conn, "w", [node])
-    bus.error_reply(conn, "w", mid, Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, "boom"))
+    reply_path.error_reply(conn, "w", mid, Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, "boom"))
     (msg,) = bus.load(conn, store_messages.pull_replies(conn, [mid]))
     assert msg.error == Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, "boom")
     assert (msg.metadata.src_node_id, msg.metadata.reply_to_message_id) == (node, mid)
@@ -526,7 +526,7 @@ def test_metrics_and_configs_are_queryable_jsonb(conn: Connection, fed: Federati
         RecordDict({"metrics": MetricRecord({"loss": 0.125, "acc": [0.5, 1.0], "bad": math.nan})}),
         reply_to=received,
     )
-    bus.reply(conn, "w", mid, fed.run_id, reply)
+    reply_path.reply(conn, "w", mid, fed.run_id, reply)
     loss, acc, bad = conn.execute(
         "SELECT (metrics->'metrics'->>'loss')::float8, metrics->'metrics'->'acc',"
         " metrics->'metrics'->>'bad' FROM messages WHERE reply_to = %s",
@@ -550,7 +550,7 @@ def test_audit_views_see_the_round_trip(conn: Connection, fed: Federation) -> No
     node = fed.selected[0]
     ok, unanswered = bus.send(conn, fed.run_id, [instruction(node), instruction(node)])
     store_messages.claim(conn, worker="w", node_ids=[node], lease=60, limit=1)
-    store_messages.reply(conn, worker="w", new=NewReply(ok, {}, {}, []))
+    reply_path.reply_new(conn, worker="w", new=NewReply(ok, {}, {}, []))
     latency = conn.execute(
         "SELECT message_id, state::text, replied_at IS NOT NULL, round_trip IS NOT NULL"
         " FROM message_latency ORDER BY message_id"

@@ -19,6 +19,7 @@ from flpg.db import Connection, connect
 from flpg.message import Message
 from flpg.store import messages as store_messages
 from flpg.store import runs as store_runs
+from tests.db import _replies as reply_path
 
 from .conftest import Federation, create_run, instruction, make_federation, scalar
 
@@ -45,7 +46,7 @@ def _instruction_id(conn: Connection, fed: Federation) -> dict[str, Any]:
 def _replied_instruction(conn: Connection, fed: Federation) -> dict[str, Any]:
     (mid,) = bus.send(conn, fed.run_id, [instruction(fed.selected[0])])
     store_messages.claim(conn, worker="w", node_ids=[fed.selected[0]], lease=60, limit=1)
-    store_messages.reply(conn, worker="w", new=store_messages.NewReply(mid, {}, {}, []))
+    reply_path.reply_new(conn, worker="w", new=store_messages.NewReply(mid, {}, {}, []))
     return {"mid": mid}
 
 
@@ -335,7 +336,7 @@ def _populate(conn: Connection, fed: Federation, run_id: int) -> None:
     (mid,) = bus.send(conn, run_id, [instruction(fed.selected[0], _content_with_array())])
     store_messages.claim(conn, worker="w", node_ids=[fed.selected[0]], lease=60, limit=1)
     (received,) = bus.load(conn, _rows_for(conn, mid))
-    bus.reply(conn, "w", mid, run_id, Message(_content_with_array(), reply_to=received))
+    reply_path.reply(conn, "w", mid, run_id, Message(_content_with_array(), reply_to=received))
     conn.execute(
         "INSERT INTO run_logs (run_id, stream, line) VALUES (%s, 'stdout', 'x')", (run_id,)
     )

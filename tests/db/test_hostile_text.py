@@ -15,6 +15,7 @@ from flpg.store import logs as store_logs
 from flpg.store import messages as store_messages
 from flpg.store import runs as store_runs
 from flpg.store.text import LINE_LIMIT, REASON_LIMIT, storable
+from tests.db import _replies as reply_path
 from tests.db.conftest import Federation, create_run, instruction, scalar
 
 NASTY = "bad\x00text\x01\x1b[31m\r\n\udc80 end"
@@ -57,7 +58,7 @@ def test_error_replies_and_reject_reasons_are_stored_storable(
     first, second = bus.send(conn, fed.run_id, [instruction(node), instruction(node)])
     store_messages.claim(conn, worker="w", node_ids=[node], lease=60, limit=2)
     reason = f"ValueError: {NASTY}" + "z" * REASON_LIMIT
-    store_messages.reply(
+    reply_path.reply_new(
         conn, worker="w", new=store_messages.NewReply(first, {}, {}, [], 1, reason)
     )
     done = store_messages.reply_batch(

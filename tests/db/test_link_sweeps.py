@@ -1,9 +1,12 @@
-"""The link's sweeps, one `sweep_once` at a time and two links at once."""
+"""The link's sweeps, one `sweep_once` at a time and two links at once.
+
+No test waits for a lease, TTL or heartbeat to run out: rows are aged in SQL (see
+`_age`), and the liveness limit is far above any pause a loaded machine causes, so a
+slow test never sees a node or run judged silent that it did not age itself."""
 
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 
 import pytest
@@ -16,10 +19,21 @@ from flpg.message import ErrorCode
 from flpg.settings import Intervals
 from flpg.store import messages as store_messages
 from flpg.store import runs as store_runs
+from tests.db import _replies as reply_path
 
 from .conftest import Federation, create_run, instruction, register, scalar
 
-SHORT = Intervals(heartbeat=0.1, offline_after=1.0, lease=0.2, poll=0.2, sweep=0.1)
+SHORT = Intervals(heartbeat=0.1, offline_after=30.0, lease=0.2, poll=0.2, sweep=0.1)
+
+
+def _age(conn: Connection, ids: list[int]) -> None:
+    """Messages `ids` past their TTL, and past their lease where they hold one."""
+    conn.execute(
+        "UPDATE messages SET deadline = now() - interval '1 s',"
+        " lease_until = CASE WHEN lease_until IS NOT NULL THEN now() - interval '1 s' END"
+        " WHERE id = ANY(%s)",
+        [ids],
+    )
 
 
 def _link(url: str) -> LinkWorker:
@@ -60,9 +74,9 @@ def test_sweep_marks_silent_nodes_offline(conn: Connection, fed: Federation) -> 
 def test_sweep_requeues_lapsed_leases(conn: Connection, fed: Federation) -> None:
     node = fed.selected[0]
     lapsed, held = bus.send(conn, fed.run_id, [instruction(node), instruction(node)])
-    store_messages.claim(conn, worker="dead", node_ids=[node], lease=0.1, limit=1)
+    store_messages.claim(conn, worker="dead", node_ids=[node], lease=60, limit=1)
     store_messages.claim(conn, worker="alive", node_ids=[node], lease=60, limit=1)
-    time.sleep(0.2)
+    conn.execute("UPDATE messages SET lease_until = now() - interval '1 s' WHERE id = %s", [lapsed])
     assert _link(fed.url).sweep_once()["requeued"] == 1
     rows = {
         r[0]: r[1:]
@@ -78,8 +92,8 @@ def test_sweep_requeues_lapsed_leases(conn: Connection, fed: Federation) -> None
 
 def test_sweep_expires_messages_with_one_error_reply(conn: Connection, fed: Federation) -> None:
     node = fed.selected[0]
-    (mid,) = bus.send(conn, fed.run_id, [instruction(node, ttl=0.1)])
-    time.sleep(0.2)
+    (mid,) = bus.send(conn, fed.run_id, [instruction(node)])
+    _age(conn, [mid])
     assert _link(fed.url).sweep_once()["expired"] == 1
     assert _link(fed.url).sweep_once()["expired"] == 0
     replies = conn.execute(
@@ -98,7 +112,7 @@ def test_sweep_fails_a_run_whose_serverapp_went_silent(conn: Connection, fed: Fe
     answered, claimed, queued = bus.send(conn, fed.run_id, [instruction(node) for _ in range(3)])
     got = store_messages.claim(conn, worker="w", node_ids=[node], lease=60, limit=2)
     assert [m.id for m in got] == [answered, claimed]
-    store_messages.reply(conn, worker="w", new=store_messages.NewReply(answered, {}, {}, []))
+    reply_path.reply_new(conn, worker="w", new=store_messages.NewReply(answered, {}, {}, []))
     (other_msg,) = bus.send(conn, healthy, [instruction(node)])
     n_rows = scalar(conn, "SELECT count(*) FROM messages")
 
@@ -139,7 +153,7 @@ def test_sweep_answers_the_undelivered_messages_of_a_node_that_went_offline(
     answered, claimed, queued = bus.send(conn, fed.run_id, [instruction(silent) for _ in range(3)])
     got = store_messages.claim(conn, worker="frozen", node_ids=[silent], lease=60, limit=2)
     assert [m.id for m in got] == [answered, claimed]
-    store_messages.reply(conn, worker="frozen", new=store_messages.NewReply(answered, {}, {}, []))
+    reply_path.reply_new(conn, worker="frozen", new=store_messages.NewReply(answered, {}, {}, []))
     (alive_msg,) = bus.send(conn, fed.run_id, [instruction(alive)])
     (handed_back,) = bus.send(conn, fed.run_id, [instruction(stopped)])
     conn.execute("UPDATE nodes SET status = 'offline' WHERE id = %s", (stopped,))
@@ -181,7 +195,7 @@ def test_sweep_answers_the_undelivered_messages_of_a_node_that_went_offline(
 
     # The frozen worker, thawed, can no longer answer; the ServerApp gets the errors.
     with pytest.raises(LeaseLost):
-        store_messages.reply(
+        reply_path.reply_new(
             conn, worker="frozen", new=store_messages.NewReply(claimed, {}, {}, [])
         )
     pulled = store_messages.pull_replies(conn, [claimed, queued])
@@ -250,13 +264,11 @@ def test_two_links_sweeping_concurrently_never_double_reply(
     total = 0
     totals: Counter[str] = Counter()
     for _ in range(3):
-        ids = bus.send(
-            conn, run_id, [instruction(nodes[i % len(nodes)], ttl=0.1) for i in range(150)]
-        )
+        ids = bus.send(conn, run_id, [instruction(nodes[i % len(nodes)]) for i in range(150)])
         # Many of them held by a worker that died, whose leases ran out too.
-        store_messages.claim(conn, worker="dead", node_ids=more, lease=0.05, limit=75)
+        store_messages.claim(conn, worker="dead", node_ids=more, lease=60, limit=75)
         total += len(ids)
-        time.sleep(0.15)
+        _age(conn, ids)
         results = _sweep_concurrently(fed.url)
         # Past their TTL: expired, not requeued; in the first round the silent node's
         # messages expire as soon as it is marked offline, the others at their TTL.
@@ -289,21 +301,32 @@ def test_replies_racing_the_expiry_sweep_give_one_answer_each(
     conn: Connection, fed: Federation
 ) -> None:
     """A worker answers while the link expires the same messages: every instruction
-    ends with exactly one reply, real or error, and a dropped reply is a LeaseLost."""
+    ends with exactly one reply, real or error, and a dropped reply is a LeaseLost.
+
+    The phases are fixed, not timed: the worker answers the first quarter before any
+    TTL runs out; then the test ages every TTL and the link starts expiring while the
+    worker answers the next quarter (the race); the worker answers the rest only after
+    the link's first expiry pass, so some replies are surely dropped."""
     node = fed.selected[0]
-    ids = bus.send(conn, fed.run_id, [instruction(node, ttl=0.5) for _ in range(200)])
+    ids = bus.send(conn, fed.run_id, [instruction(node) for _ in range(200)])
     store_messages.claim(conn, worker="w", node_ids=[node], lease=60, limit=200)
     answered: list[int] = []
     lost: list[int] = []
+    racing = threading.Event()  # the first quarter is answered
+    expired_once = threading.Event()  # the link finished one pass after the ageing
     stop = threading.Event()
     failures: list[BaseException] = []
 
     def worker() -> None:
         try:
             with connect(fed.url) as c:
-                for mid in ids:
+                for i, mid in enumerate(ids):
+                    if i == len(ids) // 4:
+                        racing.set()
+                    if i == len(ids) // 2:
+                        expired_once.wait(30)
                     try:
-                        store_messages.reply(
+                        reply_path.reply_new(
                             c,
                             worker="w",
                             new=store_messages.NewReply(mid, {"m": {"ok": 1}}, {}, []),
@@ -311,28 +334,29 @@ def test_replies_racing_the_expiry_sweep_give_one_answer_each(
                         answered.append(mid)
                     except LeaseLost:
                         lost.append(mid)
-                    time.sleep(0.004)
         except BaseException as exc:
             failures.append(exc)
 
     def link() -> None:
         try:
             with connect(fed.url) as c:
+                racing.wait(30)
+                _age(c, ids)
                 while not stop.is_set():
                     store_messages.expire(c, ErrorCode.MESSAGE_UNAVAILABLE)
-                    time.sleep(0.005)
+                    expired_once.set()
         except BaseException as exc:
             failures.append(exc)
 
     threads = [threading.Thread(target=worker), threading.Thread(target=link)]
     for t in threads:
         t.start()
-    threads[0].join(30)
-    time.sleep(0.05)
+    threads[0].join(60)
     stop.set()
-    threads[1].join(30)
+    threads[1].join(60)
     assert failures == []
-    assert answered and lost, "the race did not happen (tune the TTL)"
+    assert set(ids[: len(ids) // 4]) <= set(answered)
+    assert set(ids[len(ids) // 2 :]) <= set(lost)
     assert sorted(answered + lost) == sorted(ids)
 
     rows = conn.execute(
@@ -371,7 +395,7 @@ def test_two_links_marking_nodes_offline_concurrently_never_double_reply(
                 with connect(fed.url) as c:
                     for m in held:
                         try:
-                            store_messages.reply(
+                            reply_path.reply_new(
                                 c, worker="thawed", new=store_messages.NewReply(m.id, {}, {}, [])
                             )
                             answered.append(m.id)

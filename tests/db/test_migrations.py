@@ -4,6 +4,8 @@ concurrency."""
 from __future__ import annotations
 
 import multiprocessing
+import subprocess
+import sys
 import threading
 import time
 
@@ -14,7 +16,7 @@ from alembic.migration import MigrationContext
 
 from flpg import migrate
 from flpg.models import metadata
-from flpg.resources import sql_dir
+from flpg.sql import latest_views
 
 from ._schema import describe, diff, leftovers, upgrade_in_process
 
@@ -36,7 +38,8 @@ def _build_from_models(url: str) -> None:
     finally:
         engine.dispose()
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute((sql_dir() / "views.sql").read_text())
+        for ddl in latest_views().values():  # the newest version of each view file
+            conn.execute(ddl)
 
 
 def test_migrations_build_exactly_the_models(empty_db_url: str, second_empty_db_url: str) -> None:
@@ -191,3 +194,26 @@ def test_ensure_schema_is_a_noop_on_a_migrated_database(db_url: str) -> None:
     assert elapsed[0] < 1.0
     assert migrate.current_revision(db_url) == migrate.head_revision()
     assert describe(db_url) == before
+
+
+def test_the_head_revision_constant_is_alembics_head() -> None:
+    assert migrate.head_revision() == migrate.HEAD_REVISION
+
+
+def test_ensure_schema_at_head_does_not_load_alembic(db_url: str) -> None:
+    """A service start on a migrated database checks the revision without Alembic or
+    SQLAlchemy; on an empty one it migrates (and then loads them)."""
+    probe = (
+        "import sys; from flpg.migrate import ensure_schema; ensure_schema(sys.argv[1]); "
+        "print(sorted(m for m in ('alembic', 'sqlalchemy') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, db_url], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split("\n")[-2] == "[]"
+
+
+def test_ensure_schema_on_an_empty_database_migrates_to_head(empty_db_url: str) -> None:
+    assert migrate.current_revision(empty_db_url) is None
+    migrate.ensure_schema(empty_db_url)
+    assert migrate.current_revision(empty_db_url) == migrate.HEAD_REVISION

@@ -24,6 +24,7 @@ from flpg.store import messages as store_messages
 from flpg.store.payloads import StoredArray
 from flpg.strategy.aggregate import ReplyRejected, WeightedArrayMean
 from flpg.strategy.strategy import ReplyTally
+from tests.db import _replies as reply_path
 
 from .conftest import Federation, make_federation, scalar
 from .test_checkpoints import launch
@@ -82,7 +83,7 @@ def answer(
                 "metrics": MetricRecord({"num-examples": examples}),
             }
         )
-        out[node] = bus.reply(
+        out[node] = reply_path.reply(
             conn, "t", msg.metadata.message_id, fed.run_id, Message(content, reply_to=msg), chunk
         )
     return out
