@@ -5,6 +5,11 @@ tests run as root, since PostgreSQL refuses root) in a private /tmp directory,
 listening on a unix socket only, so it never touches a server that happens to run
 on this machine. pytest-postgresql then creates a fresh database per test from a
 template that already holds the migrated schema.
+
+Only the db, e2e and faults tests use the cluster. The unit tests must not reach it
+(a collection check refuses a unit test whose fixtures would start it), so they run
+on a machine without the PostgreSQL server binaries; there, every test that needs the
+cluster errors with one message naming what to install.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from pytest_postgresql import factories
 from pytest_postgresql.executors import NoopExecutor
 from pytest_postgresql.janitor import DatabaseJanitor
 
-from flpg.pgcluster import Cluster
+from flpg.errors import EmbeddedDatabaseError
+from flpg.pgcluster import Cluster, find_bindir
 
 # Short intervals for every worker the tests start.
 TEST_ENV = {
@@ -47,9 +53,43 @@ def _migrate(host: str, port: int, user: str, dbname: str, **_: Any) -> None:
     upgrade(url_for(host, port, user, dbname))
 
 
+UNIT_TESTS = Path(__file__).parent / "unit"
+
+MISSING_BINARIES = (
+    "the db, e2e and faults tests need the PostgreSQL server binaries; the unit tests "
+    "(pytest tests/unit) run without them. {}"
+)
+
+
+CLUSTER_FIXTURES = frozenset({"pg_cluster", "pg_server", "postgresql"})
+"""Fixtures that start the cluster; `postgresql` requests `pg_server` only at run time,
+so it does not show `pg_cluster` in a test's fixture closure."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Refuse a unit test whose fixtures would start the PostgreSQL cluster."""
+    for item in items:
+        if item.path.is_relative_to(UNIT_TESTS) and CLUSTER_FIXTURES.intersection(
+            getattr(item, "fixturenames", ())
+        ):
+            raise pytest.UsageError(
+                f"{item.nodeid} uses the PostgreSQL cluster; unit tests must run without "
+                "it (move the test to tests/db)"
+            )
+
+
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[Cluster]:
-    """The session's PostgreSQL cluster (destroyed at the end)."""
+    """The session's PostgreSQL cluster (destroyed at the end). Without the server
+    binaries every test that uses it errors with `MISSING_BINARIES` (pytest caches a
+    session fixture's failure, so the search runs once)."""
+    missing = None
+    try:
+        find_bindir()
+    except EmbeddedDatabaseError as exc:
+        missing = str(exc)
+    if missing is not None:
+        pytest.fail(MISSING_BINARIES.format(missing), pytrace=False)
     root = Path(tempfile.mkdtemp(prefix="flpg-test-", dir="/tmp"))
     cluster = Cluster(root, dbname="postgres")
     cluster.ensure_running()

@@ -201,11 +201,17 @@ def test_a_batch_wakes_each_run_once(conn: Connection, fed: Federation) -> None:
             fed.run_id,
             [Answer(r, reply=_answer(m, 0.0)) for r, m in zip(rows, loaded, strict=True)],
         )
-        got = listener.wait(2.0)
-        time.sleep(0.2)
-        got += listener.wait(0.0)
+        # A marker sent after the batch committed: notifications arrive in commit
+        # order, so everything the batch sent is in before it (no timed wait).
+        conn.execute("SELECT pg_notify(%s, 'marker')", [run_channel(fed.run_id)])
+        got: list[Any] = []
+        deadline = time.monotonic() + 30
+        while not any(n.payload == "marker" for n in got):
+            assert time.monotonic() < deadline, f"no marker notification: {got}"
+            got += listener.wait(1.0)
     finally:
         listener.close()
+    got = got[: [n.payload for n in got].index("marker")]
     assert [n.channel for n in got] == [run_channel(fed.run_id)]
 
 
