@@ -65,10 +65,11 @@ def test_wheel_ships_sql_and_migrations(tmp_path: Path, empty_db_url: str) -> No
         names = set(zf.namelist())
     for required in (
         "flpg/_data/sql/messages.sql",
-        "flpg/_data/sql/views.sql",
+        "flpg/_data/sql/views/run_history.v1.sql",
         "flpg/_data/migrations/env.py",
         "flpg/_data/migrations/script.py.mako",
-        "flpg/cli.py",
+        "flpg/cli/__init__.py",
+        "flpg/cli/__main__.py",
     ):
         assert required in names, f"{required} missing from {wheel.name}"
     assert any(n.startswith("flpg/_data/migrations/versions/") for n in names)

@@ -1,0 +1,115 @@
+"""What every command shares: the `--db` and `--format` options, resolving and
+opening the database, and the one error handler.
+
+Every failure (a usage error, an FlpgError, a database error translated by
+`flpg.store.errors`) prints one line `flpg: error: ...` and exits with the code of
+its class (see `flpg.errors`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from flpg import options
+from flpg.db import Connection, connect
+from flpg.errors import FlpgError
+from flpg.settings import DATABASE_URL_ENV, explicit_database_url
+from flpg.store.errors import translated
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int) -> None:
+    """Print `flpg: error: MESSAGE` as one line (whatever the message holds) and exit."""
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    line = line.encode("utf-8", "backslashreplace").decode("utf-8")
+    click.echo(f"flpg: error: {line or 'failed'}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn FlpgError (database errors translated first) into one line and its exit code."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            with translated(explicit_database_url(kwargs.get("db"))):
+                return fn(*args, **kwargs)
+        except FlpgError as exc:
+            fail(str(exc), exc.exit_code)
+        return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+_NoArgsIsHelp: type[click.UsageError] = getattr(
+    click.exceptions, "NoArgsIsHelpError", type("_Never", (click.UsageError,), {})
+)
+
+
+class FlpgGroup(click.Group):
+    """Click's usage errors, and FlpgErrors raised by option types, as one line."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        if not kwargs.get("standalone_mode", True):
+            return super().main(*args, **kwargs)
+        try:
+            code = super().main(*args, **{**kwargs, "standalone_mode": False})
+        except _NoArgsIsHelp as exc:  # `flpg` or `flpg db` alone: the help, as click shows it
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+            fail(exc.format_message() + hint, 2)
+        except click.ClickException as exc:
+            fail(exc.format_message(), exc.exit_code)
+        except click.Abort:
+            fail("aborted", 130)
+        except FlpgError as exc:
+            fail(str(exc), exc.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+db_option = click.option(
+    "--db",
+    "db",
+    type=options.DATABASE_URL,
+    metavar="URL",
+    envvar=DATABASE_URL_ENV,
+    help=f"PostgreSQL URL (default: ${DATABASE_URL_ENV}, else the embedded cluster).",
+)
+format_option = click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+
+
+def resolve_url(db: str | None) -> str:
+    """The database URL to use, starting the embedded cluster if none was given."""
+    return resolve_url_started(db)[0]
+
+
+def resolve_url_started(db: str | None) -> tuple[str, bool]:
+    """The database URL, and whether this call started the embedded cluster."""
+    url = explicit_database_url(db)
+    if url:
+        return url, False
+    from flpg.embedded import cluster
+
+    embedded = cluster()
+    was_running = embedded.status().running
+    return embedded.ensure_running(), not was_running
+
+
+def open_db(db: str | None) -> tuple[str, Connection]:
+    """Resolve, migrate if needed, and connect."""
+    from flpg.migrate import ensure_schema
+
+    url = resolve_url(db)
+    connect(url, application_name="flpg-cli").close()  # a clear error before migrating
+    ensure_schema(url)
+    return url, connect(url, application_name="flpg-cli")

@@ -1,0 +1,314 @@
+"""The only place that formats `flpg` output: human text and tables (rich), and
+`--format json`.
+
+Commands build data (store dataclasses, plain values) and hand it to one function
+here; each prints to stdout. JSON documents are indented, with timestamps as ISO
+8601 strings; tables have one header row and no borders, 200 columns wide when
+stdout is not a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from flpg.store.logs import LogLine
+    from flpg.store.nodes import Node
+    from flpg.store.runs import Run, RunDetails, RunSummary
+    from flpg.submit import Submitted
+
+SHOW_FIELDS = (
+    "run_id",
+    "app",
+    "status",
+    "reason",
+    "priority",
+    "attempt",
+    "max_restarts",
+    "checkpoint_round",
+    "submitted_at",
+    "started_at",
+    "finished_at",
+    "exec_id",
+)
+"""The fields `flpg show` prints first, one a line, when they have a value."""
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _table(columns: list[str], rows: list[list[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*columns, box=None, pad_edge=False, header_style="bold")
+    for row in rows:
+        table.add_row(*["" if v is None else str(v) for v in row])
+    Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200).print(table)
+
+
+# ---------------------------------------------------------------- runs
+
+
+def submitted(run: Submitted, fmt: str) -> None:
+    """A submitted run: its id, app, hash and nodes as JSON, or one line."""
+    if fmt == "json":
+        _print_json(
+            {
+                "run_id": run.run_id,
+                "app": run.app_name,
+                "app_hash": run.app_hash,
+                "nodes": run.node_ids,
+            }
+        )
+        return
+    click.echo(f"submitted run {run.run_id} ({run.app_name}, {len(run.node_ids)} nodes)")
+
+
+def run_ended(run: Run) -> None:
+    """The final line of a followed run: its status and reason."""
+    click.echo(f"run {run.id} {run.status}" + (f": {run.reason}" if run.reason else ""))
+
+
+def runs(found: list[RunSummary], fmt: str) -> None:
+    """`flpg ls`: runs as a JSON list or a table, in the order given."""
+    if fmt == "json":
+        _print_json([_run_summary_doc(r) for r in found])
+        return
+    _table(
+        ["RUN", "APP", "STATUS", "NODES", "ROUNDS", "SUBMITTED", "DURATION", "REASON"],
+        [
+            [
+                r.run_id,
+                r.app_name,
+                r.status,
+                r.num_nodes,
+                r.rounds_completed,
+                r.submitted_at.strftime("%Y-%m-%d %H:%M:%S"),
+                f"{(r.finished_at - r.started_at).total_seconds():.1f}s"
+                if r.finished_at and r.started_at
+                else None,
+                r.reason,
+            ]
+            for r in found
+        ],
+    )
+
+
+def _run_summary_doc(r: RunSummary) -> dict[str, Any]:
+    return {
+        "run_id": r.run_id,
+        "app": r.app_name,
+        "status": r.status,
+        "reason": r.reason,
+        "nodes": r.num_nodes,
+        "rounds": r.rounds_completed,
+        "submitted_at": _iso(r.submitted_at),
+        "started_at": _iso(r.started_at),
+        "finished_at": _iso(r.finished_at),
+    }
+
+
+def _details_doc(details: RunDetails) -> dict[str, Any]:
+    run = details.run
+    return {
+        "run_id": run.id,
+        "app": run.app_name,
+        "app_hash": run.app_hash,
+        "status": run.status,
+        "reason": run.reason,
+        "priority": run.priority,
+        "attempt": run.attempt,
+        "max_restarts": run.max_restarts,
+        "checkpoint_round": details.checkpoint_round,
+        "run_config": run.run_config,
+        "submitted_at": _iso(run.submitted_at),
+        "started_at": _iso(run.started_at),
+        "finished_at": _iso(run.finished_at),
+        "exec_id": run.exec_id,
+        "nodes": [{"id": n.id, "name": n.name, "status": n.status} for n in details.selection],
+        "messages": [
+            {
+                "kind": "reply" if c["is_reply"] else "instruction",
+                "state": c["state"],
+                "count": c["n"],
+            }
+            for c in details.message_counts
+        ],
+        "rounds": [
+            {
+                "round": r["round"],
+                "phase": r["phase"],
+                "metrics": r["metrics"],
+                "replies": r["num_replies"],
+                "failures": r["num_failures"],
+            }
+            for r in details.rounds
+        ],
+    }
+
+
+def run_details(details: RunDetails, fmt: str) -> None:
+    """`flpg show`: one JSON document, or the set fields one a line, then the run
+    config, the nodes, the message counts and a table of round metrics."""
+    doc = _details_doc(details)
+    if fmt == "json":
+        _print_json(doc)
+        return
+    for key in SHOW_FIELDS:
+        if doc[key] is not None:
+            click.echo(f"{key + ':':14} {doc[key]}")
+    click.echo(f"{'run_config:':14} {json.dumps(details.run.run_config)}")
+    click.echo(
+        f"{'nodes:':14} " + ", ".join(f"{n.id}:{n.name} ({n.status})" for n in details.selection)
+    )
+    click.echo(
+        f"{'messages:':14} "
+        + ", ".join(f"{m['count']} {m['kind']} {m['state']}" for m in doc["messages"])
+    )
+    if details.rounds:
+        _table(
+            ["ROUND", "PHASE", "REPLIES", "FAILURES", "METRICS"],
+            [
+                [
+                    r["round"],
+                    r["phase"],
+                    r["num_replies"],
+                    r["num_failures"],
+                    json.dumps(r["metrics"]),
+                ]
+                for r in details.rounds
+            ],
+        )
+
+
+def resumed(run_id: int, attempt: int, checkpoint_round: int | None) -> None:
+    """`flpg resume`: the attempt that resumes the run, and after which round."""
+    after = "" if checkpoint_round is None else f" after round {checkpoint_round}"
+    click.echo(f"run {run_id}: resuming{after} as attempt {attempt}")
+
+
+def log_lines(lines: list[LogLine]) -> None:
+    """A run's log lines (ServerApp output and events), one a line."""
+    from flpg.follow import render
+
+    for entry in lines:
+        click.echo(render(entry))
+
+
+def stopped(run_id: int, state: str) -> None:
+    """`flpg stop`: the state the stop request left the run in."""
+    click.echo(f"run {run_id}: {state}")
+
+
+# ---------------------------------------------------------------- nodes
+
+
+def nodes(found: list[Node], fmt: str) -> None:
+    """`flpg nodes`: registered nodes as a JSON list or a table."""
+    if fmt == "json":
+        _print_json(
+            [
+                {
+                    "id": n.id,
+                    "name": n.name,
+                    "status": n.status,
+                    "node_config": n.node_config,
+                    "labels": n.labels,
+                    "last_seen_at": _iso(n.last_seen_at),
+                }
+                for n in found
+            ]
+        )
+        return
+    _table(
+        ["ID", "NAME", "STATUS", "NODE CONFIG", "LABELS", "LAST SEEN"],
+        [
+            [
+                n.id,
+                n.name,
+                n.status,
+                json.dumps(n.node_config),
+                json.dumps(n.labels),
+                n.last_seen_at.strftime("%Y-%m-%d %H:%M:%S"),
+            ]
+            for n in found
+        ],
+    )
+
+
+# ---------------------------------------------------------------- database
+
+
+def schema_upgraded(head: str, before: str | None, where: str) -> None:
+    """`flpg db upgrade`: the revision reached, the one before, and the (redacted) URL."""
+    click.echo(f"schema at {head} (was {before or 'empty'}) on {where}")
+
+
+def revision_text(revision: str | None, head: str, known: bool) -> str:
+    """A schema revision beside the newest one this flpg knows."""
+    if revision is not None and not known:
+        return f"{revision} (unknown to this flpg, whose newest is {head})"
+    return f"{revision or 'empty'} (newest {head})"
+
+
+def database_status(where: str, source: str, schema: str) -> None:
+    """`flpg db status` with an explicit URL (`where` redacted)."""
+    click.echo(f"database: {where} (from --db / {source})")
+    click.echo(f"schema: {schema}")
+
+
+def cluster_status(
+    root: Path, running: bool, pid: int | None, initialised: bool, url: str, schema: str | None
+) -> None:
+    """`flpg db status` of the embedded cluster; `schema` only when it runs."""
+    click.echo(f"embedded cluster: {root}")
+    click.echo(f"running: {f'yes (pid {pid})' if running else 'no'}")
+    click.echo(f"initialised: {'yes' if initialised else 'no'}")
+    click.echo(f"url: {url}")
+    if schema is not None:
+        click.echo(f"schema: {schema}")
+
+
+def cluster_stopped(was_running: bool) -> None:
+    """`flpg db stop`: whether it stopped the embedded cluster."""
+    click.echo("embedded cluster stopped" if was_running else "embedded cluster was not running")
+
+
+# ---------------------------------------------------------------- local federation
+
+
+def federation_up(started: bool, num_nodes: int, where: str, logs: Path) -> None:
+    """`flpg up`: what runs (or already ran) where, and where its logs go."""
+    verb = "started" if started else "already up:"
+    click.echo(f"local federation {verb} 1 link, 1 exec, {num_nodes} nodes on {where}")
+    click.echo(f"logs: {logs}; stop it with `flpg down`")
+
+
+def federation_down(stopped: int | None) -> None:
+    """`flpg down`: how many processes it stopped (None: no federation was up)."""
+    if stopped is None:
+        click.echo("no local federation is up")
+        return
+    click.echo(f"stopped {stopped} process(es) of the local federation")
+
+
+def embedded_db_stopped() -> None:
+    """`flpg down` also stopped the embedded database `flpg up` had started."""
+    click.echo("stopped the embedded database that `flpg up` started")
+
+
+def app_created(path: Path) -> None:
+    """`flpg new`: where the app is and how to run it."""
+    click.echo(f"created {path}; run it with `flpg up` and `flpg run {path} --stream`")

@@ -1,0 +1,136 @@
+"""The worker commands: `flpg link`, `flpg exec`, `flpg node`, and `flpg nodes`
+(the nodes they registered)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from flpg import options
+from flpg.cli import render
+from flpg.cli._base import db_option, format_option, handle_errors, open_db, resolve_url
+from flpg.config import parse_kv, parse_kv_all
+from flpg.limits import check_name
+from flpg.settings import Intervals
+
+
+def _serve(worker: Any, verbose: bool) -> None:
+    from flpg.lifecycle import setup_logging, stop_on_signals
+
+    setup_logging(verbose)
+    worker.run(stop_on_signals())
+
+
+@click.command("link")
+@db_option
+@click.option("--sweep", type=options.SECONDS, help="Seconds between sweeps.")
+@click.option("-v", "--verbose", is_flag=True)
+@handle_errors
+def link_cmd(db: str | None, sweep: float | None, verbose: bool) -> None:
+    """Run a SuperLink: node liveness, leases, TTL expiry, silent ServerApps."""
+    from dataclasses import replace
+
+    from flpg.link.worker import LinkWorker
+
+    intervals = Intervals.from_env()
+    if sweep is not None:
+        intervals = replace(intervals, sweep=sweep)
+    _serve(LinkWorker(resolve_url(db), intervals=intervals), verbose)
+
+
+@click.command("exec")
+@db_option
+@click.option(
+    "--max-runs",
+    type=options.MAX_RUNS,
+    default=4,
+    show_default=True,
+    help="ServerApps this worker runs at once.",
+)
+@click.option("-v", "--verbose", is_flag=True)
+@handle_errors
+def exec_cmd(db: str | None, max_runs: int, verbose: bool) -> None:
+    """Run a SuperExec: launch pending runs as ServerApp processes."""
+    from flpg.exec.worker import ExecWorker
+
+    _serve(ExecWorker(resolve_url(db), max_runs=max_runs), verbose)
+
+
+@click.command("node")
+@db_option
+@click.option(
+    "--name",
+    type=options.NODE_NAME,
+    required=True,
+    help="The node's name (not all digits); workers with one name share its id.",
+)
+@click.option(
+    "--node-config",
+    type=options.KEY_VALUES,
+    default="",
+    help='e.g. "partition-id=0 num-partitions=2".',
+)
+@click.option(
+    "--label",
+    "labels",
+    type=options.KEY_VALUES,
+    multiple=True,
+    help='key=value label (repeatable), e.g. region=eu or site="lab 2".',
+)
+@click.option(
+    "--concurrency",
+    type=options.CONCURRENCY,
+    default=4,
+    show_default=True,
+    help="Messages handled at once.",
+)
+@click.option(
+    "--virtual",
+    type=options.VIRTUAL,
+    default=None,
+    metavar="N",
+    help="Serve N node ids NAME-0..NAME-(N-1), each with partition-id i and "
+    "num-partitions N added to its node config (simulate a large federation).",
+)
+@click.option("-v", "--verbose", is_flag=True)
+@handle_errors
+def node_cmd(
+    db: str | None,
+    name: str,
+    node_config: str,
+    labels: tuple[str, ...],
+    concurrency: int,
+    virtual: int | None,
+    verbose: bool,
+) -> None:
+    """Run a SuperNode worker: claim this node's messages and run ClientApps on them."""
+    from flpg.node.worker import NodeSpec, NodeWorker, virtual_specs
+
+    if virtual is not None:
+        check_name(f"{name}-{virtual - 1}", f"--name with --virtual {virtual}, node name")
+    spec = NodeSpec(
+        name=name,
+        node_config=parse_kv(node_config, "--node-config"),
+        labels=parse_kv_all(labels, "--label"),
+    )
+    specs = [spec] if virtual is None else virtual_specs(spec, virtual)
+    _serve(NodeWorker(resolve_url(db), specs, concurrency=concurrency), verbose)
+
+
+@click.command("nodes")
+@db_option
+@format_option
+@handle_errors
+def nodes_cmd(db: str | None, fmt: str) -> None:
+    """List registered nodes."""
+    from flpg.store import nodes as store_nodes
+
+    _, conn = open_db(db)
+    with conn:
+        found = store_nodes.list_all(conn)
+    render.nodes(found, fmt)
+
+
+COMMANDS = (link_cmd, exec_cmd, node_cmd, nodes_cmd)
+"""The commands this module adds to `flpg`."""
