@@ -337,7 +337,7 @@ class NodeWorker:
         submitted, self._submitted = sorted(self._submitted), set()
         if not submitted or host.waiting() >= PRESTART:
             return
-        for run_id in store_messages.runs_starting(conn, submitted, self.node_ids):
+        for run_id in store_runs.starting_on_nodes(conn, submitted, self.node_ids):
             if host.waiting() >= PRESTART:
                 break
             if not host.has(run_id):

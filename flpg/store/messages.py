@@ -248,15 +248,6 @@ def reply_batch(conn: Connection, *, worker: str, replies: Sequence[NewReply]) -
     return {int(r["reply_to"]): int(r["id"]) for r in found}
 
 
-def runs_starting(conn: Connection, run_ids: list[int], node_ids: list[int]) -> list[int]:
-    """Which of `run_ids` are pending or running (no stop requested) with some of
-    `node_ids` in their selection: a node worker may start their ClientApp ahead."""
-    if not run_ids or not node_ids:
-        return []
-    found = rows(conn, "runs_list_starting", {"run_ids": run_ids, "node_ids": node_ids})
-    return [int(r["id"]) for r in found]
-
-
 def release(conn: Connection, *, worker: str) -> int:
     """Hand this worker's claimed instructions back to the queue and wake their nodes."""
     with conn.transaction():

@@ -137,6 +137,15 @@ def online_node_ids(conn: Connection, run_id: int) -> list[int]:
     return [int(r["node_id"]) for r in rows(conn, "run_nodes_list_online", {"run_id": run_id})]
 
 
+def starting_on_nodes(conn: Connection, run_ids: list[int], node_ids: list[int]) -> list[int]:
+    """Which of `run_ids` are pending or running (no stop requested) with some of
+    `node_ids` in their selection: a node worker may start their ClientApp ahead."""
+    if not run_ids or not node_ids:
+        return []
+    found = rows(conn, "runs_list_starting", {"run_ids": run_ids, "node_ids": node_ids})
+    return [int(r["id"]) for r in found]
+
+
 def claim_next(conn: Connection, exec_id: str, *, exclude: Sequence[int] = ()) -> Claim | None:
     """Exec: claim the next pending run (status -> starting, `claimed_at` now); None when
     no run is pending. One run per call: start its ServerApp (`mark_running`) before

@@ -296,10 +296,10 @@ def test_batch_claims_over_many_nodes_take_runs_in_turns(conn: Connection, db_ur
     assert sorted(r.run_id for r in again) == [big] * 3 + [small] * 3
 
 
-def test_runs_starting_names_live_runs_that_select_the_nodes(
+def test_starting_on_nodes_names_live_runs_that_select_the_nodes(
     conn: Connection, fed: Federation
 ) -> None:
     other = create_run(conn, [fed.outside])
-    assert store_messages.runs_starting(conn, [fed.run_id, other], fed.selected) == [fed.run_id]
+    assert store_runs.starting_on_nodes(conn, [fed.run_id, other], fed.selected) == [fed.run_id]
     store_runs.request_stop(conn, fed.run_id)
-    assert store_messages.runs_starting(conn, [fed.run_id, other], fed.selected) == []
+    assert store_runs.starting_on_nodes(conn, [fed.run_id, other], fed.selected) == []

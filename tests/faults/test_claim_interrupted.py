@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -132,20 +129,6 @@ def test_runs_claimed_by_an_exec_killed_before_launching_them(federation: Federa
     assert_finished_as_second_attempt(fed, run_ids, exec_id_of(fed, second))
     assert run_states(fed)[stopped] == ("stopped", "stopped by user")
     assert fed.scalar("SELECT attempt FROM runs WHERE id = %s", [stopped]) == 1
-
-
-@pytest.fixture
-def private_cluster() -> Iterator[Cluster]:
-    root = Path(tempfile.mkdtemp(prefix="flpg-claim-restart-", dir="/tmp"))
-    cluster = Cluster(root)
-    try:
-        cluster.ensure_running()
-        yield cluster
-    finally:
-        try:
-            cluster.destroy()
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.timeout(budget(6 * STARTUP, 30, TAKE_BACK_BOUND, INTERVALS.offline_after, 3 * 90))

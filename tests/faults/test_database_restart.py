@@ -7,10 +7,7 @@ The test runs its own private cluster (the session's shared one must not restart
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,20 +20,6 @@ from tests.e2e.test_multitenancy import expected_final, final_of
 pytestmark = pytest.mark.e2e
 
 ROUNDS = 6
-
-
-@pytest.fixture
-def private_cluster() -> Iterator[Cluster]:
-    root = Path(tempfile.mkdtemp(prefix="flpg-restart-", dir="/tmp"))
-    cluster = Cluster(root)
-    try:
-        cluster.ensure_running()
-        yield cluster
-    finally:
-        try:
-            cluster.destroy()
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
 
 
 def test_a_run_survives_a_database_restart(private_cluster: Cluster, tmp_path: Path) -> None:
