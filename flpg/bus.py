@@ -12,10 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from flpg import arrays
-from flpg.db import Connection
-from flpg.message import Error, Message, Metadata
-from flpg.records import (
+from flpg.app import arrays
+from flpg.app.message import Error, Message, Metadata
+from flpg.app.records import (
     Array,
     ArrayRecord,
     ArraySource,
@@ -28,6 +27,7 @@ from flpg.records import (
 )
 from flpg.store import messages as store_messages
 from flpg.store import payloads as store_payloads
+from flpg.store.db import Connection
 from flpg.store.messages import ArrayLink, MessageRow, NewInstruction
 from flpg.store.payloads import DEFAULT_CHUNK_SIZE, ArrayRef
 

@@ -1,4 +1,4 @@
--- Reading the state of the schema itself, before migrating it (flpg.migrate).
+-- Reading the state of the schema itself, before migrating it (flpg.store.migrate).
 
 -- name: schema_get_revision
 -- The Alembic revision the database is at; fails with undefined_table when the

@@ -30,7 +30,7 @@ from pytest_postgresql.executors import NoopExecutor
 from pytest_postgresql.janitor import DatabaseJanitor
 
 from flpg.errors import EmbeddedDatabaseError
-from flpg.pgcluster import Cluster, find_bindir
+from flpg.local.pgcluster import Cluster, find_bindir
 
 # Short intervals for every worker the tests start.
 TEST_ENV = {
@@ -48,7 +48,7 @@ def url_for(host: str, port: int, user: str, dbname: str) -> str:
 
 
 def _migrate(host: str, port: int, user: str, dbname: str, **_: Any) -> None:
-    from flpg.migrate import upgrade
+    from flpg.store.migrate import upgrade
 
     upgrade(url_for(host, port, user, dbname))
 

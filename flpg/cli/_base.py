@@ -15,10 +15,10 @@ from typing import Any, TypeVar
 
 import click
 
-from flpg import options
-from flpg.db import Connection, connect
+from flpg.cli import options
 from flpg.errors import FlpgError
 from flpg.settings import DATABASE_URL_ENV, explicit_database_url
+from flpg.store.db import Connection, connect
 from flpg.store.errors import translated
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -98,7 +98,7 @@ def resolve_url_started(db: str | None) -> tuple[str, bool]:
     url = explicit_database_url(db)
     if url:
         return url, False
-    from flpg.embedded import cluster
+    from flpg.local.embedded import cluster
 
     embedded = cluster()
     was_running = embedded.status().running
@@ -107,7 +107,7 @@ def resolve_url_started(db: str | None) -> tuple[str, bool]:
 
 def open_db(db: str | None) -> tuple[str, Connection]:
     """Resolve, migrate if needed, and connect."""
-    from flpg.migrate import ensure_schema
+    from flpg.store.migrate import ensure_schema
 
     url = resolve_url(db)
     connect(url, application_name="flpg-cli").close()  # a clear error before migrating

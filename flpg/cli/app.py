@@ -1,7 +1,7 @@
 """The `flpg` group and the registration of its commands, one module per group.
 
 Every command takes `--db URL` (or `FLPG_DATABASE_URL`); without either it uses
-the embedded default cluster. Options are checked by the types in `flpg.options`;
+the embedded default cluster. Options are checked by the types in `flpg.cli.options`;
 failures go through the one handler in `flpg.cli._base`; output is formatted by
 `flpg.cli.render` alone.
 """

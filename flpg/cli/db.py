@@ -6,8 +6,8 @@ import click
 
 from flpg.cli import render
 from flpg.cli._base import db_option, handle_errors, resolve_url
-from flpg.db import connect, redact
 from flpg.settings import DATABASE_URL_ENV, explicit_database_url
+from flpg.store.db import connect, redact
 
 
 @click.group()
@@ -20,7 +20,7 @@ def db() -> None:
 @handle_errors
 def db_upgrade(db: str | None) -> None:
     """Migrate the schema to the newest revision (idempotent)."""
-    from flpg.migrate import check, head_revision, upgrade
+    from flpg.store.migrate import check, head_revision, upgrade
 
     url = resolve_url(db)
     connect(url, application_name="flpg-cli").close()
@@ -34,8 +34,8 @@ def db_upgrade(db: str | None) -> None:
 @handle_errors
 def db_status(db: str | None) -> None:
     """Where the database is, whether it runs, and its schema revision."""
-    from flpg.embedded import cluster
-    from flpg.migrate import current_revision
+    from flpg.local.embedded import cluster
+    from flpg.store.migrate import current_revision
 
     url = explicit_database_url(db)
     if url:
@@ -49,7 +49,7 @@ def db_status(db: str | None) -> None:
 
 
 def _revision(revision: str | None) -> str:
-    from flpg.migrate import head_revision, known_revisions
+    from flpg.store.migrate import head_revision, known_revisions
 
     return render.revision_text(
         revision, head_revision(), revision is None or revision in known_revisions()
@@ -60,7 +60,7 @@ def _revision(revision: str | None) -> str:
 @handle_errors
 def db_stop() -> None:
     """Stop the embedded cluster (the next command starts it again)."""
-    from flpg.embedded import cluster
+    from flpg.local.embedded import cluster
 
     was_running = cluster().stop()
     render.cluster_stopped(was_running)

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import click
 
-from flpg import options
-from flpg.cli import render
+from flpg.cli import options, render
 from flpg.cli._base import db_option, handle_errors, resolve_url_started
-from flpg.db import redact
+from flpg.store.db import redact
 
 
 @click.command("up")
@@ -26,8 +25,8 @@ from flpg.db import redact
 @handle_errors
 def up_cmd(db: str | None, num_nodes: int) -> None:
     """Start a local federation in the background: one link, one exec, N nodes."""
-    from flpg import federation
-    from flpg.embedded import home
+    from flpg.local import federation
+    from flpg.local.embedded import home
 
     url, started_db = resolve_url_started(db)
     fed, started = federation.up(home(), url, num_nodes, started_db=started_db)
@@ -38,8 +37,8 @@ def up_cmd(db: str | None, num_nodes: int) -> None:
 @handle_errors
 def down_cmd() -> None:
     """Stop the local federation started by `flpg up`."""
-    from flpg import federation
-    from flpg.embedded import cluster, home
+    from flpg.local import federation
+    from flpg.local.embedded import cluster, home
 
     stopped, fed = federation.down(home())
     render.federation_down(None if fed is None else stopped)
@@ -60,7 +59,7 @@ def down_cmd() -> None:
 @handle_errors
 def demo_cmd(db: str | None, num_nodes: int, rounds: int | None, keep: bool) -> None:
     """Train the digits example on a local federation and print a summary."""
-    from flpg.demo import run_demo
+    from flpg.local.demo import run_demo
 
     url, started_db = resolve_url_started(db)
     result = run_demo(
@@ -83,7 +82,7 @@ def demo_cmd(db: str | None, num_nodes: int, rounds: int | None, keep: bool) -> 
 @handle_errors
 def new_cmd(name: str, target: Path) -> None:
     """Create a working app skeleton NAME (ServerApp with FedAvg, ClientApp)."""
-    from flpg.scaffold import create_app
+    from flpg.local.scaffold import create_app
 
     render.app_created(create_app(name, target))
 

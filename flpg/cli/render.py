@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from flpg.store.logs import LogLine
     from flpg.store.nodes import Node
     from flpg.store.runs import Run, RunDetails, RunSummary
-    from flpg.submit import Submitted
+    from flpg.submit.run import Submitted
 
 SHOW_FIELDS = (
     "run_id",
@@ -201,7 +201,7 @@ def resumed(run_id: int, attempt: int, checkpoint_round: int | None) -> None:
 
 def log_lines(lines: list[LogLine]) -> None:
     """A run's log lines (ServerApp output and events), one a line."""
-    from flpg.follow import render
+    from flpg.cli.follow import render
 
     for entry in lines:
         click.echo(render(entry))

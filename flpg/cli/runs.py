@@ -7,10 +7,9 @@ from pathlib import Path
 
 import click
 
-from flpg import options
-from flpg.cli import render
+from flpg.cli import options, render
 from flpg.cli._base import db_option, format_option, handle_errors, open_db
-from flpg.db import Connection
+from flpg.store.db import Connection
 
 LOG_PAGE = 1000
 """Log lines `store.logs.tail` returns at most per call; a shorter page is the last."""
@@ -69,7 +68,7 @@ def run_cmd(
     fmt: str,
 ) -> None:
     """Submit a run of the app in APP_DIR."""
-    from flpg.submit import submit
+    from flpg.submit.run import submit
 
     url, conn = open_db(db)
     with conn:
@@ -90,7 +89,7 @@ def run_cmd(
 
 def _stream(conn: Connection, url: str, run_id: int) -> None:
     """Follow the run to its end; exit 1 unless it finished."""
-    from flpg.progress import watch
+    from flpg.cli.progress import watch
     from flpg.store import runs as store_runs
 
     rounds = store_runs.get(conn, run_id).run_config.get("num-server-rounds")

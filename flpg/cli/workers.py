@@ -7,12 +7,11 @@ from typing import Any
 
 import click
 
-from flpg import options
-from flpg.cli import render
+from flpg.cli import options, render
 from flpg.cli._base import db_option, format_option, handle_errors, open_db, resolve_url
-from flpg.config import parse_kv, parse_kv_all
-from flpg.limits import check_name
 from flpg.settings import Intervals
+from flpg.submit.config import parse_kv, parse_kv_all
+from flpg.submit.limits import check_name
 
 
 def _serve(worker: Any, verbose: bool) -> None:

@@ -30,9 +30,9 @@ from collections import deque
 from collections.abc import Iterator
 from typing import IO
 
-from flpg.db import TRANSIENT, Connection, Session
 from flpg.errors import NotFound
 from flpg.store import logs as store_logs
+from flpg.store.db import TRANSIENT, Connection, Session
 from flpg.store.text import LINE_LIMIT
 
 log = logging.getLogger("flpg.exec")

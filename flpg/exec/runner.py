@@ -34,16 +34,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from flpg.appbundle import BundleCache, default_cache_dir, load_component, parse_pyproject
-from flpg.appchild import call_within
-from flpg.context import Context
-from flpg.db import TRANSIENT, Connection, Session
-from flpg.grid import Grid
-from flpg.records import RecordDict
+from flpg.app.context import Context
+from flpg.app.records import RecordDict
+from flpg.bundle.appdir import BundleCache, default_cache_dir, load_component, parse_pyproject
+from flpg.bundle.process import call_within
 from flpg.serverapp import ServerApp
+from flpg.serverapp.grid import Grid
 from flpg.settings import DATABASE_URL_ENV, Intervals
 from flpg.store import apps as store_apps
 from flpg.store import runs as store_runs
+from flpg.store.db import TRANSIENT, Connection, Session
 
 RESULT_PREFIX = "flpg-serverapp-failed: "
 EXEC_PID_ENV = "FLPG_EXEC_PID"

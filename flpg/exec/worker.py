@@ -7,8 +7,8 @@ ServerApps are tenant code and may be hostile; nothing one of them does stops th
 exec serving the others. Each child is reaped on its own: recording one outcome
 that fails is logged and retried (database away) or replaced by a plain reason,
 never raised out of the loop. Any exit code or signal number is named
-(`flpg.appchild.describe_exit`). Output is read bounded (`flpg.exec.logwriter`).
-A ServerApp gets only an allowlisted environment (`flpg.appchild.app_environment`).
+(`flpg.bundle.process.describe_exit`). Output is read bounded (`flpg.exec.logwriter`).
+A ServerApp gets only an allowlisted environment (`flpg.bundle.process.app_environment`).
 One that no longer runs its run's current attempt (the link failed it for silence,
 the run was restarted or taken back) is terminated two heartbeats after the exec
 sees it, like one whose run was stopped: SIGTERM and SIGCONT to its process group
@@ -28,15 +28,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from flpg.appchild import app_environment, describe_exit
-from flpg.db import EXEC_CHANNEL, TRANSIENT, Connection, Listener, Session
+from flpg.bundle.process import app_environment, describe_exit
 from flpg.exec.logwriter import LogWriter
 from flpg.exec.runner import EXEC_PID_ENV, RESULT_PREFIX
 from flpg.lifecycle import worker_id
-from flpg.migrate import ensure_schema
 from flpg.settings import DATABASE_URL_ENV, Intervals
 from flpg.store import logs as store_logs
 from flpg.store import runs as store_runs
+from flpg.store.db import EXEC_CHANNEL, TRANSIENT, Connection, Listener, Session
+from flpg.store.migrate import ensure_schema
 
 log = logging.getLogger("flpg.exec")
 

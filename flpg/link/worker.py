@@ -11,16 +11,16 @@ import logging
 import threading
 import time
 
-from flpg.db import TRANSIENT, Connection, Session, connect
+from flpg.app.message import ErrorCode
 from flpg.errors import Deadlock, LockTimeout
-from flpg.message import ErrorCode
-from flpg.migrate import ensure_schema
 from flpg.settings import Intervals
 from flpg.store import messages as store_messages
 from flpg.store import nodes as store_nodes
 from flpg.store import payloads as store_payloads
 from flpg.store import runs as store_runs
 from flpg.store import session as store_session
+from flpg.store.db import TRANSIENT, Connection, Session, connect
+from flpg.store.migrate import ensure_schema
 
 log = logging.getLogger("flpg.link")
 

@@ -13,10 +13,10 @@ line per batch of replies written (see `flpg.node.appprocess`); the node worker
 learns of them through callbacks on the process's reader thread.
 
 App code is tenant code: the process gets only an allowlisted environment
-(`flpg.appchild.app_environment`); its protocol pipe is read as bytes in lines of
+(`flpg.bundle.process.app_environment`); its protocol pipe is read as bytes in lines of
 at most PROTOCOL_LINE_LIMIT bytes, and a line that is not a protocol answer (binary,
 cut, garbage the app wrote there) is logged and skipped; any exit code or signal is
-named (`flpg.appchild.describe_exit`); when the process ends, whatever it left in
+named (`flpg.bundle.process.describe_exit`); when the process ends, whatever it left in
 its process group is killed, so no leftover holds its pipes open.
 """
 
@@ -37,7 +37,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from flpg.appchild import app_environment, describe_exit
+from flpg.bundle.process import app_environment, describe_exit
 from flpg.settings import DATABASE_URL_ENV
 from flpg.store.messages import MessageRow
 

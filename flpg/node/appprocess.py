@@ -2,8 +2,8 @@
 
 `python -m flpg.node.appprocess --run RUN --worker WORKER --cache-dir DIR`, started
 by a node worker with `FLPG_DATABASE_URL` set (and only an allowlisted environment:
-`flpg.appchild.app_environment`); its first connection is retried while the database
-is away (`flpg.appchild.call_within`). The ClientApp is imported once and
+`flpg.bundle.process.app_environment`); its first connection is retried while the database
+is away (`flpg.bundle.process.call_within`). The ClientApp is imported once and
 kept for the run's lifetime; each node id it serves has its own Context, whose
 `state` persists across the run's rounds (and lives only in this process).
 
@@ -42,18 +42,18 @@ from typing import IO, Any
 from psycopg_pool import ConnectionPool
 
 from flpg import bus
-from flpg.appbundle import BundleCache, load_component, parse_pyproject
-from flpg.appchild import call_within
+from flpg.app.context import Context
+from flpg.app.message import Message
+from flpg.app.records import RecordDict
+from flpg.bundle.appdir import BundleCache, load_component, parse_pyproject
+from flpg.bundle.process import call_within
 from flpg.clientapp import ClientApp
-from flpg.context import Context
-from flpg.db import SESSION_OPTIONS, TRANSIENT, Connection
 from flpg.errors import FlpgError
-from flpg.message import Message
 from flpg.node.replies import Answer, Written, app_error, describe, write_replies
-from flpg.records import RecordDict
 from flpg.settings import DATABASE_URL_ENV
 from flpg.store import apps as store_apps
 from flpg.store import runs as store_runs
+from flpg.store.db import SESSION_OPTIONS, TRANSIENT, Connection
 from flpg.store.messages import MessageRow
 
 log = logging.getLogger("flpg.clientapp")

@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from flpg import bus
-from flpg.db import TRANSIENT, Connection
+from flpg.app.message import Error, ErrorCode, Message
+from flpg.app.records import records_to_json
 from flpg.errors import FlpgError
-from flpg.message import Error, ErrorCode, Message
-from flpg.records import records_to_json
 from flpg.store import messages as store_messages
+from flpg.store.db import TRANSIENT, Connection
 from flpg.store.messages import ArrayLink, MessageRow, NewReply
 from flpg.store.payloads import DEFAULT_CHUNK_SIZE
 

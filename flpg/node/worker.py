@@ -36,8 +36,16 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from flpg.appbundle import default_cache_dir
-from flpg.db import (
+from flpg.bundle.appdir import default_cache_dir
+from flpg.errors import ConfigError
+from flpg.lifecycle import worker_id
+from flpg.node.apphost import AppHost, AppProcess, Outcome
+from flpg.node.replies import Answer, app_error, write_replies
+from flpg.settings import Intervals
+from flpg.store import messages as store_messages
+from flpg.store import nodes as store_nodes
+from flpg.store import runs as store_runs
+from flpg.store.db import (
     EXEC_CHANNEL,
     SESSION_OPTIONS,
     STOP_CHECK,
@@ -47,16 +55,8 @@ from flpg.db import (
     Session,
     node_channel,
 )
-from flpg.errors import ConfigError
-from flpg.lifecycle import worker_id
-from flpg.migrate import ensure_schema
-from flpg.node.apphost import AppHost, AppProcess, Outcome
-from flpg.node.replies import Answer, app_error, write_replies
-from flpg.settings import Intervals
-from flpg.store import messages as store_messages
-from flpg.store import nodes as store_nodes
-from flpg.store import runs as store_runs
 from flpg.store.messages import MessageRow
+from flpg.store.migrate import ensure_schema
 
 log = logging.getLogger("flpg.node")
 

@@ -7,8 +7,8 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
-from flpg.db import Connection
-from flpg.sql import query
+from flpg.store.db import Connection
+from flpg.store.sql import query
 
 Params = Mapping[str, Any]
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from flpg.db import Connection
 from flpg.errors import NotFound
 from flpg.store._exec import one
+from flpg.store.db import Connection
 
 
 def get(conn: Connection, hash: str) -> tuple[str, bytes]:

@@ -7,9 +7,9 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from flpg.db import Connection
 from flpg.errors import StaleAttempt
 from flpg.store._exec import many, one, rows, run
+from flpg.store.db import Connection
 from flpg.store.payloads import ArrayRef
 
 

@@ -8,9 +8,9 @@ from datetime import datetime
 
 import psycopg
 
-from flpg.db import Connection
 from flpg.errors import NotFound
 from flpg.store._exec import many, rows, run
+from flpg.store.db import Connection
 from flpg.store.text import LINE_LIMIT, storable
 
 
@@ -26,7 +26,7 @@ LAUNCH_EVENT = "ServerApp attempt "
 """The start of the event an exec logs when it launched a ServerApp attempt."""
 END_EVENT = "ServerApp "
 """The start of the event an exec logs after a reaped ServerApp's last output line
-(any event starting so that is not a launch). `flpg.follow` relies on both."""
+(any event starting so that is not a launch). `flpg.cli.follow` relies on both."""
 
 
 def launch_event(attempt: int, exec_id: str, pid: int) -> str:

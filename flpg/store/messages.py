@@ -9,10 +9,10 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from flpg import arrays
-from flpg.db import Connection
+from flpg.app import arrays
 from flpg.errors import SelectionError
 from flpg.store._exec import one, rows, run
+from flpg.store.db import Connection
 from flpg.store.text import REASON_LIMIT, storable
 
 _SELECTION_FKS = ("fk_messages_dst_in_selection", "fk_messages_src_in_selection")

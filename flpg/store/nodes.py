@@ -8,8 +8,8 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from flpg.db import Connection
 from flpg.store._exec import one, rows, run
+from flpg.store.db import Connection
 
 
 @dataclass(frozen=True)

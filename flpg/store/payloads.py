@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from flpg import arrays
-from flpg.db import Connection, Session
+from flpg.app import arrays
 from flpg.errors import PayloadCorrupt
-from flpg.sql import query
 from flpg.store._exec import one, rows
+from flpg.store.db import Connection, Session
+from flpg.store.sql import query
 
 DEFAULT_CHUNK_SIZE = 1 << 20
 """1 MiB chunk rows: the fastest write path measured here, and far below 1 GB."""

@@ -9,10 +9,10 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from flpg.db import Connection
 from flpg.errors import InvalidState, NotFound
 from flpg.store import logs as store_logs
 from flpg.store._exec import one, rows, run
+from flpg.store.db import Connection
 from flpg.store.text import REASON_LIMIT, storable
 
 TERMINAL = ("finished", "failed", "stopped")

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import psycopg
 
-from flpg.db import Connection
 from flpg.errors import FlpgError, PermissionDenied, SchemaMismatch
 from flpg.store._exec import one, rows
+from flpg.store.db import Connection
 from flpg.store.errors import role_of, translate
 
 

@@ -7,9 +7,9 @@ from contextlib import contextmanager
 
 import psycopg
 
-from flpg.db import Connection
 from flpg.errors import Deadlock, LockTimeout
 from flpg.store._exec import one
+from flpg.store.db import Connection
 
 
 def set_lock_timeout(conn: Connection, seconds: float) -> None:

@@ -1,9 +1,7 @@
-"""Strategies: the server-side federated algorithms (FedAvg and friends)."""
+"""`flpg.strategy`: the same strategies as `flpg.serverapp.strategy` (the path Flower uses)."""
 
 from __future__ import annotations
 
-from flpg.strategy.fedavg import FedAvg
-from flpg.strategy.result import Result
-from flpg.strategy.strategy import Strategy, TooFewReplies
+from flpg.serverapp.strategy import FedAvg, Result, Strategy, TooFewReplies
 
 __all__ = ["FedAvg", "Result", "Strategy", "TooFewReplies"]

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-from flpg.sql import view
+from flpg.store.sql import view
 
 revision: str = "0001"
 down_revision: str | None = None

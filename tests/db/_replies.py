@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from psycopg.rows import dict_row
 
-from flpg.db import Connection
+from flpg.app.message import Error, Message
 from flpg.errors import LeaseLost
-from flpg.message import Error, Message
 from flpg.node.replies import Answer, write_replies
 from flpg.store import messages as store_messages
+from flpg.store.db import Connection
 from flpg.store.messages import MessageRow, NewReply
 from flpg.store.payloads import DEFAULT_CHUNK_SIZE
 

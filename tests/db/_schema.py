@@ -202,11 +202,11 @@ class _Collect(logging.Handler):
 
 
 def upgrade_in_process(url: str, barrier: Any, results: Any, tag: str) -> None:
-    """Child process: wait for the sibling, then `flpg.migrate.upgrade(url)`.
+    """Child process: wait for the sibling, then `flpg.store.migrate.upgrade(url)`.
 
     Puts `(tag, ok, error, alembic log lines, seconds)` on `results`.
     """
-    from flpg.migrate import upgrade
+    from flpg.store.migrate import upgrade
 
     handler = _Collect()
     logger = logging.getLogger("alembic.runtime.migration")

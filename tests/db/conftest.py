@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from flpg.db import Connection, connect
-from flpg.message import Message
-from flpg.records import RecordDict
+from flpg.app.message import Message
+from flpg.app.records import RecordDict
 from flpg.store import nodes as store_nodes
 from flpg.store import runs as store_runs
+from flpg.store.db import Connection, connect
 from tests.conftest import scratch_database
 
 BUNDLE = b"PK\x05\x06" + bytes(18)  # an empty zip file

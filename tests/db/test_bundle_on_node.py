@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from flpg import bus
-from flpg.db import Connection
 from flpg.node.apphost import encode_batch
 from flpg.store import messages as store_messages
 from flpg.store import runs as store_runs
+from flpg.store.db import Connection
 from tests.unit.test_appbundle import raw_zip, stored, zero_bomb
 
 from .conftest import instruction, register

@@ -17,13 +17,13 @@ import pytest
 from psycopg import errors
 
 from flpg import bus
-from flpg.db import Connection, Listener, connect, node_channel
+from flpg.app.message import Error, ErrorCode, Message
+from flpg.app.records import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flpg.errors import LeaseLost, PayloadCorrupt, SelectionError
-from flpg.message import Error, ErrorCode, Message
-from flpg.records import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flpg.store import messages as store_messages
 from flpg.store import nodes as store_nodes
 from flpg.store import runs as store_runs
+from flpg.store.db import Connection, Listener, connect, node_channel
 from flpg.store.messages import NewInstruction, NewReply
 from tests.db import _replies as reply_path
 
@@ -587,8 +587,8 @@ def test_connection_is_not_left_in_a_transaction(conn: Connection, fed: Federati
 def test_run_log_append_wakes_followers_and_tails_in_order(
     conn: Connection, fed: Federation
 ) -> None:
-    from flpg.db import log_channel
     from flpg.store import logs as store_logs
+    from flpg.store.db import log_channel
 
     listener = Listener(fed.url, [log_channel(fed.run_id)], application_name="t")
     try:
@@ -604,7 +604,7 @@ def test_run_log_append_wakes_followers_and_tails_in_order(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="records bug (flpg/records.py): jsonb prints floats >= 1e16 without a decimal "
+    reason="records bug (flpg/app/records.py): jsonb prints floats >= 1e16 without a decimal "
     "point, so a float metric/config value comes back as an int (lists only get widened "
     "when mixed)",
 )

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from flpg import bus
-from flpg.db import Connection
+from flpg.app.records import ArrayRecord, RecordDict
 from flpg.errors import InvalidState, StaleAttempt
-from flpg.grid import Grid
-from flpg.records import ArrayRecord, RecordDict
+from flpg.serverapp.grid import Grid
 from flpg.store import runs as store_runs
+from flpg.store.db import Connection
 
 from .conftest import Federation, instruction, scalar
 

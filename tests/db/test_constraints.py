@@ -15,10 +15,10 @@ import pytest
 from psycopg import errors
 
 from flpg import bus
-from flpg.db import Connection, connect
-from flpg.message import Message
+from flpg.app.message import Message
 from flpg.store import messages as store_messages
 from flpg.store import runs as store_runs
+from flpg.store.db import Connection, connect
 from tests.db import _replies as reply_path
 
 from .conftest import Federation, create_run, instruction, make_federation, scalar
@@ -243,7 +243,7 @@ CASES: dict[str, Case] = {
 def _content_with_array() -> Any:
     import numpy as np
 
-    from flpg.records import ArrayRecord, RecordDict
+    from flpg.app.records import ArrayRecord, RecordDict
 
     return RecordDict({"arrays": ArrayRecord({"w": np.arange(4.0)})})
 

@@ -12,7 +12,6 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
-from flpg.db import Connection, connect
 from flpg.errors import (
     BadValue,
     DatabaseRefused,
@@ -24,6 +23,7 @@ from flpg.errors import (
 )
 from flpg.store import nodes as store_nodes
 from flpg.store import runs as store_runs
+from flpg.store.db import Connection, connect
 from flpg.store.errors import translated
 from tests.db.conftest import APP_HASH, BUNDLE
 

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from flpg import bus
-from flpg.db import Connection, Listener, connect, node_channel
+from flpg.app.message import ErrorCode, Message
+from flpg.app.records import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flpg.errors import SelectionError
-from flpg.grid import Grid, NodesUnavailable
-from flpg.message import ErrorCode, Message
-from flpg.records import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flpg.serverapp.grid import Grid, NodesUnavailable
 from flpg.store import messages as store_messages
 from flpg.store import nodes as store_nodes
+from flpg.store.db import Connection, Listener, connect, node_channel
 from tests.db import _replies as reply_path
 
 from .conftest import Federation, scalar

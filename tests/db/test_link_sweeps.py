@@ -12,13 +12,13 @@ from collections import Counter
 import pytest
 
 from flpg import bus
-from flpg.db import Connection, Listener, connect, run_channel
+from flpg.app.message import ErrorCode
 from flpg.errors import LeaseLost
 from flpg.link.worker import LinkWorker
-from flpg.message import ErrorCode
 from flpg.settings import Intervals
 from flpg.store import messages as store_messages
 from flpg.store import runs as store_runs
+from flpg.store.db import Connection, Listener, connect, run_channel
 from tests.db import _replies as reply_path
 
 from .conftest import Federation, create_run, instruction, register, scalar

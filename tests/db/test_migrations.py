@@ -14,9 +14,9 @@ import sqlalchemy
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from flpg import migrate
 from flpg.models import metadata
-from flpg.sql import latest_views
+from flpg.store import migrate
+from flpg.store.sql import latest_views
 
 from ._schema import describe, diff, leftovers, upgrade_in_process
 
@@ -204,7 +204,7 @@ def test_ensure_schema_at_head_does_not_load_alembic(db_url: str) -> None:
     """A service start on a migrated database checks the revision without Alembic or
     SQLAlchemy; on an empty one it migrates (and then loads them)."""
     probe = (
-        "import sys; from flpg.migrate import ensure_schema; ensure_schema(sys.argv[1]); "
+        "import sys; from flpg.store.migrate import ensure_schema; ensure_schema(sys.argv[1]); "
         "print(sorted(m for m in ('alembic', 'sqlalchemy') if m in sys.modules))"
     )
     done = subprocess.run(

@@ -12,15 +12,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from flpg import arrays as flpg_arrays
 from flpg import bus
-from flpg.db import Connection, Listener, run_channel
-from flpg.message import Error, ErrorCode, Message
+from flpg.app import arrays as flpg_arrays
+from flpg.app.message import Error, ErrorCode, Message
+from flpg.app.records import ArrayRecord, MetricRecord, RecordDict
 from flpg.node import replies as replies_module
 from flpg.node.replies import Answer, write_replies
-from flpg.records import ArrayRecord, MetricRecord, RecordDict
 from flpg.store import messages as store_messages
 from flpg.store import runs as store_runs
+from flpg.store.db import Connection, Listener, run_channel
 from flpg.store.messages import NewInstruction
 
 from .conftest import Federation, create_run, instruction, register, scalar

@@ -6,14 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flpg import arrays, bus
-from flpg.db import Connection
+from flpg import bus
+from flpg.app import arrays
+from flpg.app.records import ArrayRecord, RecordDict
 from flpg.errors import PayloadCorrupt
-from flpg.grid import Grid
-from flpg.records import ArrayRecord, RecordDict
+from flpg.serverapp.grid import Grid
 from flpg.store import messages as store_messages
 from flpg.store import payloads as store_payloads
 from flpg.store import runs as store_runs
+from flpg.store.db import Connection
 
 from .conftest import Federation, instruction, scalar
 

@@ -1,4 +1,4 @@
-"""Tests for flpg.pgcluster with real initdb/pg_ctl/postgres processes.
+"""Tests for flpg.local.pgcluster with real initdb/pg_ctl/postgres processes.
 
 Each test gets its own cluster root under a fresh /tmp directory (short socket paths)
 and destroys it at the end, so no server outlives the test.
@@ -20,9 +20,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from flpg import pgcluster
 from flpg.errors import EmbeddedDatabaseError
-from flpg.pgcluster import Cluster, find_bindir, server_major
+from flpg.local import pgcluster
+from flpg.local.pgcluster import Cluster, find_bindir, server_major
 
 
 def _bindir_or_skip() -> Path:

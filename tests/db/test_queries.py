@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from flpg.db import Connection, connect
 from flpg.errors import LockTimeout
 from flpg.store import nodes as store_nodes
 from flpg.store import session as store_session
+from flpg.store.db import Connection, connect
 from tests.db.conftest import register, scalar
 
 

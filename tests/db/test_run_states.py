@@ -11,13 +11,14 @@ from typing import Any
 
 import pytest
 
-from flpg import bus, migrate
-from flpg.db import EXEC_CHANNEL, Connection, Listener, connect
+from flpg import bus
 from flpg.errors import InvalidState, LeaseLost, NotFound
 from flpg.link.worker import LAUNCH, LinkWorker
 from flpg.settings import Intervals
 from flpg.store import messages as store_messages
+from flpg.store import migrate
 from flpg.store import runs as store_runs
+from flpg.store.db import EXEC_CHANNEL, Connection, Listener, connect
 from flpg.store.messages import NewReply
 from tests.db import _replies as reply_path
 

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from flpg import bus
-from flpg.db import Connection, connect
-from flpg.grid import Grid
-from flpg.message import Message
-from flpg.records import ArrayRecord, ConfigRecord, RecordDict
+from flpg.app.message import Message
+from flpg.app.records import ArrayRecord, ConfigRecord, RecordDict
+from flpg.serverapp.grid import Grid
+from flpg.store.db import Connection, connect
 
 from ._proxy import CuttingProxy
 from .conftest import Federation, instruction, scalar

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from flpg.db import connect
+from flpg.store.db import connect
 
 
 def test_fresh_database_has_the_schema(db_url: str) -> None:

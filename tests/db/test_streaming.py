@@ -15,15 +15,15 @@ import numpy.typing as npt
 import pytest
 
 from flpg import bus
-from flpg.db import Connection
+from flpg.app.message import Message
+from flpg.app.records import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flpg.errors import PayloadCorrupt
-from flpg.grid import Grid
-from flpg.message import Message
-from flpg.records import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flpg.serverapp.grid import Grid
+from flpg.serverapp.strategy.aggregate import ReplyRejected, WeightedArrayMean
+from flpg.serverapp.strategy.strategy import ReplyTally
 from flpg.store import messages as store_messages
+from flpg.store.db import Connection
 from flpg.store.payloads import StoredArray
-from flpg.strategy.aggregate import ReplyRejected, WeightedArrayMean
-from flpg.strategy.strategy import ReplyTally
 from tests.db import _replies as reply_path
 
 from .conftest import Federation, make_federation, scalar

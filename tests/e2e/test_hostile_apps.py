@@ -24,7 +24,7 @@ from urllib.parse import quote, unquote
 
 import pytest
 
-from flpg.appchild import describe_exit
+from flpg.bundle.process import describe_exit
 from flpg.store.text import LINE_LIMIT, REASON_LIMIT, storable
 from tests.e2e.harness import APPS, Federation, HarnessError, wait_for
 

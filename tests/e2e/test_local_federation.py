@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from flpg.migrate import head_revision
+from flpg.store.migrate import head_revision
 from tests.conftest import TEST_ENV
 
 pytestmark = pytest.mark.e2e

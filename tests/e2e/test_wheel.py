@@ -101,7 +101,7 @@ def test_wheel_ships_sql_and_migrations(tmp_path: Path, empty_db_url: str) -> No
         [
             str(python),
             "-c",
-            "import flpg, flpg.resources as r; print(flpg.__file__); print(r.sql_dir()); "
+            "import flpg, flpg.store.resources as r; print(flpg.__file__); print(r.sql_dir()); "
             "print(r.migrations_dir())",
         ],
         cwd=tmp_path,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flpg.pgcluster import Cluster
+from flpg.local.pgcluster import Cluster
 from tests.e2e.conftest import make_env
 from tests.e2e.harness import APPS, Federation, wait_for
 from tests.e2e.test_multitenancy import expected_final, final_of

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flpg.message import ErrorCode
+from flpg.app.message import ErrorCode
 from tests.e2e.harness import Federation
 from tests.faults.support import (
     INTERVALS,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from flpg.grid import Grid
-from flpg.message import ErrorCode
+from flpg.app.message import ErrorCode
+from flpg.serverapp.grid import Grid
 from tests.e2e.harness import Federation
 from tests.faults.support import (
     INTERVALS,

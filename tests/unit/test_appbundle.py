@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from flpg.appbundle import bundle
-from flpg.bundlecache import BundleCache
-from flpg.bundlezip import MAX_EXTRACTED_BYTES, MAX_FILES, extract
+from flpg.bundle.appdir import bundle
+from flpg.bundle.archive import MAX_EXTRACTED_BYTES, MAX_FILES, extract
+from flpg.bundle.cache import BundleCache
 from flpg.errors import AppError
 
 APPS = Path(__file__).resolve().parents[1] / "e2e" / "apps"
@@ -252,7 +252,7 @@ def test_a_file_or_directory_the_user_cannot_read_is_named(
         target.write_bytes(b"\0" * 10)
     target.chmod(0)
     code = (
-        "import sys\nfrom pathlib import Path\nfrom flpg.appbundle import bundle, read_app\n"
+        "import sys\nfrom pathlib import Path\nfrom flpg.bundle.appdir import bundle, read_app\n"
         "from flpg.errors import AppError\n"
         "try:\n    read_app(Path(sys.argv[1])); bundle(Path(sys.argv[1]))\n"
         "except AppError as e:\n    print(e)\nelse:\n    print('no error')\n"
@@ -409,7 +409,7 @@ def _cached(cache_dir: Path) -> set[str]:
 HOLDER = """
 import sys, time
 from pathlib import Path
-from flpg.bundlecache import BundleCache
+from flpg.bundle.cache import BundleCache
 data = Path(sys.argv[3]).read_bytes()
 BundleCache(Path(sys.argv[1]), max_entries=1).path(sys.argv[2], lambda: data)
 print("holding", flush=True)

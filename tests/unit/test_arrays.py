@@ -1,4 +1,4 @@
-"""Tests for flpg.arrays: encode -> chunks -> reassemble, exactly and without pickle."""
+"""Tests for flpg.app.arrays: encode -> chunks -> reassemble, exactly and without pickle."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flpg import arrays
+from flpg.app import arrays
 from flpg.errors import PayloadCorrupt, RecordError
 
 SUPPORTED_DTYPES = st.one_of(

@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-from flpg.appbundle import read_app
+from flpg.bundle.appdir import read_app
 
 DIGITS_DIR = Path(__file__).resolve().parents[2] / "examples" / "digits"
 sys.path.insert(0, str(DIGITS_DIR))

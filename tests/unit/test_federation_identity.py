@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from flpg import federation
-from flpg.federation import process_start
+from flpg.local import federation
+from flpg.local.federation import process_start
 
 IMPOSTOR = "import time; print('ready', flush=True); time.sleep(300)"
 STUBBORN = (

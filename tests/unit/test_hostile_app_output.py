@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from flpg.appchild import APP_ENV_VARIABLE, app_environment, describe_exit, signal_name
-from flpg.errors import RecordError
-from flpg.exec.logwriter import READ_SIZE, read_lines
-from flpg.exec.runner import _reason
-from flpg.records import (
+from flpg.app.records import (
     ConfigRecord,
     MetricRecord,
     config_records_from_json,
     records_to_json,
 )
+from flpg.bundle.process import APP_ENV_VARIABLE, app_environment, describe_exit, signal_name
+from flpg.errors import RecordError
+from flpg.exec.logwriter import READ_SIZE, read_lines
+from flpg.exec.runner import _reason
 from flpg.store.text import LINE_LIMIT
 
 

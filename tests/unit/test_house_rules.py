@@ -16,8 +16,8 @@ from pathlib import Path
 
 import flpg
 from flpg.models import metadata
-from flpg.resources import migrations_dir, sql_dir
-from flpg.sql import latest_views, parse, queries
+from flpg.store.resources import migrations_dir, sql_dir
+from flpg.store.sql import latest_views, parse, queries
 
 PACKAGE = Path(flpg.__file__).parent
 
@@ -28,7 +28,7 @@ EXECUTORS = {
     ("flpg.store._exec", "run"): 1,
     ("flpg.store._exec", "many"): 1,
     ("flpg.store._exec", "many_returning"): 1,
-    ("flpg.sql", "query"): 0,
+    ("flpg.store.sql", "query"): 0,
 }
 
 
@@ -112,10 +112,10 @@ def test_the_queries_of_a_table_live_in_one_file() -> None:
 
 
 # Who may import psycopg: the store (runs SQL, translates errors), the connection
-# layer (flpg/db.py: connect, sessions, LISTEN; psycopg_pool's ConnectionPool, which
+# layer (flpg/store/db.py: connect, sessions, LISTEN; psycopg_pool's ConnectionPool, which
 # the node worker and its app processes hold as their connections) and the embedded
-# cluster's admin (flpg/pgcluster.py: creates roles and databases).
-PSYCOPG_ALLOWED = ("store/", "db.py", "pgcluster.py")
+# cluster's admin (flpg/local/pgcluster.py: creates roles and databases).
+PSYCOPG_ALLOWED = ("store/", "local/pgcluster.py")
 CONNECTION_LAYER = {"psycopg_pool": ("node/worker.py", "node/appprocess.py")}
 
 
@@ -146,7 +146,7 @@ def test_the_import_scan_sees_psycopg_imports() -> None:
         for path, tree in modules()
         if "psycopg" in set(imported_modules(tree))
     }
-    assert {"db.py", "store/_exec.py"} <= found
+    assert {"store/db.py", "store/_exec.py"} <= found
 
 
 def test_view_versions_are_numbered_from_one_without_gaps() -> None:

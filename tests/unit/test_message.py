@@ -1,4 +1,4 @@
-"""Tests for flpg.message: the Message constructor rules and accessors."""
+"""Tests for flpg.app.message: the Message constructor rules and accessors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from flpg.message import (
+from flpg.app.message import (
     DEFAULT_TTL,
     Error,
     ErrorCode,
@@ -17,7 +17,7 @@ from flpg.message import (
     MessageType,
     Metadata,
 )
-from flpg.records import ArrayRecord, ConfigRecord, RecordDict
+from flpg.app.records import ArrayRecord, ConfigRecord, RecordDict
 
 
 def content() -> RecordDict:

@@ -1,4 +1,4 @@
-"""Tests for flpg.records: validation, normalisation, equality and the JSON form."""
+"""Tests for flpg.app.records: validation, normalisation, equality and the JSON form."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flpg.errors import RecordError
-from flpg.records import (
+from flpg.app.records import (
     Array,
     ArrayRecord,
     ConfigRecord,
@@ -22,6 +21,7 @@ from flpg.records import (
     metric_records_from_json,
     records_to_json,
 )
+from flpg.errors import RecordError
 
 
 def same(a: Any, b: Any) -> bool:

@@ -1,4 +1,4 @@
-"""`flpg.scaffold.create_app`: the generated app parses, imports, trains and runs."""
+"""`flpg.local.scaffold.create_app`: the generated app parses, imports, trains and runs."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from flpg import ClientApp, ConfigRecord, Context, Message, MessageType, RecordDict
-from flpg.appbundle import check_components, load_component, read_app
+from flpg.app.records import ArrayRecord
+from flpg.bundle.appdir import check_components, load_component, read_app
 from flpg.errors import AppError
-from flpg.records import ArrayRecord
-from flpg.scaffold import create_app, package_name
+from flpg.local.scaffold import create_app, package_name
 
 
 def node_context(node_id: int, partition_id: int, run_config: dict[str, Any]) -> Context:

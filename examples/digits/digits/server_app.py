@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from digits.task import init_params, load_test_set, loss_and_accuracy
 from flpg import ArrayRecord, Context, Grid, MetricRecord, ServerApp
-from flpg.strategy import FedAvg
+from flpg.serverapp.strategy import FedAvg
 
 app = ServerApp()
 

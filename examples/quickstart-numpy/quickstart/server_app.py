@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flpg import ArrayRecord, Context, Grid, ServerApp
-from flpg.strategy import FedAvg
+from flpg.serverapp.strategy import FedAvg
 from quickstart.task import initial_params
 
 app = ServerApp()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from flpg import ArrayRecord, Context, Grid, ServerApp
-from flpg.strategy import FedAvg
+from flpg.serverapp.strategy import FedAvg
 
 app = ServerApp()
 

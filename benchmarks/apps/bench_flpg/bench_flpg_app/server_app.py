@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from flpg import ArrayRecord, ConfigRecord, Context, Grid, MessageType, RecordDict, ServerApp
-from flpg.strategy import FedAvg
+from flpg.serverapp.strategy import FedAvg
 
 app = ServerApp()
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from flpg import ArrayRecord, Context, Grid, ServerApp
-from flpg.strategy import FedAvg
+from flpg.serverapp.strategy import FedAvg
 
 app = ServerApp()
 

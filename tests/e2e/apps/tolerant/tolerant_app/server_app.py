@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from flpg import ArrayRecord, ConfigRecord, Context, Grid, Message, ServerApp
-from flpg.strategy import FedAvg
+from flpg.serverapp.strategy import FedAvg
 
 app = ServerApp()
 

@@ -1,0 +1,1 @@
+"""Submitting a run: user input (`k=v` config, node selection, limits) checked, then stored."""

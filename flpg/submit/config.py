@@ -1,0 +1,184 @@
+"""User-supplied configuration: `k=v` strings and an app's config defaults.
+
+The syntax is Flower's `--run-config`: items are separated by spaces, each
+`key=value` with a TOML value whose quotes are kept (`lr=0.1`, `name="a b"`,
+`flag=true`, `sizes=[64, 32]`, `path='C:\\x'`). Unlike Flower, a bare word without
+quotes is taken as a string (`mode=fast`). Keys may contain letters, digits, `-`,
+`_` and `.`. A key given twice is refused, as Flower's TOML parse refuses it.
+
+Every value must be storable as jsonb (see `flpg.submit.limits`): a bool, a 64-bit int, a
+finite float, text without NUL, or a list of those.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from flpg.errors import ConfigError
+from flpg.submit.limits import NAME_LIMIT, check_config, check_config_value
+
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_BARE = re.compile(r"^[A-Za-z0-9_./:@+-]+$")
+_OPEN, _CLOSE = "[{", "]}"
+
+ConfigValue = bool | int | float | str | list[Any]
+
+
+def _string_end(text: str, start: int, what: str) -> int:
+    """The index after the TOML string that opens at `start` (basic strings honour
+    backslash escapes, literal ones do not)."""
+    quote, i = text[start], start + 1
+    while i < len(text):
+        if quote == '"' and text[i] == "\\":
+            i += 2
+            continue
+        if text[i] == quote:
+            return i + 1
+        i += 1
+    raise ConfigError(f"{what}: unterminated {quote} quote in {text[start:]!r}")
+
+
+def split_items(text: str, what: str) -> list[str]:
+    """Split at whitespace outside quotes and brackets: `a="x y" b=[1, 2]` -> 2 items."""
+    items: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        while i < n and text[i].isspace():
+            i += 1
+        start, depth = i, 0
+        while i < n and not (depth == 0 and text[i].isspace()):
+            if text[i] in "\"'":
+                i = _string_end(text, i, what)
+                continue
+            depth += (text[i] in _OPEN) - (text[i] in _CLOSE and depth > 0)
+            i += 1
+        if i > start:
+            items.append(text[start:i])
+    return items
+
+
+def _outside_strings(raw: str) -> str:
+    """`raw` with its quoted parts removed (so a `#` there is not a TOML comment)."""
+    out, i = [], 0
+    while i < len(raw):
+        if raw[i] in "\"'":
+            i = _string_end(raw, i, "value")
+            continue
+        out.append(raw[i])
+        i += 1
+    return "".join(out)
+
+
+def parse_value(raw: str, key: str, what: str) -> ConfigValue:
+    """One value in TOML syntax (quotes kept), or a bare word as a string."""
+    value: Any = None
+    if "#" not in _outside_strings(raw):  # `v = 1#x` would parse as 1
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = None
+    if value is None:
+        if _BARE.match(raw):
+            return raw
+        raise ConfigError(
+            f"{what}: value of {key!r} ({raw!r}) is not a TOML value; quote strings, "
+            f"e.g. {key}={json.dumps(raw, ensure_ascii=True)}"
+        )
+    if isinstance(value, dict):
+        raise ConfigError(f"{what}: value of {key!r} must be a scalar or a list, not a table")
+    return check_config_value(value, f"{what}: {key}")  # type: ignore[no-any-return]
+
+
+def parse_kv(text: str | None, what: str = "config") -> dict[str, ConfigValue]:
+    """Parse `"k=v k2=v2"`; raises ConfigError (or BadValue) naming the first bad item."""
+    out: dict[str, ConfigValue] = {}
+    for item in split_items(text or "", what):
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{what}: {item!r} is not of the form key=value")
+        if not _KEY.match(key) or len(key) > NAME_LIMIT:
+            raise ConfigError(
+                f"{what}: {key!r} is not a valid key (letters, digits, - _ ., "
+                f"at most {NAME_LIMIT} characters)"
+            )
+        if raw == "":
+            raise ConfigError(f"{what}: {key!r} has no value; write {key}=VALUE")
+        if key in out:
+            raise ConfigError(f"{what}: key {key!r} is given twice; give each key once")
+        out[key] = parse_value(raw, key, what)
+    return out
+
+
+def parse_kv_all(texts: Iterable[str], what: str) -> dict[str, ConfigValue]:
+    """Several `k=v` strings (a repeatable option) as one mapping; a key in two of
+    them is refused like a key given twice in one."""
+    out: dict[str, ConfigValue] = {}
+    for text in texts:
+        for key, value in parse_kv(text, what).items():
+            if key in out:
+                raise ConfigError(f"{what}: key {key!r} is given twice; give each key once")
+            out[key] = value
+    return out
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested tables as dotted keys, as Flower flattens an app's config:
+    `[tool.flpg.app.config.model] lr = 0.1` is the key `model.lr`."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+_KINDS: tuple[tuple[type, str], ...] = (
+    (bool, "a boolean (true or false)"),
+    (int, "an integer"),
+    (float, "a number"),
+    (str, 'a string (quote it: key="...")'),
+    (list, "a list"),
+)
+
+
+def _kind(value: Any) -> str:
+    return next(name for t, name in _KINDS if isinstance(value, t))
+
+
+def _typed(key: str, default: Any, value: Any, where: str) -> Any:
+    """`value` as the type of `default`: an int is accepted for a float default (and
+    becomes that float); any other mismatch is a ConfigError naming key, type, value."""
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    expected = next(t for t, _ in _KINDS if isinstance(default, t))
+    if isinstance(value, expected) and (expected is not int or not isinstance(value, bool)):
+        return value
+    shown = json.dumps(value, ensure_ascii=True)  # TOML spells these alike: "x", 1.5, true
+    raise ConfigError(
+        f"--run-config: {key} must be {_kind(default)} like its default "
+        f"{json.dumps(default)} in {where}, got {shown}"
+    )
+
+
+def merge_run_config(
+    defaults: Mapping[str, Any], overrides: Mapping[str, Any], app_name: str
+) -> dict[str, Any]:
+    """The app's defaults (flattened) with `overrides` applied, each override of the
+    type of its default. As Flower's `fuse_dicts` (check_keys=True), a key that is not
+    in the defaults is refused. Defaults that jsonb cannot store are refused too."""
+    where = f"[tool.flpg.app.config] of {app_name}"
+    flat = check_config(flatten(defaults), where)
+    unknown = sorted(set(overrides) - set(flat))
+    if unknown:
+        known = ", ".join(sorted(flat)) or "none"
+        raise ConfigError(
+            f"--run-config: key {unknown[0]!r} is not in {where} (known keys: {known})"
+        )
+    typed = {key: _typed(key, flat[key], value, where) for key, value in overrides.items()}
+    return {**flat, **typed}
