@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from flpg.app.records import ArrayRecord, MetricRecord, metric_records_from_json, records_to_json
+from flpg.app.records import ArrayRecord, MetricRecord
+from flpg.store.recordjson import metric_records_from_json, records_to_json
 
 _PHASES = ("train_metrics_clientapp", "evaluate_metrics_clientapp", "evaluate_metrics_serverapp")
 

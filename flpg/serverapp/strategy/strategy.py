@@ -126,27 +126,10 @@ class Strategy(ABC):
         """
         if num_rounds < 1:
             raise ValueError(f"num_rounds must be >= 1, got {num_rounds}")
-        checkpoint = grid.load_checkpoint()
-        if checkpoint is None:
-            result = Result(arrays=initial_arrays)
-            first_round = 1
-            log(f"starting {type(self).__name__}: {num_rounds} rounds, run {grid.run_id}")
-            self._wait(grid, self.min_train_nodes, timeout)
-            if evaluate_fn is not None:
-                self._server_evaluate(grid, 0, initial_arrays, evaluate_fn, result)
-            # From here on the global model lives in the database, written once per
-            # round: messages and checkpoints reference it, memory does not hold it.
-            arrays = grid.save_checkpoint(0, initial_arrays, result.metrics_to_json())
-            del initial_arrays
-        else:
-            result = Result.from_checkpoint(checkpoint.arrays, checkpoint.metrics)
-            first_round = checkpoint.round + 1
-            log(
-                f"resuming {type(self).__name__} after round {checkpoint.round} of "
-                f"{num_rounds}, run {grid.run_id} attempt {grid.attempt}"
-            )
-            arrays = checkpoint.arrays
-        result.arrays = arrays
+        result, first_round = self._begin(grid, initial_arrays, num_rounds, timeout, evaluate_fn)
+        # From here on the global model lives in the database, written once per
+        # round: messages and checkpoints reference it, memory does not hold it.
+        del initial_arrays
         for server_round in range(first_round, num_rounds + 1):
             rounds = (server_round, num_rounds)
             saved_metrics = self._train_round(grid, rounds, result, timeout, train_config)
@@ -159,6 +142,34 @@ class Strategy(ABC):
                 result.arrays = grid.save_checkpoint(server_round, arrays, round_metrics)
         log(f"finished {num_rounds} rounds")
         return result
+
+    def _begin(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int,
+        timeout: float,
+        evaluate_fn: EvaluateFn | None,
+    ) -> tuple[Result, int]:
+        """The result to continue and the first round to train: from the run's
+        checkpoint if it has one, else from `initial_arrays` (server-evaluated as
+        round 0 and saved as checkpoint 0). The result's arrays are stored ones."""
+        checkpoint = grid.load_checkpoint()
+        if checkpoint is not None:
+            result = Result.from_checkpoint(checkpoint.arrays, checkpoint.metrics)
+            log(
+                f"resuming {type(self).__name__} after round {checkpoint.round} of "
+                f"{num_rounds}, run {grid.run_id} attempt {grid.attempt}"
+            )
+            result.arrays = checkpoint.arrays
+            return result, checkpoint.round + 1
+        result = Result(arrays=initial_arrays)
+        log(f"starting {type(self).__name__}: {num_rounds} rounds, run {grid.run_id}")
+        self._wait(grid, self.min_train_nodes, timeout)
+        if evaluate_fn is not None:
+            self._server_evaluate(grid, 0, initial_arrays, evaluate_fn, result)
+        result.arrays = grid.save_checkpoint(0, initial_arrays, result.metrics_to_json())
+        return result, 1
 
     def _wait(self, grid: Grid, minimum: int, timeout: float) -> None:
         """Wait for `max(min_available_nodes, minimum)` online nodes (NodesUnavailable)."""
