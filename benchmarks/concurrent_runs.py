@@ -72,7 +72,7 @@ import psycopg
 from harness.flpg_side import flpg_executable
 from harness.procs import Proc, cmdline, signal_group
 
-from flpg.local.pgcluster import Cluster
+from flpg.local.cluster import Cluster
 
 ROOT = Path(__file__).resolve().parent
 APP_DIR = ROOT / "apps" / "bench"

@@ -30,7 +30,8 @@ from pytest_postgresql.executors import NoopExecutor
 from pytest_postgresql.janitor import DatabaseJanitor
 
 from flpg.errors import EmbeddedDatabaseError
-from flpg.local.pgcluster import Cluster, find_bindir
+from flpg.local.binaries import find_bindir
+from flpg.local.cluster import Cluster
 
 # Short intervals for every worker the tests start.
 TEST_ENV = {

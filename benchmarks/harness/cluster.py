@@ -1,7 +1,7 @@
 """The private PostgreSQL cluster of one invocation, one scratch database per
 configuration.
 
-flpg's own `flpg.local.pgcluster.Cluster` initialises and starts the cluster in the
+flpg's own `flpg.local.cluster.Cluster` initialises and starts the cluster in the
 invocation's temporary directory (unix socket only, default server settings), so
 flpg and the floor use the same server. Each configuration gets a fresh database,
 dropped afterwards (`DROP DATABASE ... WITH (FORCE)`), so no run sees another's rows
@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from flpg.local.pgcluster import Cluster
+from flpg.local.cluster import Cluster
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 

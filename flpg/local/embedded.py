@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from flpg.local.pgcluster import Cluster
+from flpg.local.cluster import Cluster
 
 HOME_ENV = "FLPG_HOME"
 

@@ -1,4 +1,5 @@
-"""Tests for flpg.local.pgcluster with real initdb/pg_ctl/postgres processes.
+"""Tests for the embedded cluster (flpg.local.binaries, flpg.local.cluster) with real
+initdb/pg_ctl/postgres processes.
 
 Each test gets its own cluster root under a fresh /tmp directory (short socket paths)
 and destroys it at the end, so no server outlives the test.
@@ -21,8 +22,9 @@ import psycopg
 import pytest
 
 from flpg.errors import EmbeddedDatabaseError
-from flpg.local import pgcluster
-from flpg.local.pgcluster import Cluster, find_bindir, server_major
+from flpg.local import binaries
+from flpg.local.binaries import find_bindir, server_major
+from flpg.local.cluster import Cluster
 
 
 def _bindir_or_skip() -> Path:
@@ -162,7 +164,7 @@ def test_missing_binaries_says_what_to_install(root: Path, monkeypatch: pytest.M
     empty = root / "empty"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
-    monkeypatch.setattr(pgcluster, "_FALLBACK_PATTERNS", (str(empty / "*" / "bin"),))
+    monkeypatch.setattr(binaries, "_FALLBACK_PATTERNS", (str(empty / "*" / "bin"),))
 
     monkeypatch.delenv("FLPG_PG_BINDIR", raising=False)
     with pytest.raises(EmbeddedDatabaseError, match="install") as info:

@@ -264,6 +264,20 @@ def test_a_serverapp_whose_exec_died_ends_its_run(federation: Federation) -> Non
     assert states == {"cancelled": 4}
 
 
+def waiting_on_notify(fed: Federation) -> bool:
+    """Whether the node worker and the exec both wait on NOTIFY: each has run LISTEN on
+    its listening connection, and its working connection has been idle for a second
+    (its first pass is done; the next comes only after its poll interval)."""
+    listening, idle = fed.sql(
+        "SELECT count(*) FILTER (WHERE application_name IN ('flpg-node-listen', 'flpg-exec-listen')"
+        "  AND state = 'idle' AND query LIKE 'LISTEN %'),"
+        " count(*) FILTER (WHERE application_name IN ('flpg-node', 'flpg-exec')"
+        "  AND state = 'idle' AND query <> '' AND state_change < now() - interval '1 second')"
+        " FROM pg_stat_activity WHERE datname = current_database()"
+    )[0]
+    return bool(listening == 2 and idle == 2)
+
+
 def test_idle_workers_stop_well_within_their_poll_interval(federation: Federation) -> None:
     """SIGTERM reaches a worker waiting on NOTIFY at once, not after its poll."""
     fed = federation
@@ -271,7 +285,7 @@ def test_idle_workers_stop_well_within_their_poll_interval(federation: Federatio
     node = fed.node("node0", "partition-id=0")
     exec_ = fed.exec()
     fed.wait_nodes_online(1)
-    time.sleep(1.0)  # both are now waiting on NOTIFY
+    wait_for(lambda: waiting_on_notify(fed), 30, "the node and the exec to wait on NOTIFY")
     for proc in (node, exec_):
         started = time.monotonic()
         report = fed.stop([proc])

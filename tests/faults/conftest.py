@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flpg.local.pgcluster import Cluster
+from flpg.local.cluster import Cluster
 from tests.e2e.conftest import federation, pytest_runtest_makereport
 
 __all__ = ["federation", "private_cluster", "pytest_runtest_makereport"]

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from flpg.link.worker import LAUNCH
-from flpg.local.pgcluster import Cluster
+from flpg.local.cluster import Cluster
 from tests.db._proxy import CuttingProxy
 from tests.e2e.conftest import make_env
 from tests.e2e.harness import APPS, Federation, Proc

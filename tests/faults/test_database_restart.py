@@ -7,15 +7,15 @@ The test runs its own private cluster (the session's shared one must not restart
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 
-from flpg.local.pgcluster import Cluster
+from flpg.local.cluster import Cluster
 from tests.e2e.conftest import make_env
 from tests.e2e.harness import APPS, Federation, wait_for
 from tests.e2e.test_multitenancy import expected_final, final_of
+from tests.faults.support import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -40,8 +40,17 @@ def test_a_run_survives_a_database_restart(private_cluster: Cluster, tmp_path: P
             60,
             "two rounds before the restart",
         )
+        logged = {proc.name: len(proc.log()) for proc in fed.procs}
         assert private_cluster.stop(timeout=30)
-        time.sleep(2.0)  # everyone notices and backs off
+        # The database comes back only once every worker has met the outage and backed off.
+        wait_until(
+            fed,
+            lambda: all(
+                "database unavailable" in proc.log()[logged[proc.name] :] for proc in fed.procs
+            ),
+            60,
+            "every worker to notice the outage",
+        )
         private_cluster.ensure_running()
 
         info = fed.wait_run(run_id, timeout=120)

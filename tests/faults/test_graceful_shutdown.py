@@ -8,7 +8,7 @@ had not claimed `pending`, and exits 0; the next exec launches those."""
 
 from __future__ import annotations
 
-import time
+import functools
 from pathlib import Path
 
 import pytest
@@ -43,11 +43,37 @@ IV = INTERVALS
 NODE_STOP_BOUND = IV.lease + IV.poll + 1.0 + SLACK
 """SIGTERM -> a busy node worker exited: noticed within a poll, at most one lease for its
 handler, then 1 s for its ClientApp processes to close."""
-HOLD = IV.offline_after + IV.heartbeat + 5 * IV.sweep
-"""How long the test watches that the link leaves a handed-back message alone."""
+SWEEPS = 2 * STARTUP
+"""Ceiling for the link to run the sweeps `after_a_full_sweep` waits for."""
 
 
-@pytest.mark.timeout(budget(5 * STARTUP, NODE_STOP_BOUND, HOLD))
+def _collected(fed: Federation, array_id: int) -> bool:
+    return bool(fed.scalar("SELECT collected_at IS NOT NULL FROM arrays WHERE id = %s", [array_id]))
+
+
+def after_a_full_sweep(fed: Federation, run_id: int) -> None:
+    """Return once the link has run a whole sweep that began after this call.
+
+    The evidence is two canary payloads of `run_id` that nothing references, aged past
+    the collection grace, which every sweep collects: the second is written only once
+    the first is collected, so a later sweep, begun after this call, collected it.
+    """
+    for canary in (1, 2):
+        array_id = fed.scalar(
+            "INSERT INTO arrays (run_id, dtype, shape, nbytes, chunk_size, n_chunks, digest,"
+            " created_at) VALUES (%s, 'float64', '{0}', 0, 1, 0, decode(repeat('00', 16), 'hex'),"
+            " now() - make_interval(secs => %s) - interval '1 hour') RETURNING id",
+            [run_id, IV.payload_grace],
+        )
+        wait_until(
+            fed,
+            functools.partial(_collected, fed, array_id),
+            SWEEPS / 2,
+            f"the link to collect canary payload {canary}",
+        )
+
+
+@pytest.mark.timeout(budget(5 * STARTUP, NODE_STOP_BOUND, SWEEPS))
 def test_sigterm_to_a_busy_node_worker_hands_its_message_back_and_takes_the_node_offline(
     federation: Federation, tmp_path: Path
 ) -> None:
@@ -99,8 +125,14 @@ def test_sigterm_to_a_busy_node_worker_hands_its_message_back_and_takes_the_node
     assert handed_back() == ("queued", 1, True, False)
     assert node_status(fed, "node0") == "offline"
     # The link does not answer it: the node went offline by itself, not silently, so
-    # its handed-back work waits for a worker of the node to come back.
-    time.sleep(HOLD)
+    # its handed-back work waits for a worker of the node to come back. Its heartbeat
+    # is aged past offline_after, so the sweep judges a node that fell silent long ago.
+    fed.sql(
+        "UPDATE nodes SET last_seen_at = now() - make_interval(secs => %s) - interval '1 hour'"
+        " WHERE id = %s",
+        [IV.offline_after, ids["node0"]],
+    )
+    after_a_full_sweep(fed, run_id)
     assert handed_back() == ("queued", 1, True, False)
     assert node_status(fed, "node0") == "offline"
     assert fed.run_info(run_id)["status"] == "running"

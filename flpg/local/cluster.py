@@ -1,0 +1,385 @@
+"""A private local PostgreSQL cluster that flpg initialises and starts itself.
+
+The cluster lives under one root directory::
+
+    root/
+      data/          PGDATA (mode 0700, owned by the server account)
+      run/           unix socket directory (mode 0700, owned by the server account)
+      postgres.log   server log
+      cluster.lock   flock taken while initialising, starting or stopping
+
+The server listens on a unix socket in ``run/`` only (``listen_addresses = ''``), so it
+never conflicts with another server or TCP port on the machine. The superuser is
+``flpg`` with trust authentication on that socket; the socket directory is private,
+so only the owning account (and root) can connect. The binaries come from
+`flpg.local.binaries`; as root, the server runs as the account of `flpg.local.account`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+from urllib.parse import quote
+
+import psycopg
+from psycopg import sql
+
+from flpg.errors import EmbeddedDatabaseError
+from flpg.local.account import (
+    Account,
+    chown,
+    ensure_reachable,
+    private_dir,
+    run_as,
+    server_account,
+    server_user_name,
+)
+from flpg.local.binaries import find_bindir, server_major
+from flpg.local.datadir import (
+    SUPERUSER,
+    PidFile,
+    check_data_dir,
+    initdb,
+    kill_server,
+    make_root,
+    one_line,
+    pid_alive,
+    read_pidfile,
+    remove_stale_pidfile,
+    write_conf,
+)
+
+__all__ = ["SUPERUSER", "Cluster", "ClusterStatus"]
+
+log = logging.getLogger(__name__)
+
+# Longest unix socket path the kernel accepts (sun_path minus the trailing NUL).
+_MAX_SOCKET_PATH = 103 if sys.platform == "darwin" else 107
+
+_LOG_TAIL_LINES = 6
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    """A snapshot of a `Cluster`."""
+
+    root: Path
+    bindir: Path | None
+    initialised: bool
+    running: bool
+    pid: int | None
+    url: str
+    server_user: str
+
+
+def _remaining(deadline: float) -> float:
+    return max(deadline - time.monotonic(), 1.0)
+
+
+class Cluster:
+    """A private PostgreSQL cluster under `root`, reachable on a unix socket only.
+
+    All methods are safe to call from several processes at once: initialising,
+    starting and stopping happen under an exclusive flock on ``cluster.lock``.
+    """
+
+    def __init__(self, root: Path | str, *, port: int = 5432, dbname: str = "flpg") -> None:
+        if not 1 <= port <= 65535:
+            raise EmbeddedDatabaseError(f"invalid port {port}; use a number from 1 to 65535")
+        if not dbname:
+            raise EmbeddedDatabaseError("empty database name; pass dbname='flpg' or another name")
+        self.root = Path(root).expanduser().resolve()
+        self.port = port
+        self.dbname = dbname
+
+    def __repr__(self) -> str:
+        return f"Cluster({str(self.root)!r}, port={self.port}, dbname={self.dbname!r})"
+
+    # ---- layout
+
+    @property
+    def data_dir(self) -> Path:
+        """PGDATA."""
+        return self.root / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        """The unix socket directory."""
+        return self.root / "run"
+
+    @property
+    def log_file(self) -> Path:
+        """The server log (appended to by every start)."""
+        return self.root / "postgres.log"
+
+    @property
+    def lock_file(self) -> Path:
+        """The flock file serialising init/start/stop."""
+        return self.root / "cluster.lock"
+
+    # ---- public API
+
+    def url(self, dbname: str | None = None) -> str:
+        """The libpq URL of database `dbname` (default: this cluster's database)."""
+        name = quote(dbname or self.dbname, safe="")
+        host = quote(str(self.socket_dir), safe="")
+        return f"postgresql://{SUPERUSER}@/{name}?host={host}&port={self.port}"
+
+    def status(self) -> ClusterStatus:
+        """Report what is on disk and whether the server runs; never starts anything."""
+        try:
+            bindir: Path | None = find_bindir()
+        except EmbeddedDatabaseError:
+            bindir = None
+        pidfile = read_pidfile(self.data_dir)
+        pid = pidfile.pid if pidfile is not None else None
+        running = pid is not None and pid_alive(pid)
+        return ClusterStatus(
+            root=self.root,
+            bindir=bindir,
+            initialised=(self.data_dir / "PG_VERSION").is_file(),
+            running=running,
+            pid=pid if running else None,
+            url=self.url(),
+            server_user=server_user_name(self.data_dir),
+        )
+
+    def ensure_running(self, timeout: float = 60) -> str:
+        """Initialise, start and create the database as needed; return `url()`.
+
+        Idempotent and process-safe; fast (no subprocess) when already running.
+        Raises `EmbeddedDatabaseError` with a one-line reason, never hangs past
+        about `timeout` seconds.
+        """
+        if self._fast_check():
+            return self.url()
+        deadline = time.monotonic() + timeout
+        with self._locked(deadline):
+            bindir = find_bindir()
+            account = server_account(self.data_dir)
+            self._prepare_root(account)
+            major = server_major(bindir)
+            check_data_dir(self.data_dir, major, bindir)
+            if not (self.data_dir / "PG_VERSION").is_file():
+                initdb(
+                    bindir,
+                    account,
+                    self.data_dir,
+                    socket_dir=self.socket_dir,
+                    port=self.port,
+                    timeout=_remaining(deadline),
+                )
+            self._prepare_runtime(account)
+            if not self._wait_if_running(deadline):
+                self._start(bindir, account, deadline)
+            self._create_database(deadline)
+        return self.url()
+
+    def stop(self, timeout: float = 60) -> bool:
+        """Stop the server (``pg_ctl stop -m fast``); return whether it was running."""
+        if not self.root.is_dir():
+            return False
+        deadline = time.monotonic() + timeout
+        with self._locked(deadline):
+            pidfile = read_pidfile(self.data_dir)
+            if pidfile is None:
+                return False
+            if pidfile.pid is None or not pid_alive(pidfile.pid):
+                remove_stale_pidfile(self.data_dir, self.socket_dir, pidfile, self.port)
+                return False
+            bindir = find_bindir()
+            account = server_account(self.data_dir)
+            remaining = _remaining(deadline)
+            wait = str(max(1, math.ceil(remaining)))
+            args = ["pg_ctl", "stop", "-D", str(self.data_dir), "-m", "fast", "-w", "-s", "-t"]
+            try:
+                proc = self._run(bindir, account, [*args, wait], timeout=remaining + 5)
+            except subprocess.TimeoutExpired as exc:
+                raise EmbeddedDatabaseError(
+                    f"pg_ctl stop did not finish within {remaining:.0f} s for {self.data_dir}; "
+                    f"see {self.log_file}"
+                ) from exc
+            if proc.returncode != 0 and pid_alive(pidfile.pid):
+                raise EmbeddedDatabaseError(
+                    f"cannot stop the PostgreSQL server in {self.data_dir}: "
+                    f"{one_line(proc.stderr or proc.stdout) or 'pg_ctl failed'}; "
+                    f"see {self.log_file}"
+                )
+            return True
+
+    def destroy(self) -> None:
+        """Stop the server (killing it if a clean stop fails) and remove `root`."""
+        if not self.root.exists():
+            return
+        try:
+            self.stop(timeout=30)
+        except EmbeddedDatabaseError as exc:
+            log.warning("clean stop failed, killing the server: %s", exc)
+            kill_server(self.data_dir)
+        shutil.rmtree(self.root, ignore_errors=True)
+        if self.root.exists():
+            shutil.rmtree(self.root)
+
+    # ---- locking
+
+    @contextlib.contextmanager
+    def _locked(self, deadline: float) -> Iterator[None]:
+        """Hold the exclusive flock on ``cluster.lock`` until the block exits."""
+        make_root(self.root)
+        try:
+            fh: IO[bytes] = open(self.lock_file, "ab")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise EmbeddedDatabaseError(
+                f"cannot open {self.lock_file} ({exc.strerror or exc}); make {self.root} "
+                "writable or set FLPG_HOME to a writable directory"
+            ) from exc
+        try:
+            while True:
+                try:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise EmbeddedDatabaseError(
+                            f"timed out waiting for {self.lock_file}: another process is "
+                            "initialising, starting or stopping this cluster; retry later"
+                        ) from None
+                    time.sleep(0.05)
+            yield
+        finally:
+            fh.close()  # releases the flock
+
+    # ---- filesystem preparation
+
+    def _prepare_root(self, account: Account | None) -> None:
+        """Check the socket path length and, as root, that `account` can reach root."""
+        socket = self.socket_dir / f".s.PGSQL.{self.port}"
+        if len(os.fsencode(socket)) > _MAX_SOCKET_PATH:
+            raise EmbeddedDatabaseError(
+                f"the socket path {socket} is longer than the {_MAX_SOCKET_PATH} bytes unix "
+                "sockets allow; use a shorter cluster directory (e.g. FLPG_HOME=/var/lib/flpg)"
+            )
+        if account is not None:
+            ensure_reachable(self.root, account)
+
+    def _prepare_runtime(self, account: Account | None) -> None:
+        """Create run/ and the log file for the server account; write flpg.conf."""
+        private_dir(self.socket_dir, account)
+        self.log_file.touch(mode=0o600, exist_ok=True)
+        chown(self.log_file, account)
+        write_conf(self.data_dir, self.socket_dir, self.port, account)
+
+    # ---- subprocesses
+
+    def _run(
+        self, bindir: Path, account: Account | None, args: Sequence[str], *, timeout: float
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``bindir/args[0] args[1:]`` as the server account, capturing output."""
+        return run_as(account, [str(bindir / args[0]), *args[1:]], timeout=timeout)
+
+    def _check_port(self, pidfile: PidFile) -> None:
+        if pidfile.port is not None and pidfile.port != self.port:
+            raise EmbeddedDatabaseError(
+                f"the cluster in {self.root} is already running with port {pidfile.port}, "
+                f"not {self.port}; use port={pidfile.port} or stop it first"
+            )
+
+    def _fast_check(self) -> bool:
+        """True when the server is up and the database answers (no subprocess, no lock)."""
+        pidfile = read_pidfile(self.data_dir)
+        if pidfile is None or pidfile.pid is None or pidfile.status != "ready":
+            return False
+        if not pid_alive(pidfile.pid):
+            return False
+        self._check_port(pidfile)
+        try:
+            with psycopg.connect(self.url(), connect_timeout=5, autocommit=True):
+                return True
+        except psycopg.Error:
+            return False
+
+    def _wait_if_running(self, deadline: float) -> bool:
+        """Under the lock: True once a live server is ready; False if none runs."""
+        while True:
+            pidfile = read_pidfile(self.data_dir)
+            if pidfile is None:
+                return False
+            if pidfile.pid is None or not pid_alive(pidfile.pid):
+                remove_stale_pidfile(self.data_dir, self.socket_dir, pidfile, self.port)
+                return False
+            self._check_port(pidfile)
+            if pidfile.status == "ready":
+                return True
+            if time.monotonic() >= deadline:
+                raise EmbeddedDatabaseError(
+                    f"the PostgreSQL server in {self.data_dir} (pid {pidfile.pid}) is not ready "
+                    f"(status {pidfile.status or 'unknown'!r}); see {self.log_file}"
+                )
+            time.sleep(0.1)
+
+    def _log_tail(self, offset: int) -> str:
+        try:
+            with open(self.log_file, "rb") as fh:
+                fh.seek(offset)
+                text = fh.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        return one_line(" | ".join(lines[-_LOG_TAIL_LINES:]))
+
+    def _start(self, bindir: Path, account: Account | None, deadline: float) -> None:
+        """Start the server with pg_ctl and wait until it accepts connections."""
+        try:
+            offset = self.log_file.stat().st_size
+        except OSError:
+            offset = 0
+        remaining = _remaining(deadline)
+        log.info("starting PostgreSQL in %s", self.data_dir)
+        wait = str(max(1, math.ceil(remaining)))
+        args = ["pg_ctl", "start", "-D", str(self.data_dir), "-l", str(self.log_file), "-w"]
+        args += ["-s", "-t"]
+        try:
+            proc = self._run(bindir, account, [*args, wait], timeout=remaining + 5)
+        except subprocess.TimeoutExpired as exc:
+            raise EmbeddedDatabaseError(
+                f"pg_ctl start did not finish within {remaining:.0f} s for {self.data_dir}: "
+                f"{self._log_tail(offset) or 'no log output'}; see {self.log_file}"
+            ) from exc
+        if proc.returncode != 0:
+            detail = self._log_tail(offset) or one_line(proc.stderr or proc.stdout)
+            raise EmbeddedDatabaseError(
+                f"the PostgreSQL server in {self.data_dir} failed to start: "
+                f"{detail or f'pg_ctl exit status {proc.returncode}'}; see {self.log_file}"
+            )
+
+    def _create_database(self, deadline: float) -> None:
+        """Create `dbname` unless it exists."""
+        connect_timeout = max(2, math.ceil(_remaining(deadline)))
+        try:
+            with psycopg.connect(
+                self.url("postgres"), connect_timeout=connect_timeout, autocommit=True
+            ) as conn:
+                row = conn.execute(
+                    "select 1 from pg_database where datname = %s", (self.dbname,)
+                ).fetchone()
+                if row is None:
+                    with contextlib.suppress(psycopg.errors.DuplicateDatabase):
+                        conn.execute(
+                            sql.SQL("create database {}").format(sql.Identifier(self.dbname))
+                        )
+        except psycopg.Error as exc:
+            raise EmbeddedDatabaseError(
+                f"cannot create database {self.dbname!r} in the cluster at {self.root}: "
+                f"{one_line(str(exc))}; see {self.log_file}"
+            ) from exc
