@@ -9,12 +9,12 @@ context state). A handler that outlives its message's TTL gets its process kille
 so a hanging ClientApp frees the worker's slot instead of holding it for ever.
 
 Messages go to a process in batches, one protocol line each, and come back as one
-line per batch of replies written (see `flpg.node.appprocess`); the node worker
-learns of them through callbacks on the process's reader thread.
+line per batch of replies written (`flpg.node.protocol`); the node worker learns of
+them through the callbacks of its `Launch`, on the process's reader thread.
 
 App code is tenant code: the process gets only an allowlisted environment
 (`flpg.bundle.process.app_environment`); its protocol pipe is read as bytes in lines of
-at most PROTOCOL_LINE_LIMIT bytes, and a line that is not a protocol answer (binary,
+at most `protocol.LINE_LIMIT` bytes, and a line that is not a protocol answer (binary,
 cut, garbage the app wrote there) is logged and skipped; any exit code or signal is
 named (`flpg.bundle.process.describe_exit`); when the process ends, whatever it left in
 its process group is killed, so no leftover holds its pipes open.
@@ -23,7 +23,6 @@ its process group is killed, so no leftover holds its pipes open.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import queue
@@ -33,93 +32,79 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from flpg.bundle.process import app_environment, describe_exit
+from flpg.node.protocol import (
+    LINE_LIMIT,
+    Done,
+    ProtocolError,
+    Settled,
+    Started,
+    decode_report,
+    encode_batch,
+)
 from flpg.settings import DATABASE_URL_ENV
 from flpg.store.messages import MessageRow
 
 log = logging.getLogger("flpg.node")
 
-
-@dataclass(frozen=True)
-class Outcome:
-    """What the ClientApp process did with one message."""
-
-    outcome: str
-    """"replied", "error" (an error reply was written), "lease-lost" or "expired"
-    (nothing was written)."""
-    detail: str
-    seconds: float = 0.0
-    """From the message's arrival in the process to its reply's commit."""
-
-
 OnStarted = Callable[["AppProcess", list[int]], None]
 """Called (on the process's reader thread) with messages whose handlers started."""
-OnDone = Callable[["AppProcess", list[tuple[MessageRow, Outcome]]], None]
+OnDone = Callable[["AppProcess", list[tuple[MessageRow, Settled]]], None]
 """Called (on the process's reader thread) with the messages one answer line settled."""
 OnExit = Callable[["AppProcess", str, list[MessageRow]], None]
 """Called once the process ended, with how (`describe_exit`) and the messages it held."""
 
 
-PROTOCOL_LINE_LIMIT = 4 << 20
-"""Bytes of one answer line read from a ClientApp process, at most (an honest line
-answers at most 256 messages, each with a detail of about REASON_LIMIT characters
-at most: well under 1 MiB)."""
+@dataclass(frozen=True)
+class Launch:
+    """How a node worker starts its runs' ClientApp processes, and whom they report to."""
 
+    url: str
+    worker: str
+    cache_dir: Path
+    concurrency: int
+    """Handlers a process runs at once, at most."""
+    grace: float
+    """Seconds a closed process may take to finish its started handlers."""
+    on_started: OnStarted
+    on_done: OnDone
+    on_exit: OnExit
 
-def encode_batch(rows: list[MessageRow], node_configs: dict[int, dict[str, Any]]) -> str:
-    """One protocol line starting `rows` (see `flpg.node.appprocess`)."""
-    configs = {str(r.dst_node_id): node_configs.get(r.dst_node_id or 0, {}) for r in rows}
-    return json.dumps({"messages": [_row_fields(r) for r in rows], "node_configs": configs})
-
-
-def _row_fields(row: MessageRow) -> dict[str, Any]:
-    return {f.name: getattr(row, f.name) for f in fields(row)}
-
-
-class AppProcess:
-    """One run's ClientApp process: hand it batches of claimed messages; `on_done` and
-    `on_exit` report what became of them."""
-
-    def __init__(
-        self,
-        url: str,
-        run_id: int,
-        worker: str,
-        cache_dir: Path,
-        concurrency: int,
-        grace: float,
-        on_started: OnStarted,
-        on_done: OnDone,
-        on_exit: OnExit,
-    ) -> None:
-        self.run_id = run_id
-        argv = [
+    def argv(self, run_id: int) -> list[str]:
+        """The command line of run `run_id`'s process."""
+        return [
             sys.executable,
             "-m",
             "flpg.node.appprocess",
             f"--run={run_id}",
-            f"--worker={worker}",
-            f"--cache-dir={cache_dir}",
-            f"--concurrency={concurrency}",
-            f"--grace={grace}",
+            f"--worker={self.worker}",
+            f"--cache-dir={self.cache_dir}",
+            f"--concurrency={self.concurrency}",
+            f"--grace={self.grace}",
         ]
+
+
+class AppProcess:
+    """One run's ClientApp process: hand it batches of claimed messages; the launch's
+    `on_done` and `on_exit` report what became of them."""
+
+    def __init__(self, run_id: int, launch: Launch) -> None:
+        self.run_id = run_id
         self.popen = subprocess.Popen(
-            argv,
+            launch.argv(run_id),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            env=app_environment({DATABASE_URL_ENV: url}),
+            env=app_environment({DATABASE_URL_ENV: launch.url}),
             # Its own session: a signal meant for the node worker (Ctrl-C, SIGTERM to
             # the group) must not kill the run's app mid-message; the worker decides.
             # If the worker dies, the process sees end of input and exits.
             start_new_session=True,
         )
-        self._on_started = on_started
-        self._on_done = on_done
-        self._on_exit = on_exit
+        self._launch = launch
         self._lock = threading.Lock()
         self._pending: dict[int, MessageRow] = {}
         self._ended: str | None = None
@@ -143,6 +128,11 @@ class AppProcess:
     def how_ended(self) -> str:
         """How the process ended (`describe_exit`), or "" while it runs."""
         return self._ended or ""
+
+    def holds(self, message_id: int) -> bool:
+        """Whether the message was handed to this process and not answered yet."""
+        with self._lock:
+            return message_id in self._pending
 
     def submit(self, rows: list[MessageRow], node_configs: dict[int, dict[str, Any]]) -> bool:
         """Start claimed messages in the process, in one protocol line (written by
@@ -175,17 +165,17 @@ class AppProcess:
 
     def _answers(self) -> Iterator[bytes]:
         """The protocol lines the process writes, until its end of output; a longer
-        line than PROTOCOL_LINE_LIMIT bytes is skipped (read in bounded pieces)."""
+        line than LINE_LIMIT bytes is skipped (read in bounded pieces)."""
         out = self.popen.stdout
         assert out is not None
-        while line := out.readline(PROTOCOL_LINE_LIMIT):
+        while line := out.readline(LINE_LIMIT):
             if line.endswith(b"\n"):
                 yield line
                 continue
             skipped = len(line)
-            while (more := out.readline(PROTOCOL_LINE_LIMIT)) and not more.endswith(b"\n"):
+            while (more := out.readline(LINE_LIMIT)) and not more.endswith(b"\n"):
                 skipped += len(more)
-            if more or skipped > PROTOCOL_LINE_LIMIT:  # not the process's last words
+            if more or skipped > LINE_LIMIT:  # not the process's last words
                 log.warning("run %d: skipped a line of %d+ bytes", self.run_id, skipped)
             else:
                 yield line
@@ -198,31 +188,28 @@ class AppProcess:
             os.killpg(self.popen.pid, signal.SIGKILL)
 
     def _read(self) -> None:
+        """Report each answer line (about messages this process holds only: app code
+        could lie); once output ends, report the process's end."""
         for line in self._answers():
             try:
-                answer = json.loads(line)
-                started = [int(i) for i in answer.get("started", [])]
-                done = [
-                    (
-                        int(a["id"]),
-                        Outcome(str(a["outcome"]), str(a["detail"]), float(a["seconds"])),
-                    )
-                    for a in answer.get("done", [])
-                ]
-            except (ValueError, KeyError, TypeError, AttributeError):
+                report = decode_report(line)
+            except ProtocolError:
                 log.warning("run %d: ClientApp process sent %r", self.run_id, line[:200])
                 continue
-            settled: list[tuple[MessageRow, Outcome]] = []
-            with self._lock:  # only messages this process holds (app code could lie)
-                started = [i for i in started if i in self._pending]
-                for message_id, outcome in done:
-                    row = self._pending.pop(message_id, None)
-                    if row is not None:
-                        settled.append((row, outcome))
-            if started:
-                self._on_started(self, started)
-            if settled:
-                self._on_done(self, settled)
+            if isinstance(report, Started):
+                with self._lock:
+                    started = [i for i in report.ids if i in self._pending]
+                if started:
+                    self._launch.on_started(self, started)
+            elif isinstance(report, Done):
+                with self._lock:
+                    settled = [
+                        (row, s)
+                        for s in report.settled
+                        if (row := self._pending.pop(s.id, None)) is not None
+                    ]
+                if settled:
+                    self._launch.on_done(self, settled)
         how = describe_exit(self.popen.wait())
         with self._lock:
             self._ended = how
@@ -230,7 +217,7 @@ class AppProcess:
             self._lines.put(None)  # ends the writer thread
         level = logging.INFO if how == "exited with code 0" else logging.WARNING
         log.log(level, "run %d: ClientApp process %d %s", self.run_id, self.popen.pid, how)
-        self._on_exit(self, how, held)
+        self._launch.on_exit(self, how, held)
 
     def close(self) -> None:
         """Ask the process to finish what it holds and exit (does not wait): end of
@@ -250,21 +237,8 @@ class AppProcess:
 class AppHost:
     """The live ClientApp process of each run this node worker has served."""
 
-    def __init__(
-        self,
-        url: str,
-        worker: str,
-        cache_dir: Path,
-        concurrency: int,
-        grace: float,
-        on_started: OnStarted,
-        on_done: OnDone,
-        on_exit: OnExit,
-    ) -> None:
-        self._start = (url, worker, cache_dir, concurrency, grace)
-        self._on_started = on_started
-        self._on_done = on_done
-        self._on_exit = on_exit
+    def __init__(self, launch: Launch) -> None:
+        self._launch = launch
         self._lock = threading.Lock()
         self._procs: dict[int, AppProcess] = {}
         self._retired: list[AppProcess] = []
@@ -275,18 +249,7 @@ class AppHost:
         with self._lock:
             proc = self._procs.get(run_id)
             if proc is None or proc.ended:
-                url, worker, cache_dir, concurrency, grace = self._start
-                proc = AppProcess(
-                    url,
-                    run_id,
-                    worker,
-                    cache_dir,
-                    concurrency,
-                    grace,
-                    self._on_started,
-                    self._on_done,
-                    self._on_exit,
-                )
+                proc = AppProcess(run_id, self._launch)
                 self._procs[run_id] = proc
             return proc
 
@@ -304,6 +267,22 @@ class AppHost:
     def run_ids(self) -> list[int]:
         with self._lock:
             return sorted(self._procs)
+
+    def kill_overdue(self, rows: list[MessageRow]) -> None:
+        """Kill each process (retired ones included) that runs a handler for one of
+        `rows`, whose TTL ran out: that frees its slots."""
+        with self._lock:
+            procs = [*self._procs.values(), *self._retired]
+        for proc in procs:
+            ids = sorted(row.id for row in rows if row.run_id == proc.run_id and proc.holds(row.id))
+            if ids and not proc.ended:
+                log.warning(
+                    "run %d: ClientApp still busy with message(s) %s past their TTL; "
+                    "killing the run's ClientApp process",
+                    proc.run_id,
+                    ", ".join(map(str, ids)),
+                )
+                proc.kill(ids)
 
     def retire(self, run_ids: list[int]) -> None:
         """Close the processes of runs that ended (they exit once idle)."""

@@ -7,27 +7,22 @@ is away (`flpg.bundle.process.call_within`). The ClientApp is imported once and
 kept for the run's lifetime; each node id it serves has its own Context, whose
 `state` persists across the run's rounds (and lives only in this process).
 
-Protocol (one JSON object per line). The node worker writes batches of claimed
-messages, `{"messages": [{MessageRow fields}, ...], "node_configs": {"NODE_ID":
-{...}, ...}}`. This process queues them in order, loads the payloads of many at a
-time with one query (`MAX_GROUP` messages or `GROUP_BYTES` at most), runs their
-handlers on `--concurrency` threads (never more at once), and writes the replies
-(or error replies) to the database under the node worker's claim, many at a time:
-small payloads in one statement, then every reply in one statement that notifies
-the run once (`flpg.node.replies`). On its protocol pipe it says
-`{"started": [MESSAGE_ID]}` before a handler runs, and for each write
-`{"done": [{"id": MESSAGE_ID, "outcome": "replied" | "error" | "lease-lost" |
-"expired" | "released", "detail": "...", "seconds": S}, ...]}`, where S is the time
-from the handler's start to the reply's commit (0 if no handler ran). The protocol
-pipe is the original stdout; the ClientApp's own prints go to stderr. End of stdin
-means: answer the messages not started yet as "released" (nothing written), finish
-the others (up to `--grace` seconds) and exit.
+The node worker writes batches of claimed messages on stdin (`flpg.node.protocol`).
+This process queues them in order, loads the payloads of many at a time with one
+query (`MAX_GROUP` messages or `GROUP_BYTES` at most), runs their handlers on
+`--concurrency` threads (never more at once), and writes the replies (or error
+replies) to the database under the node worker's claim, many at a time: small
+payloads in one statement, then every reply in one statement that notifies the run
+once (`flpg.node.replies`). On its protocol pipe it reports `Started` before a
+handler runs, and `Done` for each write. The protocol pipe is the original stdout;
+the ClientApp's own prints go to stderr. End of stdin means: answer the messages not
+started yet as released (nothing written), finish the others (up to `--grace`
+seconds) and exit.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -49,6 +44,7 @@ from flpg.bundle.appdir import BundleCache, load_component, parse_pyproject
 from flpg.bundle.process import call_within
 from flpg.clientapp import ClientApp
 from flpg.errors import FlpgError
+from flpg.node.protocol import Done, Outcome, Report, Settled, Started, decode_batch, encode_report
 from flpg.node.replies import Answer, Written, app_error, describe, write_replies
 from flpg.settings import DATABASE_URL_ENV
 from flpg.store import apps as store_apps
@@ -109,7 +105,7 @@ class Skipped:
     """A message this process answers without writing anything."""
 
     row: MessageRow
-    outcome: str
+    outcome: Outcome
     detail: str
 
 
@@ -157,17 +153,17 @@ class Server:
         """Queue the batches of each line until end of input; then answer the messages
         not started yet as released and wait up to `grace` s for the others."""
         for line in requests:
-            request = json.loads(line)
-            configs: dict[str, dict[str, Any]] = request.get("node_configs", {})
-            rows = [MessageRow(**m) for m in request["messages"]]
+            batch = decode_batch(line)
             with self._cond:
-                self._inflight += len(rows)
-                self._queue.extend((r, configs.get(str(r.dst_node_id), {})) for r in rows)
+                self._inflight += len(batch.messages)
+                self._queue.extend((r, batch.node_config(r)) for r in batch.messages)
                 self._cond.notify_all()
         with self._cond:
             dropped, self._queue = list(self._queue), deque()
             for row, _ in dropped:
-                skipped = Skipped(row, "released", "not started before the process was closed")
+                skipped = Skipped(
+                    row, Outcome.RELEASED, "not started before the process was closed"
+                )
                 self._finished.append(Finished(skipped, None))
             self._cond.notify_all()
             self._cond.wait_for(lambda: self._inflight == 0, timeout=grace)
@@ -208,7 +204,7 @@ class Server:
             if row.created_at + row.ttl_seconds <= now:
                 detail = f"its TTL of {row.ttl_seconds:g} s passed before its handler started"
                 del untouched[row.id]
-                self._finish(Skipped(row, "expired", detail), None, handled=True)
+                self._finish(Skipped(row, Outcome.EXPIRED, detail), None, handled=True)
             else:
                 live.append((row, config))
         if not live:
@@ -244,7 +240,7 @@ class Server:
                 return list(zip(rows, bus.load(conn, rows), strict=True))
         except TRANSIENT as exc:
             for row in rows:
-                self._finish(Skipped(row, "lease-lost", describe(exc)), None, handled=True)
+                self._finish(Skipped(row, Outcome.LEASE_LOST, describe(exc)), None, handled=True)
             return []
         except Exception:
             pass  # some message cannot be loaded (e.g. a corrupt payload): one at a time
@@ -254,7 +250,7 @@ class Server:
                 with self.pool.connection() as conn:
                     loaded.append((row, bus.load(conn, [row])[0]))
             except TRANSIENT as exc:
-                self._finish(Skipped(row, "lease-lost", describe(exc)), None, handled=True)
+                self._finish(Skipped(row, Outcome.LEASE_LOST, describe(exc)), None, handled=True)
             except Exception as exc:
                 self._finish(Answer(row, error=app_error(describe(exc))), None, handled=True)
         return loaded
@@ -299,17 +295,17 @@ class Server:
                 batch, self._finished = self._finished[:MAX_BATCH], self._finished[MAX_BATCH:]
             done = self._write([f.item for f in batch])
             now = time.monotonic()
-            self._answer(
-                [
-                    {
-                        "id": w.message_id,
-                        "outcome": w.outcome,
-                        "detail": w.detail or f"{now - (f.began or now):.3f} s",
-                        "seconds": round(now - f.began, 6) if f.began is not None else 0.0,
-                    }
-                    for w, f in zip(done, batch, strict=True)
-                ]
-            )
+            settled = [
+                Settled(
+                    w.message_id,
+                    w.outcome,
+                    w.detail or f"{now - (f.began or now):.3f} s",
+                    round(now - f.began, 6) if f.began is not None else 0.0,
+                )
+                for w, f in zip(done, batch, strict=True)
+            ]
+            with self._out_lock:
+                self._report(Done(settled))
             with self._cond:
                 self._inflight -= len(batch)
                 self._cond.notify_all()
@@ -320,7 +316,7 @@ class Server:
             with self.pool.connection() as conn:
                 written = write_replies(conn, self.worker, self.app.run_id, answers)
         except Exception as exc:  # the database went away: the claims lapse and are retried
-            written = [Written(a.row.id, "lease-lost", describe(exc)) for a in answers]
+            written = [Written(a.row.id, Outcome.LEASE_LOST, describe(exc)) for a in answers]
         by_id = {w.message_id: w for w in written}
         return [
             Written(i.row.id, i.outcome, i.detail) if isinstance(i, Skipped) else by_id[i.row.id]
@@ -336,16 +332,12 @@ class Server:
             with self._starts_lock:
                 ids, self._starts = self._starts, []
             if ids:  # else a handler that held the lock before wrote ours too
-                self._write_line({"started": ids})
+                self._report(Started(ids))
 
-    def _answer(self, done: list[dict[str, Any]]) -> None:
-        with self._out_lock:
-            self._write_line({"done": done})
-
-    def _write_line(self, answer: dict[str, Any]) -> None:
+    def _report(self, report: Report) -> None:
         """Write one protocol line (call with `_out_lock` held)."""
         try:
-            self._out.write(json.dumps(answer) + "\n")
+            self._out.write(encode_report(report) + "\n")
             self._out.flush()
         except (OSError, ValueError):  # the node worker is gone
             pass

@@ -17,12 +17,13 @@ from dataclasses import dataclass
 
 from flpg import bus
 from flpg.app.message import Error, ErrorCode, Message
-from flpg.app.records import records_to_json
 from flpg.errors import FlpgError
+from flpg.node.protocol import Outcome
 from flpg.store import messages as store_messages
 from flpg.store.db import TRANSIENT, Connection
 from flpg.store.messages import ArrayLink, MessageRow, NewReply
 from flpg.store.payloads import DEFAULT_CHUNK_SIZE
+from flpg.store.recordjson import records_to_json
 
 SHARED_COMMIT_BYTES = 256 << 10
 """A batch's reply payloads up to this size are committed together with the replies
@@ -43,8 +44,8 @@ class Written:
     """What became of one answer."""
 
     message_id: int
-    outcome: str
-    """"replied", "error" (an error reply was written) or "lease-lost" (nothing was)."""
+    outcome: Outcome
+    """`REPLIED`, `ERROR` (an error reply was written) or `LEASE_LOST` (nothing was)."""
     detail: str
 
 
@@ -137,15 +138,15 @@ def _write(
             out.append(
                 Written(
                     a.row.id,
-                    "lease-lost",
+                    Outcome.LEASE_LOST,
                     f"message {a.row.id} is no longer claimed by this worker "
                     "(lease ran out, expired or cancelled); reply dropped",
                 )
             )
         elif n.error_code is not None:
-            out.append(Written(a.row.id, "error", n.error_reason or ""))
+            out.append(Written(a.row.id, Outcome.ERROR, n.error_reason or ""))
         else:
-            out.append(Written(a.row.id, "replied", ""))
+            out.append(Written(a.row.id, Outcome.REPLIED, ""))
     return out
 
 

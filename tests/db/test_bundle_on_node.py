@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from flpg import bus
-from flpg.node.apphost import encode_batch
+from flpg.node.protocol import encode_batch
 from flpg.store import messages as store_messages
 from flpg.store import runs as store_runs
 from flpg.store.db import Connection
