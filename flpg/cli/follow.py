@@ -18,11 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from flpg.states import TERMINAL, LogStream, log_channel
 from flpg.store import logs as store_logs
 from flpg.store import runs as store_runs
-from flpg.store.db import Connection, Listener, log_channel
+from flpg.store.db import Connection, Listener
 from flpg.store.logs import LogLine
-from flpg.store.runs import TERMINAL, Run
+from flpg.store.runs import Run
 
 EXIT_EVENT_WAIT = 30.0
 """Seconds after a run ended that a follower waits for the exec's end event. Covers
@@ -32,7 +33,7 @@ the exec's reap (it polls every 0.2 s, then reads each pipe to its end, waiting 
 
 def render(line: LogLine) -> str:
     """A log line as the CLI prints it: stdout bare, other streams tagged."""
-    return line.line if line.stream == "stdout" else f"[{line.stream}] {line.line}"
+    return line.line if line.stream == LogStream.STDOUT else f"[{line.stream}] {line.line}"
 
 
 @dataclass

@@ -9,6 +9,7 @@ import click
 
 from flpg.cli import options, render
 from flpg.cli._base import db_option, handle_errors, resolve_url_started
+from flpg.states import RunStatus
 from flpg.store.db import redact
 
 
@@ -65,7 +66,7 @@ def demo_cmd(db: str | None, num_nodes: int, rounds: int | None, keep: bool) -> 
     result = run_demo(
         url, started_db=started_db, nodes=num_nodes, rounds=rounds, keep=keep, tty=None
     )
-    if result.status != "finished":
+    if result.status != RunStatus.FINISHED:
         sys.exit(1)
 
 

@@ -14,10 +14,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from flpg.cli.follow import follow, render
+from flpg.states import TERMINAL
 from flpg.store import runs as store_runs
 from flpg.store.db import Connection
 from flpg.store.logs import LogLine
-from flpg.store.runs import TERMINAL, Run
+from flpg.store.runs import Run
 
 SHOWN_METRICS = ("train-loss", "train-accuracy", "eval-accuracy", "accuracy", "loss")
 
@@ -32,6 +33,11 @@ def _metrics_text(rows: list[dict[str, Any]], server_round: int) -> str:
     return " ".join(parts[:5])
 
 
+def _done_rounds(rows: list[dict[str, Any]]) -> int:
+    """The newest round whose training phase is recorded (0 before any)."""
+    return max((r["round"] for r in rows if r["phase"] == "train"), default=0)
+
+
 def watch(
     conn: Connection,
     url: str,
@@ -44,50 +50,64 @@ def watch(
     """Follow a run to its end, showing rounds as they complete; returns the ended run."""
     console = Console(file=sys.stdout, soft_wrap=True, highlight=False)
     tty = console.is_terminal if tty is None else tty
+    if tty:
+        return _watch_bar(conn, url, run_id, console, total_rounds, show_logs)
+    return _watch_lines(conn, url, run_id, total_rounds, show_logs)
+
+
+def _watch_bar(
+    conn: Connection,
+    url: str,
+    run_id: int,
+    console: Console,
+    total_rounds: int | None,
+    show_logs: bool,
+) -> Run:
+    """`watch` on a terminal: a live progress bar, log lines printed above it."""
+    progress = Progress(
+        TextColumn(
+            "[bold]run {task.fields[run_id]}[/] round {task.completed:.0f}/{task.fields[of]}"
+        ),
+        BarColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=console,
+        transient=False,
+    )
+    task = progress.add_task("", total=total_rounds, run_id=run_id, of=total_rounds or "?")
+
+    def emit(line: LogLine) -> None:
+        if show_logs:
+            progress.console.print(render(line), markup=False)
+
+    def tick(_run: Run) -> None:
+        rows = store_runs.round_metrics(conn, run_id)
+        seen_round = _done_rounds(rows)
+        progress.update(task, completed=seen_round, description=_metrics_text(rows, seen_round))
+
+    with progress:
+        run = follow(conn, url, run_id, emit, tick=tick)
+        tick(run)
+    return run
+
+
+def _watch_lines(
+    conn: Connection, url: str, run_id: int, total_rounds: int | None, show_logs: bool
+) -> Run:
+    """`watch` elsewhere: the log lines (`show_logs`), else one line per completed round."""
     started = time.monotonic()
     seen_round = 0
 
-    def done_rounds(rows: list[dict[str, Any]]) -> int:
-        return max((r["round"] for r in rows if r["phase"] == "train"), default=0)
-
-    if tty:
-        progress = Progress(
-            TextColumn(
-                "[bold]run {task.fields[run_id]}[/] round {task.completed:.0f}/{task.fields[of]}"
-            ),
-            BarColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.description}"),
-            console=console,
-            transient=False,
-        )
-        task = progress.add_task("", total=total_rounds, run_id=run_id, of=total_rounds or "?")
-
-        def emit(line: LogLine) -> None:
-            if show_logs:
-                progress.console.print(render(line), markup=False)
-
-        def tick(_run: Run) -> None:
-            nonlocal seen_round
-            rows = store_runs.round_metrics(conn, run_id)
-            seen_round = done_rounds(rows)
-            progress.update(task, completed=seen_round, description=_metrics_text(rows, seen_round))
-
-        with progress:
-            run = follow(conn, url, run_id, emit, tick=tick)
-            tick(run)
-        return run
-
-    def emit_plain(line: LogLine) -> None:
+    def emit(line: LogLine) -> None:
         if show_logs:
             print(render(line), flush=True)
 
-    def tick_plain(_run: Run) -> None:
+    def tick(_run: Run) -> None:
         nonlocal seen_round
         if show_logs:
             return
         rows = store_runs.round_metrics(conn, run_id)
-        latest = done_rounds(rows)
+        latest = _done_rounds(rows)
         if _run.status not in TERMINAL:
             latest -= 1  # the newest round may still be evaluating
         for server_round in range(seen_round + 1, latest + 1):
@@ -98,6 +118,6 @@ def watch(
             )
         seen_round = max(seen_round, latest)
 
-    run = follow(conn, url, run_id, emit_plain, tick=tick_plain)
-    tick_plain(run)
+    run = follow(conn, url, run_id, emit, tick=tick)
+    tick(run)
     return run

@@ -9,6 +9,7 @@ import click
 
 from flpg.cli import options, render
 from flpg.cli._base import db_option, format_option, handle_errors, open_db
+from flpg.states import RunStatus
 from flpg.store.db import Connection
 
 LOG_PAGE = 1000
@@ -96,7 +97,7 @@ def _stream(conn: Connection, url: str, run_id: int) -> None:
     total = rounds if isinstance(rounds, int) and rounds > 0 else None
     run = watch(conn, url, run_id, total_rounds=total, show_logs=True)
     render.run_ended(run)
-    if run.status != "finished":
+    if run.status != RunStatus.FINISHED:
         sys.exit(1)
 
 

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from typing import IO
 
 from flpg.errors import NotFound
+from flpg.states import LogStream
 from flpg.store import logs as store_logs
 from flpg.store.db import TRANSIENT, Connection, Session
 from flpg.store.text import LINE_LIMIT
@@ -89,7 +90,7 @@ def _cost(line: str) -> int:
     return len(line) + LINE_COST
 
 
-def _append(conn: Connection, *, run_id: int, lines: list[tuple[str, str]]) -> None:
+def _append(conn: Connection, *, run_id: int, lines: list[tuple[LogStream, str]]) -> None:
     store_logs.append(conn, run_id, lines)
 
 
@@ -99,7 +100,7 @@ class LogWriter:
     def __init__(self, url: str) -> None:
         self._session = Session(url, application_name="flpg-exec-logs", stop=threading.Event())
         self._cond = threading.Condition()
-        self._queue: deque[tuple[int, str, str]] = deque()
+        self._queue: deque[tuple[int, LogStream, str]] = deque()
         self._queued = 0
         """Cost of the queued lines (`_cost`)."""
         self._writing = 0
@@ -108,20 +109,20 @@ class LogWriter:
         self._thread = threading.Thread(target=self._loop, name="flpg-logwriter", daemon=True)
         self._thread.start()
 
-    def put(self, run_id: int, stream: str, line: str) -> None:
+    def put(self, run_id: int, stream: LogStream, line: str) -> None:
         """Queue one line of a run's output (never waits)."""
         with self._cond:
             self._queue.append((run_id, stream, line))
             self._queued += _cost(line)
             self._cond.notify_all()
 
-    def _put_when_room(self, run_id: int, stream: str, line: str) -> None:
+    def _put_when_room(self, run_id: int, stream: LogStream, line: str) -> None:
         with self._cond:
             self._cond.wait_for(lambda: self._queued < QUEUE_COST or self._closing)
         self.put(run_id, stream, line)
 
     def follow(
-        self, run_id: int, stream: str, pipe: IO[bytes], last: list[str]
+        self, run_id: int, stream: LogStream, pipe: IO[bytes], last: list[str]
     ) -> threading.Thread:
         """Start a thread copying `pipe` line by line (see `read_lines`) and closing
         it at its end; `last[0]` keeps the last line read."""
@@ -177,9 +178,9 @@ class LogWriter:
         finally:
             self._session.close()
 
-    def _write(self, batch: list[tuple[int, str, str]]) -> None:
+    def _write(self, batch: list[tuple[int, LogStream, str]]) -> None:
         """Write a batch one run at a time, in order."""
-        by_run: dict[int, list[tuple[str, str]]] = {}
+        by_run: dict[int, list[tuple[LogStream, str]]] = {}
         for run_id, stream, line in batch:
             by_run.setdefault(run_id, []).append((stream, line))
         for run_id, lines in by_run.items():
@@ -198,7 +199,7 @@ class LogWriter:
                 )
                 self._write_one_by_one(run_id, lines)
 
-    def _write_one_by_one(self, run_id: int, lines: list[tuple[str, str]]) -> None:
+    def _write_one_by_one(self, run_id: int, lines: list[tuple[LogStream, str]]) -> None:
         lost: list[Exception] = []
         for line in lines:
             try:

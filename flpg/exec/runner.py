@@ -41,6 +41,7 @@ from flpg.bundle.process import call_within
 from flpg.serverapp import ServerApp
 from flpg.serverapp.grid import Grid
 from flpg.settings import DATABASE_URL_ENV, Intervals
+from flpg.states import RunStatus
 from flpg.store import apps as store_apps
 from flpg.store import runs as store_runs
 from flpg.store.db import TRANSIENT, Connection, Session
@@ -69,9 +70,9 @@ def _record_failure(url: str, run_id: int, attempt: int, reason: str) -> None:
 
     def record(conn: Connection) -> None:
         if store_runs.get(conn, run_id).stop_requested_at is not None:
-            store_runs.finish(conn, run_id, "stopped", "stopped by user", attempt=attempt)
+            store_runs.finish(conn, run_id, RunStatus.STOPPED, "stopped by user", attempt=attempt)
         else:
-            store_runs.finish(conn, run_id, "failed", reason, attempt=attempt)
+            store_runs.finish(conn, run_id, RunStatus.FAILED, reason, attempt=attempt)
 
     try:
         _within(url, run_id, record)
@@ -124,7 +125,7 @@ def _heartbeat(url: str, run_id: int, attempt: int, period: float, stop: threadi
                     _terminate_self(f"run {run_id}: a stop was requested")
                     return
                 if current is not None and not (
-                    current.attempt == attempt and current.status == "starting"
+                    current.attempt == attempt and current.status == RunStatus.STARTING
                 ):
                     _terminate_self(
                         f"run {run_id} attempt {attempt} is no longer running "
@@ -156,7 +157,7 @@ def run_serverapp(url: str, run_id: int, attempt: int) -> None:
 
     def record(conn: Connection) -> None:
         if store_runs.get(conn, run_id).stop_requested_at is None:
-            store_runs.finish(conn, run_id, "finished", attempt=attempt)
+            store_runs.finish(conn, run_id, RunStatus.FINISHED, attempt=attempt)
 
     try:
         _within(url, run_id, record)

@@ -1,9 +1,19 @@
-"""Shared metadata, naming convention and enum types of the schema."""
+"""Shared metadata, naming convention and enum types of the schema.
+
+The enum types are declared from the StrEnums of `flpg.states` (labels in their
+order), so the schema and the code share one list of states. CHECK constraints and
+index predicates are SQL and spell labels as literals; PostgreSQL checks each one
+against its enum type when it creates them.
+"""
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from sqlalchemy import MetaData
 from sqlalchemy.dialects.postgresql import ENUM
+
+from flpg.states import LogStream, MessageState, NodeStatus, RunStatus
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -15,36 +25,20 @@ NAMING_CONVENTION = {
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
-NODE_STATUS = ENUM("online", "offline", name="node_status", metadata=metadata)
-"""A node is `online` while any of its workers heart-beats."""
 
-RUN_STATUS = ENUM(
-    "pending",
-    "starting",
-    "running",
-    "finished",
-    "failed",
-    "stopped",
-    name="run_status",
-    metadata=metadata,
-)
-"""pending -> starting -> running -> finished | failed | stopped (stopped also from pending
-and starting; starting -> pending when the link takes back a run its exec never launched).
-docs/reliability.md lists who moves each state on and within what bound."""
+def _enum(states: type[StrEnum], name: str) -> ENUM:
+    """The PostgreSQL enum type `name` with the labels of `states`, in their order."""
+    return ENUM(*[s.value for s in states], name=name, metadata=metadata)
 
-MESSAGE_STATE = ENUM(
-    "queued",
-    "claimed",
-    "done",
-    "expired",
-    "cancelled",
-    name="message_state",
-    metadata=metadata,
-)
-"""Instructions: queued -> claimed -> done | expired | cancelled (claimed -> queued when a
-lease runs out). Replies: queued (waiting for the ServerApp) -> done (pulled) | cancelled
-(the run ended first)."""
 
-LOG_STREAM = ENUM("stdout", "stderr", "event", name="log_stream", metadata=metadata)
+NODE_STATUS = _enum(NodeStatus, "node_status")
+"""See `flpg.states.NodeStatus`."""
 
-TERMINAL_RUN_STATUSES = ("finished", "failed", "stopped")
+RUN_STATUS = _enum(RunStatus, "run_status")
+"""See `flpg.states.RunStatus`."""
+
+MESSAGE_STATE = _enum(MessageState, "message_state")
+"""See `flpg.states.MessageState`."""
+
+LOG_STREAM = _enum(LogStream, "log_stream")
+"""See `flpg.states.LogStream`."""

@@ -24,6 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
 
 from flpg.models.base import MESSAGE_STATE, metadata
+from flpg.states import MESSAGES_DST_IN_SELECTION, MESSAGES_SRC_IN_SELECTION, MessageState
 
 messages = Table(
     "messages",
@@ -40,7 +41,7 @@ messages = Table(
     ),
     Column("group_id", Text, nullable=False, server_default=text("''")),
     Column("message_type", Text, nullable=False),
-    Column("state", MESSAGE_STATE, nullable=False, server_default=text("'queued'")),
+    Column("state", MESSAGE_STATE, nullable=False, server_default=MessageState.QUEUED.value),
     Column("created_at", TIMESTAMP(timezone=True), nullable=False, server_default=text("now()")),
     Column("ttl_seconds", Double, nullable=False),
     Column("deadline", TIMESTAMP(timezone=True), nullable=False),
@@ -62,12 +63,12 @@ messages = Table(
     ForeignKeyConstraint(
         ["run_id", "dst_node_id"],
         ["run_nodes.run_id", "run_nodes.node_id"],
-        name="fk_messages_dst_in_selection",
+        name=MESSAGES_DST_IN_SELECTION,
     ),
     ForeignKeyConstraint(
         ["run_id", "src_node_id"],
         ["run_nodes.run_id", "run_nodes.node_id"],
-        name="fk_messages_src_in_selection",
+        name=MESSAGES_SRC_IN_SELECTION,
     ),
     CheckConstraint(
         "(reply_to IS NULL AND src_node_id IS NULL AND dst_node_id IS NOT NULL)"

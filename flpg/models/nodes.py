@@ -6,6 +6,7 @@ from sqlalchemy import BigInteger, CheckConstraint, Column, Identity, Table, Tex
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
 
 from flpg.models.base import NODE_STATUS, metadata
+from flpg.states import NodeStatus
 
 nodes = Table(
     "nodes",
@@ -14,7 +15,7 @@ nodes = Table(
     Column("name", Text, nullable=False, unique=True),
     Column("node_config", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("labels", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
-    Column("status", NODE_STATUS, nullable=False, server_default=text("'online'")),
+    Column("status", NODE_STATUS, nullable=False, server_default=NodeStatus.ONLINE.value),
     Column("registered_at", TIMESTAMP(timezone=True), nullable=False, server_default=text("now()")),
     Column("last_seen_at", TIMESTAMP(timezone=True), nullable=False, server_default=text("now()")),
     CheckConstraint("name <> ''", name="name_not_empty"),

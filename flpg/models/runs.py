@@ -17,6 +17,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
 
 from flpg.models.base import LOG_STREAM, RUN_STATUS, metadata
+from flpg.states import RunStatus
 
 
 def _ts(name: str, *, nullable: bool = True, default: str | None = None) -> Column[object]:
@@ -35,7 +36,7 @@ runs = Table(
     Column("app_hash", Text, ForeignKey("apps.hash"), nullable=False),
     Column("app_name", Text, nullable=False),
     Column("run_config", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
-    Column("status", RUN_STATUS, nullable=False, server_default=text("'pending'")),
+    Column("status", RUN_STATUS, nullable=False, server_default=RunStatus.PENDING.value),
     Column("reason", Text),
     Column("priority", Integer, nullable=False, server_default=text("0")),
     _ts("submitted_at", nullable=False, default="now()"),

@@ -71,25 +71,6 @@ def connect(url: str, *, application_name: str = "flpg") -> Connection:
         ) from exc
 
 
-def node_channel(node_id: int) -> str:
-    """The channel that wakes the workers of one node."""
-    return f"flpg_node_{node_id}"
-
-
-def run_channel(run_id: int) -> str:
-    """The channel that wakes a run's ServerApp when replies arrive."""
-    return f"flpg_run_{run_id}"
-
-
-def log_channel(run_id: int) -> str:
-    """The channel that wakes `flpg log --follow` when a run logs."""
-    return f"flpg_log_{run_id}"
-
-
-EXEC_CHANNEL = "flpg_exec"
-"""Wakes exec workers: a run was submitted or a stop was requested."""
-
-
 class Backoff:
     """Exponential delays between reconnection attempts: 0.1 s doubling up to `cap`."""
 

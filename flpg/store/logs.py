@@ -9,6 +9,7 @@ from datetime import datetime
 import psycopg
 
 from flpg.errors import NotFound
+from flpg.states import LogStream
 from flpg.store._exec import many, rows, run
 from flpg.store.db import Connection
 from flpg.store.text import LINE_LIMIT, storable
@@ -41,7 +42,7 @@ def end_event(how: str) -> str:
 
 def launched_attempt(line: LogLine) -> int | None:
     """The attempt a launch event names; None for any other line."""
-    if line.stream != "event" or not line.line.startswith(LAUNCH_EVENT):
+    if line.stream != LogStream.EVENT or not line.line.startswith(LAUNCH_EVENT):
         return None
     number = line.line[len(LAUNCH_EVENT) :].split(" ", 1)[0]
     return int(number) if number.isdigit() else None
@@ -50,7 +51,7 @@ def launched_attempt(line: LogLine) -> int | None:
 def is_end_event(line: LogLine) -> bool:
     """Whether `line` is an exec's end event (see END_EVENT)."""
     return (
-        line.stream == "event"
+        line.stream == LogStream.EVENT
         and line.line.startswith(END_EVENT)
         and launched_attempt(line) is None
     )

@@ -10,12 +10,11 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from flpg.errors import InvalidState, NotFound
+from flpg.states import STOPPING, TERMINAL, LogStream, RunStatus
 from flpg.store import logs as store_logs
 from flpg.store._exec import one, rows, run
 from flpg.store.db import Connection
 from flpg.store.text import REASON_LIMIT, storable
-
-TERMINAL = ("finished", "failed", "stopped")
 
 
 @dataclass(frozen=True)
@@ -164,11 +163,11 @@ def mark_running(conn: Connection, run_id: int, exec_id: str, pid: int) -> bool:
 def finish(
     conn: Connection,
     run_id: int,
-    status: str,
+    status: RunStatus,
     reason: str | None = None,
     *,
     attempt: int | None = None,
-) -> str | None:
+) -> RunStatus | None:
     """Record the outcome once and cancel undelivered messages, in one transaction.
 
     A failure of a run with restarts left (`max_restarts`) puts it back in the queue
@@ -176,7 +175,7 @@ def finish(
     restarts), or None if it had already ended or `attempt` is no longer current.
     """
     if status not in TERMINAL:
-        raise ValueError(f"{status!r} is not a terminal run status")
+        raise ValueError(f"{str(status)!r} is not a terminal run status")
     if reason is not None:  # often app text (an exception's message): storable, bounded
         reason = storable(reason, REASON_LIMIT)
     params = {"run_id": run_id, "status": status, "reason": reason, "attempt": attempt}
@@ -184,8 +183,8 @@ def finish(
         if not run(conn, "runs_finish", params):
             return None
         _cancel_messages(conn, run_id)
-        if status == "failed" and _requeue(conn, run_id, automatic=True):
-            return "pending"
+        if status == RunStatus.FAILED and _requeue(conn, run_id, automatic=True):
+            return RunStatus.PENDING
     return status
 
 
@@ -202,7 +201,7 @@ def _requeue(conn: Connection, run_id: int, *, automatic: bool) -> int | None:
     row = one(conn, "runs_requeue", {"run_id": run_id, "automatic": automatic})
     if row is None:
         return None
-    store_logs.append(conn, run_id, [("event", str(row["reason"]))])
+    store_logs.append(conn, run_id, [(LogStream.EVENT, str(row["reason"]))])
     run(conn, "runs_notify_exec", {"run_id": run_id})
     return int(row["attempt"])
 
@@ -218,7 +217,7 @@ def resume(conn: Connection, run_id: int) -> int:
         if attempt is not None:
             return attempt
     current = get(conn, run_id)
-    if current.status == "finished":
+    if current.status == RunStatus.FINISHED:
         raise InvalidState(f"run {run_id} already finished; there is nothing to resume")
     if current.status not in TERMINAL:
         raise InvalidState(
@@ -255,12 +254,12 @@ def request_stop(conn: Connection, run_id: int) -> str:
     """
     with conn.transaction():
         row = one(conn, "runs_request_stop", {"run_id": run_id})
-        if row is not None and row["status"] == "stopped":
+        if row is not None and row["status"] == RunStatus.STOPPED:
             _cancel_messages(conn, run_id)
-            return "stopped"
+            return RunStatus.STOPPED
         if row is not None:
             run(conn, "runs_notify_exec", {"run_id": run_id})
-            return "stopping"
+            return STOPPING
     current = get(conn, run_id)
     raise InvalidState(f"run {run_id} already ended ({current.status})")
 
@@ -299,8 +298,8 @@ def take_back_unlaunched(conn: Connection, after: float) -> list[TakenBack]:
         taken = [TakenBack(int(r["id"]), str(r["status"]), str(r["reason"])) for r in found]
         for t in taken:
             _cancel_messages(conn, t.run_id)
-            store_logs.append(conn, t.run_id, [("event", t.reason)])
-            if t.status == "pending":
+            store_logs.append(conn, t.run_id, [(LogStream.EVENT, t.reason)])
+            if t.status == RunStatus.PENDING:
                 run(conn, "runs_notify_exec", {"run_id": t.run_id})
     return taken
 

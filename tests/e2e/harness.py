@@ -20,14 +20,15 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-TERMINAL = ("finished", "failed", "stopped")
+from flpg.states import TERMINAL, NodeStatus
+
 TAG_ENV = "FLPG_E2E_HARNESS_TAG"
 """Set in every process the harness starts; inherited by the ServerApps they launch."""
 
@@ -349,7 +350,7 @@ class Federation:
         deadline = time.monotonic() + timeout
         while True:
             self.check_alive()
-            online = [n for n in self.nodes() if n["status"] == "online"]
+            online = [n for n in self.nodes() if n["status"] == NodeStatus.ONLINE]
             if len(online) >= count:
                 return online
             if time.monotonic() > deadline:
@@ -360,7 +361,7 @@ class Federation:
             time.sleep(0.2)
 
     def wait_run(
-        self, run_id: int, timeout: float = 60, statuses: Sequence[str] = TERMINAL
+        self, run_id: int, timeout: float = 60, statuses: Collection[str] = TERMINAL
     ) -> dict[str, Any]:
         """Wait until run `run_id` has one of `statuses` (default: any terminal one);
         returns its `flpg ls` entry. Fails early if a worker process died."""
@@ -373,12 +374,12 @@ class Federation:
             if run["status"] in TERMINAL:
                 raise HarnessError(
                     f"run {run_id} ended {run['status']} ({run['reason']}), "
-                    f"expected {list(statuses)}\n{self.log_of(run_id)}\n{self.logs()}"
+                    f"expected {sorted(statuses)}\n{self.log_of(run_id)}\n{self.logs()}"
                 )
             if time.monotonic() > deadline:
                 raise HarnessError(
                     f"run {run_id} still {run['status']} after {timeout:g} s, expected "
-                    f"{list(statuses)}\n{self.log_of(run_id)}\n{self.logs()}"
+                    f"{sorted(statuses)}\n{self.log_of(run_id)}\n{self.logs()}"
                 )
             time.sleep(0.25)
 

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from flpg.settings import Intervals
+from flpg.states import TERMINAL, LogStream
 from tests.conftest import TEST_ENV
-from tests.e2e.harness import APPS, TERMINAL, Federation, HarnessError, Proc, wait_for
+from tests.e2e.harness import APPS, Federation, HarnessError, Proc, wait_for
 
 TOLERANT = APPS / "tolerant"
 INITIAL = [0.0, 1.0, 2.0]
@@ -191,9 +192,9 @@ def final_model(fed: Federation, run_id: int) -> list[float]:
     lines = [
         str(line)
         for (line,) in fed.sql(
-            "SELECT line FROM run_logs WHERE run_id = %s AND stream = 'stdout'"
+            "SELECT line FROM run_logs WHERE run_id = %s AND stream = %s"
             " AND line LIKE 'FINAL %%' ORDER BY id",
-            [run_id],
+            [run_id, LogStream.STDOUT],
         )
     ]
     assert len(lines) == 1, lines
