@@ -21,15 +21,17 @@ from flpg.app.records import (
     ConfigRecord,
     MetricRecord,
     RecordDict,
-    config_records_from_json,
-    metric_records_from_json,
-    records_to_json,
 )
 from flpg.store import messages as store_messages
 from flpg.store import payloads as store_payloads
 from flpg.store.db import Connection
 from flpg.store.messages import ArrayLink, MessageRow, NewInstruction
 from flpg.store.payloads import DEFAULT_CHUNK_SIZE, ArrayRef
+from flpg.store.recordjson import (
+    config_records_from_json,
+    metric_records_from_json,
+    records_to_json,
+)
 
 
 def stored_id(array: Array, run_id: int) -> int | None:
@@ -177,30 +179,25 @@ many bytes per call: a small model costs no query per array, and memory stays
 bounded however many replies one call returns (bigger arrays stay in the database)."""
 
 
-def load(
-    conn: Connection, rows: Sequence[MessageRow], source: SourceFactory | None = None
-) -> list[Message]:
-    """Turn stored rows into Messages with their arrays.
+def _eager(conn: Connection, refs: Sequence[ArrayRef]) -> dict[int, store_payloads.Chunks]:
+    """The chunk rows of the one-chunk arrays among `refs`, in order, up to EAGER_BYTES."""
+    budget = EAGER_BYTES
+    small: dict[int, ArrayRef] = {}
+    for ref in refs:
+        if ref.n_chunks == 1 and not ref.collected and ref.array_id not in small:
+            if ref.nbytes > budget:
+                break
+            small[ref.array_id] = ref
+            budget -= ref.nbytes
+    return store_payloads.read_raw(conn, list(small.values()))
 
-    Without `source` the arrays are read now. An array shared by several messages
-    is read once; every message but the first gets its own copy, so a handler that
-    mutates its input in place never changes another message's content. With
-    `source`, arrays stay in the database as `Array.stored(..., source(ref, rows))`,
-    except that small ones (EAGER_BYTES) come with their chunk rows, still unchecked.
-    """
-    refs = store_payloads.refs(conn, [r.id for r in rows if r.error_code is None])
+
+def _array_records(
+    conn: Connection, refs: Sequence[ArrayRef], source: SourceFactory | None
+) -> dict[int, dict[str, ArrayRecord]]:
+    """`{message id: {record name: ArrayRecord}}` of `refs` (see `load`)."""
     data = {} if source is not None else store_payloads.read(conn, refs)
-    read: dict[int, store_payloads.Chunks] = {}
-    if source is not None:
-        budget = EAGER_BYTES
-        small: dict[int, ArrayRef] = {}
-        for ref in refs:
-            if ref.n_chunks == 1 and not ref.collected and ref.array_id not in small:
-                if ref.nbytes > budget:
-                    break
-                small[ref.array_id] = ref
-                budget -= ref.nbytes
-        read = store_payloads.read_raw(conn, list(small.values()))
+    read = _eager(conn, refs) if source is not None else {}
     handed_out: set[int] = set()
     by_message: dict[int, dict[str, ArrayRecord]] = {}
     for ref in refs:
@@ -215,32 +212,47 @@ def load(
             handed_out.add(ref.array_id)
         records = by_message.setdefault(ref.message_id, {})
         records.setdefault(ref.record_name, ArrayRecord())[ref.array_name] = array
-    out: list[Message] = []
-    for r in rows:
-        metadata = Metadata(
-            run_id=r.run_id,
-            message_id=r.id,
-            src_node_id=r.src_node_id,
-            dst_node_id=r.dst_node_id,
-            reply_to_message_id=r.reply_to,
-            group_id=r.group_id,
-            ttl=r.ttl_seconds,
-            message_type=r.message_type,
-            created_at=r.created_at,
-        )
-        if r.error_code is not None:
-            out.append(
-                Message.from_metadata(metadata, error=Error(r.error_code, r.error_reason or ""))
-            )
-            continue
-        content = RecordDict()
-        for name, arr_record in by_message.get(r.id, {}).items():
-            content[name] = arr_record
-        metric_records: dict[str, MetricRecord] = metric_records_from_json(r.metrics)
-        config_records: dict[str, ConfigRecord] = config_records_from_json(r.configs)
-        for name, metric_record in metric_records.items():
-            content[name] = metric_record
-        for name, config_record in config_records.items():
-            content[name] = config_record
-        out.append(Message.from_metadata(metadata, content=content))
-    return out
+    return by_message
+
+
+def _message(r: MessageRow, array_records: dict[str, ArrayRecord]) -> Message:
+    """The Message of a stored row, with its array records."""
+    metadata = Metadata(
+        run_id=r.run_id,
+        message_id=r.id,
+        src_node_id=r.src_node_id,
+        dst_node_id=r.dst_node_id,
+        reply_to_message_id=r.reply_to,
+        group_id=r.group_id,
+        ttl=r.ttl_seconds,
+        message_type=r.message_type,
+        created_at=r.created_at,
+    )
+    if r.error_code is not None:
+        return Message.from_metadata(metadata, error=Error(r.error_code, r.error_reason or ""))
+    content = RecordDict()
+    for name, arr_record in array_records.items():
+        content[name] = arr_record
+    metric_records: dict[str, MetricRecord] = metric_records_from_json(r.metrics)
+    config_records: dict[str, ConfigRecord] = config_records_from_json(r.configs)
+    for name, metric_record in metric_records.items():
+        content[name] = metric_record
+    for name, config_record in config_records.items():
+        content[name] = config_record
+    return Message.from_metadata(metadata, content=content)
+
+
+def load(
+    conn: Connection, rows: Sequence[MessageRow], source: SourceFactory | None = None
+) -> list[Message]:
+    """Turn stored rows into Messages with their arrays.
+
+    Without `source` the arrays are read now. An array shared by several messages
+    is read once; every message but the first gets its own copy, so a handler that
+    mutates its input in place never changes another message's content. With
+    `source`, arrays stay in the database as `Array.stored(..., source(ref, rows))`,
+    except that small ones (EAGER_BYTES) come with their chunk rows, still unchecked.
+    """
+    refs = store_payloads.refs(conn, [r.id for r in rows if r.error_code is None])
+    by_message = _array_records(conn, refs, source)
+    return [_message(r, by_message.get(r.id, {})) for r in rows]

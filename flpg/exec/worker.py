@@ -10,9 +10,10 @@ never raised out of the loop. Any exit code or signal number is named
 (`flpg.bundle.process.describe_exit`). Output is read bounded (`flpg.exec.logwriter`).
 A ServerApp gets only an allowlisted environment (`flpg.bundle.process.app_environment`).
 One that no longer runs its run's current attempt (the link failed it for silence,
-the run was restarted or taken back) is terminated two heartbeats after the exec
-sees it, like one whose run was stopped: SIGTERM and SIGCONT to its process group
-(a stopped process handles SIGTERM only once continued), SIGKILL after STOP_GRACE.
+the run was restarted or taken back) is terminated EXIT_GRACE seconds (at least two
+heartbeats) after the exec sees it, like one whose run was stopped: SIGTERM and
+SIGCONT to its process group (a stopped process handles SIGTERM only once
+continued), SIGKILL after STOP_GRACE.
 Processes left in its group when it exits are killed.
 """
 
@@ -33,15 +34,19 @@ from flpg.exec.logwriter import LogWriter
 from flpg.exec.runner import EXEC_PID_ENV, RESULT_PREFIX
 from flpg.lifecycle import worker_id
 from flpg.settings import DATABASE_URL_ENV, Intervals
+from flpg.states import EXEC_CHANNEL, LogStream, RunStatus
 from flpg.store import logs as store_logs
 from flpg.store import runs as store_runs
-from flpg.store.db import EXEC_CHANNEL, TRANSIENT, Connection, Listener, Session
+from flpg.store.db import TRANSIENT, Connection, Listener, Session
 from flpg.store.migrate import ensure_schema
 
 log = logging.getLogger("flpg.exec")
 
 STOP_GRACE = 10.0
 """Seconds a ServerApp has to exit after SIGTERM before it is killed."""
+EXIT_GRACE = 10.0
+"""Seconds a ServerApp whose attempt no longer runs has to exit on its own (at least two
+heartbeats): one that recorded its outcome may take a while to exit on a busy machine."""
 READERS_GRACE = 5.0
 """Seconds the exec waits, after a ServerApp exited, for the rest of its output."""
 RECORD_TRIES = 3
@@ -120,7 +125,7 @@ class ExecWorker:
                 if store_runs.mark_running(conn, run_id, self.exec_id, child.proc.pid):
                     logs.put(
                         run_id,
-                        "event",
+                        LogStream.EVENT,
                         store_logs.launch_event(child.attempt, self.exec_id, child.proc.pid),
                     )
                 else:
@@ -156,18 +161,24 @@ class ExecWorker:
             )
         except OSError as exc:
             store_runs.finish(
-                conn, run_id, "failed", f"could not start the ServerApp: {exc}", attempt=attempt
+                conn,
+                run_id,
+                RunStatus.FAILED,
+                f"could not start the ServerApp: {exc}",
+                attempt=attempt,
             )
             return
         child = Child(run_id, attempt, proc, [])
         assert proc.stdout is not None and proc.stderr is not None
         child.readers = [
-            logs.follow(run_id, "stdout", proc.stdout, child.last_stdout),
-            logs.follow(run_id, "stderr", proc.stderr, child.last_stderr),
+            logs.follow(run_id, LogStream.STDOUT, proc.stdout, child.last_stdout),
+            logs.follow(run_id, LogStream.STDERR, proc.stderr, child.last_stderr),
         ]
         self.children[run_id] = child
         if store_runs.mark_running(conn, run_id, self.exec_id, proc.pid):
-            logs.put(run_id, "event", store_logs.launch_event(attempt, self.exec_id, proc.pid))
+            logs.put(
+                run_id, LogStream.EVENT, store_logs.launch_event(attempt, self.exec_id, proc.pid)
+            )
             log.info("run %d: ServerApp started (pid %d)", run_id, proc.pid)
         else:  # stopped while starting
             self._terminate(child)
@@ -204,7 +215,7 @@ class ExecWorker:
             elif (
                 child.terminated_at is None
                 and child.superseded_at is not None
-                and now - child.superseded_at > 2 * self.intervals.heartbeat
+                and now - child.superseded_at > max(EXIT_GRACE, 2 * self.intervals.heartbeat)
             ):  # a healthy ServerApp sees this at its next heartbeat and ends itself
                 log.info(
                     "run %d: attempt %d no longer runs; terminating its ServerApp",
@@ -222,12 +233,14 @@ class ExecWorker:
         status, reason = self._outcome(conn, child, code)
         if not child.exit_logged:
             logs.put(
-                child.run_id, "event", store_logs.end_event(f"{describe_exit(code)}: {status}")
+                child.run_id,
+                LogStream.EVENT,
+                store_logs.end_event(f"{describe_exit(code)}: {status}"),
             )
             child.exit_logged = True
         new_status = store_runs.finish(conn, child.run_id, status, reason, attempt=child.attempt)
         del self.children[child.run_id]
-        if new_status == "pending":
+        if new_status == RunStatus.PENDING:
             log.info(
                 "run %d: attempt %d failed (%s); restarting", child.run_id, child.attempt, reason
             )
@@ -244,7 +257,7 @@ class ExecWorker:
             store_runs.finish(
                 conn,
                 child.run_id,
-                "failed",
+                RunStatus.FAILED,
                 f"ServerApp {how}; its outcome could not be recorded",
                 attempt=child.attempt,
             )
@@ -253,20 +266,20 @@ class ExecWorker:
         except Exception:
             log.exception("run %d: could not record even a plain outcome", child.run_id)
 
-    def _outcome(self, conn: Connection, child: Child, code: int) -> tuple[str, str | None]:
+    def _outcome(self, conn: Connection, child: Child, code: int) -> tuple[RunStatus, str | None]:
         run = store_runs.get(conn, child.run_id)
         if run.stop_requested_at is not None:
-            return "stopped", "stopped by user"
+            return RunStatus.STOPPED, "stopped by user"
         if code == 0:
-            return "finished", None
+            return RunStatus.FINISHED, None
         last = child.last_stderr[0]
         if last.startswith(RESULT_PREFIX):
-            return "failed", last[len(RESULT_PREFIX) :]
-        return "failed", f"ServerApp {describe_exit(code)}"
+            return RunStatus.FAILED, last[len(RESULT_PREFIX) :]
+        return RunStatus.FAILED, f"ServerApp {describe_exit(code)}"
 
     def _apply_stops(self, conn: Connection) -> None:
         """Terminate the ServerApps of runs with a stop request; note those whose
-        attempt no longer runs (`_reap_one` terminates them two heartbeats later, unless
+        attempt no longer runs (`_reap_one` terminates them EXIT_GRACE s later, unless
         they end themselves first, as a healthy one does)."""
         for run_id in store_runs.stop_requested(conn, self.exec_id):
             child = self.children.get(run_id)
@@ -307,13 +320,15 @@ class ExecWorker:
             for reader in child.readers:
                 reader.join(timeout=READERS_GRACE)
             logs.put(
-                child.run_id, "event", store_logs.end_event("terminated: exec worker shut down")
+                child.run_id,
+                LogStream.EVENT,
+                store_logs.end_event("terminated: exec worker shut down"),
             )
             try:
                 store_runs.finish(
                     conn,
                     child.run_id,
-                    "failed",
+                    RunStatus.FAILED,
                     f"exec worker {self.exec_id} shut down",
                     attempt=child.attempt,
                 )

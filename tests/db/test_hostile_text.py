@@ -7,13 +7,14 @@ from __future__ import annotations
 import pytest
 
 from flpg import bus
-from flpg.app.records import ConfigRecord, RecordDict, config_records_from_json
+from flpg.app.records import ConfigRecord, RecordDict
 from flpg.errors import NotFound
 from flpg.exec.logwriter import LogWriter
 from flpg.store import logs as store_logs
 from flpg.store import messages as store_messages
 from flpg.store import runs as store_runs
 from flpg.store.db import Connection
+from flpg.store.recordjson import config_records_from_json
 from flpg.store.text import LINE_LIMIT, REASON_LIMIT, storable
 from tests.db import _replies as reply_path
 from tests.db.conftest import Federation, create_run, instruction, scalar

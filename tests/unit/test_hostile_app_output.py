@@ -14,16 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from flpg.app.records import (
-    ConfigRecord,
-    MetricRecord,
-    config_records_from_json,
-    records_to_json,
-)
+from flpg.app.records import ConfigRecord, MetricRecord
 from flpg.bundle.process import APP_ENV_VARIABLE, app_environment, describe_exit, signal_name
 from flpg.errors import RecordError
 from flpg.exec.logwriter import READ_SIZE, read_lines
 from flpg.exec.runner import _reason
+from flpg.store.recordjson import config_records_from_json, records_to_json
 from flpg.store.text import LINE_LIMIT
 
 
