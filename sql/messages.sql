@@ -159,11 +159,13 @@ WHERE claimed_by = %(worker)s AND state = 'claimed'
 RETURNING id, run_id, dst_node_id;
 
 -- name: messages_pull_replies
--- The ServerApp takes the replies that arrived for the given instructions; with
--- `again`, also those it took before (a retry after a lost connection must not
--- lose a reply whose taking committed unseen).
+-- The ServerApp of a run takes the replies that arrived for the given instructions of
+-- that run (ids of another run's instructions find nothing); with `again`, also those
+-- it took before (a retry after a lost connection must not lose a reply whose taking
+-- committed unseen).
 UPDATE messages SET state = 'done', finished_at = coalesce(finished_at, now())
-WHERE reply_to = ANY(%(ids)s) AND (state = 'queued' OR (%(again)s AND state = 'done'))
+WHERE run_id = %(run_id)s AND reply_to = ANY(%(ids)s)
+  AND (state = 'queued' OR (%(again)s AND state = 'done'))
 RETURNING id, run_id, src_node_id, reply_to, group_id, message_type, ttl_seconds,
           extract(epoch FROM created_at)::float8 AS created_at, metrics, configs,
           error_code, error_reason;

@@ -15,13 +15,15 @@ from typing import Any
 
 from flpg import bus
 from flpg.app.message import DEFAULT_TTL, Message
-from flpg.app.records import Array, ArrayRecord, MetricRecord, RecordDict, records_to_json
+from flpg.app.records import Array, ArrayRecord, MetricRecord, RecordDict
 from flpg.errors import FlpgError
+from flpg.states import run_channel
 from flpg.store import checkpoints as store_checkpoints
 from flpg.store import messages as store_messages
 from flpg.store import runs as store_runs
-from flpg.store.db import Connection, Listener, Session, run_channel
+from flpg.store.db import Connection, Listener, Session
 from flpg.store.payloads import DEFAULT_CHUNK_SIZE, ArrayRef, Chunks, StoredArray
+from flpg.store.recordjson import records_to_json
 
 
 class NodesUnavailable(FlpgError):
@@ -131,9 +133,12 @@ class Grid:
         retry after a lost connection cannot lose a reply (the caller deduplicates).
         With `stored`, their arrays stay in the database until used (`Array.stored`)."""
         source = self._source if stored else None
-        return self._session.call(
-            lambda c: bus.load(c, store_messages.pull_replies(c, ids, again=again), source)
-        )
+
+        def pull(conn: Connection) -> list[Message]:
+            taken = store_messages.pull_replies(conn, self._run_id, ids, again=again)
+            return bus.load(conn, taken, source)
+
+        return self._session.call(pull)
 
     def _source(self, ref: ArrayRef, chunks: Chunks | None = None) -> StoredArray:
         return StoredArray(self._session, self._run_id, ref, chunks)

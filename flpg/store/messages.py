@@ -11,11 +11,10 @@ from psycopg.types.json import Jsonb
 
 from flpg.app import arrays
 from flpg.errors import SelectionError
+from flpg.states import SELECTION_FKS
 from flpg.store._exec import one, rows, run
 from flpg.store.db import Connection
 from flpg.store.text import REASON_LIMIT, storable
-
-_SELECTION_FKS = ("fk_messages_dst_in_selection", "fk_messages_src_in_selection")
 
 
 @dataclass(frozen=True)
@@ -77,19 +76,11 @@ def _reason(reason: str | None) -> str | None:
     return None if reason is None else storable(reason, REASON_LIMIT)
 
 
-def insert_instructions(
-    conn: Connection, run_id: int, instructions: Sequence[NewInstruction]
-) -> list[tuple[int, float]]:
-    """Insert instructions and wake their nodes in one small transaction.
-
-    Returns `(message_id, created_at)` per instruction, in order. An instruction whose
-    `send_key` the run already has is not inserted again: its existing row is
-    answered (so a retried send returns what its first try committed). Raises
-    SelectionError (and inserts nothing) if a destination is outside the run's node
-    selection. Payloads must already be written (see `payloads.write`).
-    """
-    if not instructions:
-        return []
+def _batch_docs(
+    instructions: Sequence[NewInstruction],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The JSON rows of messages_insert_batch: one per instruction, one per array link;
+    `ord` is the instruction's position."""
     docs = [
         {
             "ord": i,
@@ -114,6 +105,37 @@ def insert_instructions(
         for i, m in enumerate(instructions)
         for a in m.arrays
     ]
+    return docs, links
+
+
+def _outside_selection(
+    conn: Connection, run_id: int, instructions: Sequence[NewInstruction]
+) -> SelectionError:
+    """The error naming the destinations outside the run's node selection."""
+    # The whole selection, offline nodes included: an offline selected node is a
+    # valid destination and must not be named as outside it.
+    selected = {int(r["id"]) for r in rows(conn, "run_nodes_list", {"run_id": run_id})}
+    outside = sorted({m.dst_node_id for m in instructions} - selected)
+    return SelectionError(
+        f"node {', '.join(map(str, outside)) or '?'} is not in the node selection "
+        f"of run {run_id}; address only nodes from grid.get_node_ids()"
+    )
+
+
+def insert_instructions(
+    conn: Connection, run_id: int, instructions: Sequence[NewInstruction]
+) -> list[tuple[int, float]]:
+    """Insert instructions and wake their nodes in one small transaction.
+
+    Returns `(message_id, created_at)` per instruction, in order. An instruction whose
+    `send_key` the run already has is not inserted again: its existing row is
+    answered (so a retried send returns what its first try committed). Raises
+    SelectionError (and inserts nothing) if a destination is outside the run's node
+    selection. Payloads must already be written (see `payloads.write`).
+    """
+    if not instructions:
+        return []
+    docs, links = _batch_docs(instructions)
     try:
         # One statement: the rows, their links and the NOTIFYs commit together.
         created = rows(
@@ -122,15 +144,8 @@ def insert_instructions(
             {"run_id": run_id, "instructions": Jsonb(docs), "links": Jsonb(links)},
         )
     except psycopg.errors.ForeignKeyViolation as exc:
-        if exc.diag.constraint_name in _SELECTION_FKS:
-            # The whole selection, offline nodes included: an offline selected node
-            # is a valid destination and must not be named as outside it.
-            selected = {int(r["id"]) for r in rows(conn, "run_nodes_list", {"run_id": run_id})}
-            outside = sorted({m.dst_node_id for m in instructions} - selected)
-            raise SelectionError(
-                f"node {', '.join(map(str, outside)) or '?'} is not in the node selection "
-                f"of run {run_id}; address only nodes from grid.get_node_ids()"
-            ) from exc
+        if exc.diag.constraint_name in SELECTION_FKS:
+            raise _outside_selection(conn, run_id, instructions) from exc
         raise
     out: dict[int, tuple[int, float]] = {
         int(r["ord"]): (int(r["id"]), float(r["created_at"])) for r in created
@@ -259,14 +274,16 @@ def release(conn: Connection, *, worker: str) -> int:
 
 
 def pull_replies(
-    conn: Connection, instruction_ids: list[int], *, again: bool = False
+    conn: Connection, run_id: int, instruction_ids: list[int], *, again: bool = False
 ) -> list[MessageRow]:
-    """Take (mark done) the replies that arrived for the given instructions; with
-    `again`, return those taken before too (the caller deduplicates)."""
+    """Take (mark done) the replies that arrived for the given instructions of run
+    `run_id`; with `again`, return those taken before too (the caller deduplicates).
+    Ids of another run's instructions take and return nothing."""
     if not instruction_ids:
         return []
     # One statement on an autocommit connection: atomic without BEGIN/COMMIT round trips.
-    found = rows(conn, "messages_pull_replies", {"ids": instruction_ids, "again": again})
+    params = {"run_id": run_id, "ids": instruction_ids, "again": again}
+    found = rows(conn, "messages_pull_replies", params)
     return [MessageRow(dst_node_id=None, **r) for r in sorted(found, key=lambda r: r["id"])]
 
 

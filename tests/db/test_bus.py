@@ -20,10 +20,11 @@ from flpg import bus
 from flpg.app.message import Error, ErrorCode, Message
 from flpg.app.records import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flpg.errors import LeaseLost, PayloadCorrupt, SelectionError
+from flpg.states import node_channel
 from flpg.store import messages as store_messages
 from flpg.store import nodes as store_nodes
 from flpg.store import runs as store_runs
-from flpg.store.db import Connection, Listener, connect, node_channel
+from flpg.store.db import Connection, Listener, connect
 from flpg.store.messages import NewInstruction, NewReply
 from tests.db import _replies as reply_path
 
@@ -194,10 +195,10 @@ def test_expire_answers_with_exactly_one_error_reply(conn: Connection, fed: Fede
     with pytest.raises(LeaseLost):
         reply_path.reply_new(conn, worker="w", new=NewReply(claimed, {}, {}, []))
     # The ServerApp receives the error replies as Messages carrying an Error.
-    pulled = bus.load(conn, store_messages.pull_replies(conn, [queued, claimed, fresh]))
+    pulled = bus.load(conn, store_messages.pull_replies(conn, fed.run_id, [queued, claimed, fresh]))
     assert sorted(m.metadata.reply_to_message_id for m in pulled) == sorted([queued, claimed])
     assert all(m.has_error() and m.error.code == ErrorCode.MESSAGE_UNAVAILABLE for m in pulled)
-    assert store_messages.pull_replies(conn, [queued, claimed]) == []
+    assert store_messages.pull_replies(conn, fed.run_id, [queued, claimed]) == []
 
 
 def test_expired_message_is_not_claimable(conn: Connection, fed: Federation) -> None:
@@ -305,7 +306,7 @@ def test_error_reply_round_trips(conn: Connection, fed: Federation) -> None:
     (mid,) = bus.send(conn, fed.run_id, [instruction(node)])
     _claim_all(conn, "w", [node])
     reply_path.error_reply(conn, "w", mid, Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, "boom"))
-    (msg,) = bus.load(conn, store_messages.pull_replies(conn, [mid]))
+    (msg,) = bus.load(conn, store_messages.pull_replies(conn, fed.run_id, [mid]))
     assert msg.error == Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, "boom")
     assert (msg.metadata.src_node_id, msg.metadata.reply_to_message_id) == (node, mid)
 
@@ -551,7 +552,7 @@ def test_metrics_and_configs_are_queryable_jsonb(conn: Connection, fed: Federati
         (fed.run_id,),
     ) == pytest.approx(0.125)
 
-    (pulled,) = bus.load(conn, store_messages.pull_replies(conn, [mid]))
+    (pulled,) = bus.load(conn, store_messages.pull_replies(conn, fed.run_id, [mid]))
     metrics = pulled.content["metrics"]
     assert metrics["loss"] == 0.125 and metrics["acc"] == [0.5, 1.0]
     assert math.isnan(metrics["bad"])  # type: ignore[arg-type]
@@ -587,8 +588,8 @@ def test_connection_is_not_left_in_a_transaction(conn: Connection, fed: Federati
 def test_run_log_append_wakes_followers_and_tails_in_order(
     conn: Connection, fed: Federation
 ) -> None:
+    from flpg.states import log_channel
     from flpg.store import logs as store_logs
-    from flpg.store.db import log_channel
 
     listener = Listener(fed.url, [log_channel(fed.run_id)], application_name="t")
     try:
@@ -604,7 +605,7 @@ def test_run_log_append_wakes_followers_and_tails_in_order(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="records bug (flpg/app/records.py): jsonb prints floats >= 1e16 without a decimal "
+    reason="records bug (flpg/store/recordjson.py): jsonb prints floats >= 1e16 without a decimal "
     "point, so a float metric/config value comes back as an int (lists only get widened "
     "when mixed)",
 )

@@ -14,12 +14,13 @@ from flpg.app.message import ErrorCode, Message
 from flpg.app.records import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flpg.errors import SelectionError
 from flpg.serverapp.grid import Grid, NodesUnavailable
+from flpg.states import node_channel
 from flpg.store import messages as store_messages
 from flpg.store import nodes as store_nodes
-from flpg.store.db import Connection, Listener, connect, node_channel
+from flpg.store.db import Connection, Listener, connect
 from tests.db import _replies as reply_path
 
-from .conftest import Federation, scalar
+from .conftest import Federation, create_run, scalar
 
 POLL = 15.0
 """The grid's safety-net poll: long, so only a NOTIFY can make it answer promptly."""
@@ -235,3 +236,29 @@ def test_record_round_is_visible_in_sql(fed: Federation, grid: Grid, conn: Conne
         scalar(conn, "SELECT rounds_completed FROM run_history WHERE run_id = %s", (fed.run_id,))
         == 1
     )
+
+
+def test_a_grid_cannot_take_another_runs_replies(fed: Federation, conn: Connection) -> None:
+    """A hostile ServerApp that guesses another run's instruction ids through the public
+    Grid API gets nothing, and the victim still receives every reply."""
+    victim = Grid(fed.url, fed.run_id, poll=POLL)
+    thief_run = create_run(conn, fed.selected[:1])
+    thief = Grid(fed.url, thief_run, poll=POLL)
+    node = ThreadNode(fed.url, fed.selected)
+    node.start()
+    try:
+        ids = victim.push_messages(_messages(victim, fed.selected, np.ones(3)))
+        answered = "SELECT count(*) FROM messages WHERE reply_to = ANY(%s) AND state = 'queued'"
+        deadline = time.monotonic() + 60
+        while scalar(conn, answered, (ids,)) < len(ids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        guesses = list(range(min(ids) - 5, max(ids) + 5))
+        assert thief.pull_messages(guesses) == []
+        assert list(thief.receive(ids, timeout=0)) == []
+        assert scalar(conn, answered, (ids,)) == len(ids)
+        replies = victim.pull_messages(ids)
+        assert sorted(m.metadata.reply_to_message_id for m in replies) == sorted(ids)
+    finally:
+        node.finish()
+        victim.close()
+        thief.close()

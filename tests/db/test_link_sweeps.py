@@ -16,9 +16,10 @@ from flpg.app.message import ErrorCode
 from flpg.errors import LeaseLost
 from flpg.link.worker import LinkWorker
 from flpg.settings import Intervals
+from flpg.states import run_channel
 from flpg.store import messages as store_messages
 from flpg.store import runs as store_runs
-from flpg.store.db import Connection, Listener, connect, run_channel
+from flpg.store.db import Connection, Listener, connect
 from tests.db import _replies as reply_path
 
 from .conftest import Federation, create_run, instruction, register, scalar
@@ -198,7 +199,7 @@ def test_sweep_answers_the_undelivered_messages_of_a_node_that_went_offline(
         reply_path.reply_new(
             conn, worker="frozen", new=store_messages.NewReply(claimed, {}, {}, [])
         )
-    pulled = store_messages.pull_replies(conn, [claimed, queued])
+    pulled = store_messages.pull_replies(conn, fed.run_id, [claimed, queued])
     assert sorted((m.reply_to, m.error_code) for m in pulled) == [
         (claimed, ErrorCode.NODE_UNAVAILABLE),
         (queued, ErrorCode.NODE_UNAVAILABLE),

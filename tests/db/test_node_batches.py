@@ -18,9 +18,10 @@ from flpg.app.message import Error, ErrorCode, Message
 from flpg.app.records import ArrayRecord, MetricRecord, RecordDict
 from flpg.node import replies as replies_module
 from flpg.node.replies import Answer, write_replies
+from flpg.states import run_channel
 from flpg.store import messages as store_messages
 from flpg.store import runs as store_runs
-from flpg.store.db import Connection, Listener, run_channel
+from flpg.store.db import Connection, Listener
 from flpg.store.messages import NewInstruction
 
 from .conftest import Federation, create_run, instruction, register, scalar
@@ -37,9 +38,9 @@ def _answer(message: Message, value: float, **arrays: np.ndarray[Any, Any]) -> M
     return Message(content, reply_to=message)
 
 
-def _replies(conn: Connection, ids: list[int]) -> dict[int, Message]:
-    """The replies to `ids` (taken like a ServerApp does), by instruction id."""
-    pulled = store_messages.pull_replies(conn, ids)
+def _replies(conn: Connection, run_id: int, ids: list[int]) -> dict[int, Message]:
+    """The replies to `ids` (taken like run `run_id`'s ServerApp does), by instruction id."""
+    pulled = store_messages.pull_replies(conn, run_id, ids)
     return {m.metadata.reply_to_message_id or 0: m for m in bus.load(conn, pulled)}
 
 
@@ -61,7 +62,7 @@ def test_a_batch_answers_every_message_with_its_own_reply_and_arrays(
     written = write_replies(conn, "w", fed.run_id, answers)
     assert [(w.message_id, w.outcome) for w in written] == [(mid, "replied") for mid in sent]
 
-    got = _replies(conn, sent)
+    got = _replies(conn, fed.run_id, sent)
     for i, mid in enumerate(sent):
         assert got[mid].content["m"]["v"] == float(i)
         np.testing.assert_array_equal(got[mid].content["arrays"]["w"].numpy(), shared + i)  # type: ignore[union-attr]
@@ -99,7 +100,7 @@ def test_a_lost_lease_drops_only_that_messages_reply(conn: Connection, fed: Fede
     assert scalar(conn, "SELECT count(*) FROM messages WHERE reply_to = %s", [lost.id]) == 0
     assert scalar(conn, "SELECT claimed_by FROM messages WHERE id = %s", [lost.id]) == "b"
     assert scalar(conn, "SELECT state::text FROM messages WHERE id = %s", [lost.id]) == "claimed"
-    assert sorted(_replies(conn, sent)) == sorted([rows[0].id, rows[2].id])
+    assert sorted(_replies(conn, fed.run_id, sent)) == sorted([rows[0].id, rows[2].id])
 
     # The worker that holds it now still answers it.
     (only,) = write_replies(conn, "b", fed.run_id, [Answer(again, reply=_answer(loaded[1], 2.0))])
@@ -121,7 +122,7 @@ def test_errors_and_replies_share_a_batch(conn: Connection, fed: Federation) -> 
         ("error", "ValueError: boom"),
         ("error", "own"),
     ]
-    got = _replies(conn, sent)
+    got = _replies(conn, fed.run_id, sent)
     assert not got[sent[0]].has_error()
     assert (got[sent[1]].error.code, got[sent[1]].error.reason) == (1, "ValueError: boom")
     assert (got[sent[2]].error.code, got[sent[2]].error.reason) == (7, "own")
@@ -153,7 +154,7 @@ def test_a_reply_that_cannot_be_stored_becomes_an_error_for_that_message_alone(
         ("error", "TypeError: cannot store this one"),
         ("replied", ""),
     ]
-    got = _replies(conn, sent)
+    got = _replies(conn, fed.run_id, sent)
     assert got[sent[1]].error.code == ErrorCode.CLIENT_APP_RAISED_EXCEPTION
     np.testing.assert_array_equal(got[sent[2]].content["arrays"]["good"].numpy(), one)  # type: ignore[union-attr]
 
@@ -184,7 +185,7 @@ def test_small_reply_payloads_commit_with_their_replies(
     assert [w.outcome for w in written] == ["replied", "error", "replied"]
     after = scalar(conn, "SELECT count(*) FROM arrays WHERE run_id = %s", [fed.run_id])
     assert after - before == 2
-    got = _replies(conn, sent)
+    got = _replies(conn, fed.run_id, sent)
     np.testing.assert_array_equal(got[rows[2].id].content["arrays"]["a"].numpy(), np.full(3, 2.0))  # type: ignore[union-attr]
 
 
@@ -233,7 +234,7 @@ def test_small_and_chunked_reply_arrays_round_trip(conn: Connection, fed: Federa
         conn, "w", fed.run_id, [Answer(row, reply=_answer(message, 0.0, **arrays))], chunk_size=256
     )
     assert written.outcome == "replied"
-    got = _replies(conn, [mid])[mid].content["arrays"]
+    got = _replies(conn, fed.run_id, [mid])[mid].content["arrays"]
     for name, expected in arrays.items():
         value = got[name].numpy()  # type: ignore[union-attr]
         assert value.shape == expected.shape and value.dtype == expected.dtype, name

@@ -15,10 +15,11 @@ from flpg import bus
 from flpg.errors import InvalidState, LeaseLost, NotFound
 from flpg.link.worker import LAUNCH, LinkWorker
 from flpg.settings import Intervals
+from flpg.states import EXEC_CHANNEL
 from flpg.store import messages as store_messages
 from flpg.store import migrate
 from flpg.store import runs as store_runs
-from flpg.store.db import EXEC_CHANNEL, Connection, Listener, connect
+from flpg.store.db import Connection, Listener, connect
 from flpg.store.messages import NewReply
 from tests.db import _replies as reply_path
 
@@ -295,7 +296,7 @@ def test_an_ended_run_leaves_no_reply_queued(conn: Connection, fed: Federation) 
     # The node's late answer to the other instruction is refused; nothing is queued.
     with pytest.raises(LeaseLost):
         reply_path.reply_new(conn, worker="w", new=_reply(unanswered))
-    assert store_messages.pull_replies(conn, [answered, unanswered]) == []
+    assert store_messages.pull_replies(conn, fed.run_id, [answered, unanswered]) == []
 
 
 def test_a_reply_committed_while_its_run_ends_is_cancelled_too(

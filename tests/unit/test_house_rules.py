@@ -114,8 +114,8 @@ def test_the_queries_of_a_table_live_in_one_file() -> None:
 # Who may import psycopg: the store (runs SQL, translates errors), the connection
 # layer (flpg/store/db.py: connect, sessions, LISTEN; psycopg_pool's ConnectionPool, which
 # the node worker and its app processes hold as their connections) and the embedded
-# cluster's admin (flpg/local/pgcluster.py: creates roles and databases).
-PSYCOPG_ALLOWED = ("store/", "local/pgcluster.py")
+# cluster's admin (flpg/local/cluster.py: checks the server answers, creates its database).
+PSYCOPG_ALLOWED = ("store/", "local/cluster.py")
 CONNECTION_LAYER = {"psycopg_pool": ("node/worker.py", "node/appprocess.py")}
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from digits.task import Array, load_partition, loss_and_accuracy, train
-from flpg import ArrayRecord, ClientApp, Context, Message, MetricRecord, RecordDict
+from flpg.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flpg.clientapp import ClientApp
 
 app = ClientApp()
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from digits.task import init_params, load_test_set, loss_and_accuracy
-from flpg import ArrayRecord, Context, Grid, MetricRecord, ServerApp
+from flpg.app import ArrayRecord, Context, MetricRecord
+from flpg.serverapp import Grid, ServerApp
 from flpg.serverapp.strategy import FedAvg
 
 app = ServerApp()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from flpg import ArrayRecord, ClientApp, Context, Message, MetricRecord, RecordDict
+from flpg.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flpg.clientapp import ClientApp
 from quickstart.task import load_partition, loss_and_accuracy, train
 
 app = ClientApp()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from flpg import ArrayRecord, Context, Grid, ServerApp
+from flpg.app import ArrayRecord, Context
+from flpg.serverapp import Grid, ServerApp
 from flpg.serverapp.strategy import FedAvg
 from quickstart.task import initial_params
 
