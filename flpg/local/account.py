@@ -15,6 +15,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from flpg.errors import EmbeddedDatabaseError
 
@@ -154,19 +155,11 @@ def run_as(
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env["LC_ALL"] = "C"
     env.pop("LANG", None)
-    if account is None:
-        return subprocess.run(
-            list(argv),
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd="/",
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-    env["HOME"] = "/"
-    env["USER"] = env["LOGNAME"] = account.name
+    as_account: dict[str, Any] = {}
+    if account is not None:
+        env["HOME"] = "/"
+        env["USER"] = env["LOGNAME"] = account.name
+        as_account = {"user": account.uid, "group": account.gid, "extra_groups": []}
     return subprocess.run(
         list(argv),
         capture_output=True,
@@ -176,7 +169,5 @@ def run_as(
         timeout=timeout,
         stdin=subprocess.DEVNULL,
         check=False,
-        user=account.uid,
-        group=account.gid,
-        extra_groups=[],
+        **as_account,
     )

@@ -192,7 +192,7 @@ class Strategy(ABC):
     ) -> dict[str, object] | None:
         """Train one round into `result`; returns the metrics checkpointed with its
         arrays (None if it produced none). TooFewReplies below `min_train_nodes`."""
-        server_round, num_rounds = rounds
+        server_round = rounds[0]
         started = time.monotonic()
         self._wait(grid, self.min_train_nodes, timeout)
         config = ConfigRecord(dict(train_config or {}))
@@ -200,17 +200,8 @@ class Strategy(ABC):
         messages = self.configure_train(server_round, result.arrays, config, grid)
         ids, tally = self._collect(grid, messages, timeout)
         new_arrays, metrics = self.aggregate_train(server_round, tally)
-        grid.reject_replies(tally.rejected)
-        ok = self._count(tally, len(ids), timeout)
-        grid.record_round(
-            server_round, "train", metrics, num_replies=ok, num_failures=tally.failures
-        )
-        log(
-            f"round {server_round}/{num_rounds} train: {ok} ok, {tally.failures} failed"
-            f"{_fmt(metrics)} ({time.monotonic() - started:.2f} s)"
-        )
-        for reason in tally.reasons:
-            log(f"round {server_round}/{num_rounds} train failure: {reason}")
+        took = f" ({time.monotonic() - started:.2f} s)"
+        ok = self._conclude(grid, rounds, "train", (ids, tally, metrics), timeout, took)
         self._require(server_round, ok, "training", "min_train_nodes", self.min_train_nodes)
         result.train_metrics_clientapp[server_round] = metrics or MetricRecord()
         if new_arrays is None:
@@ -229,7 +220,7 @@ class Strategy(ABC):
     ) -> None:
         """Federated evaluation of one round into `result` (none if the strategy
         configures no messages). TooFewReplies below `min_evaluate_nodes`."""
-        server_round, num_rounds = rounds
+        server_round = rounds[0]
         if self.min_evaluate_nodes > 0:
             self._wait(grid, self.min_evaluate_nodes, timeout)
         config = ConfigRecord(dict(evaluate_config or {}))
@@ -238,21 +229,34 @@ class Strategy(ABC):
         if messages:
             ids, tally = self._collect(grid, messages, timeout)
             metrics = self.aggregate_evaluate(server_round, tally)
-            grid.reject_replies(tally.rejected)
-            ok = self._count(tally, len(ids), timeout)
+            ok = self._conclude(grid, rounds, "evaluate", (ids, tally, metrics), timeout)
             result.evaluate_metrics_clientapp[server_round] = metrics or MetricRecord()
-            grid.record_round(
-                server_round, "evaluate", metrics, num_replies=ok, num_failures=tally.failures
-            )
-            log(
-                f"round {server_round}/{num_rounds} evaluate: {ok} ok, "
-                f"{tally.failures} failed{_fmt(metrics)}"
-            )
-            for reason in tally.reasons:
-                log(f"round {server_round}/{num_rounds} evaluate failure: {reason}")
         else:
             ok = 0
         self._require(server_round, ok, "evaluate", "min_evaluate_nodes", self.min_evaluate_nodes)
+
+    def _conclude(
+        self,
+        grid: Grid,
+        rounds: tuple[int, int],
+        phase: str,
+        outcome: tuple[list[int], ReplyTally, MetricRecord | None],
+        timeout: float,
+        took: str = "",
+    ) -> int:
+        """Record an aggregated phase (rejections, round row, log lines); the number of
+        replies that counted."""
+        (server_round, num_rounds), (ids, tally, metrics) = rounds, outcome
+        grid.reject_replies(tally.rejected)
+        ok = self._count(tally, len(ids), timeout)
+        grid.record_round(server_round, phase, metrics, num_replies=ok, num_failures=tally.failures)
+        log(
+            f"round {server_round}/{num_rounds} {phase}: {ok} ok, {tally.failures} failed"
+            f"{_fmt(metrics)}{took}"
+        )
+        for reason in tally.reasons:
+            log(f"round {server_round}/{num_rounds} {phase} failure: {reason}")
+        return ok
 
     @staticmethod
     def _count(tally: ReplyTally, sent: int, timeout: float) -> int:
