@@ -56,17 +56,41 @@ def _json_key(key: str, what: str) -> str:
 # ---------------------------------------------------------------------------
 
 
-def _metric_to_json(value: MetricScalar) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
+BIG_FLOAT = 1e16
+"""From this magnitude on jsonb prints a float without a decimal point (`1e+16` comes
+back as the integer 10000000000000000), so such floats are stored as text."""
+
+
+def _float_as_text(value: float) -> str | None:
+    """The text a float is stored as, if jsonb cannot keep it a float (None if it can)."""
+    if not math.isfinite(value):
         return _nonfinite_name(value)
+    return repr(value) if abs(value) >= BIG_FLOAT else None
+
+
+def _float_from_text(text: str) -> float | None:
+    """The float `_float_as_text` wrote as `text` (None for any other text)."""
+    if text in _JSON_TO_NONFINITE:
+        return _JSON_TO_NONFINITE[text]
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and abs(value) >= BIG_FLOAT else None
+
+
+def _metric_to_json(value: MetricScalar) -> Any:
+    if isinstance(value, float):
+        text = _float_as_text(value)
+        return value if text is None else text
     return value
 
 
 def _config_to_json(value: ConfigScalar) -> Any:
     if isinstance(value, bytes):
         return {"$bytes": base64.b64encode(value).decode("ascii")}
-    if isinstance(value, float) and not math.isfinite(value):
-        return {"$float": _nonfinite_name(value)}
+    if isinstance(value, float) and (text := _float_as_text(value)) is not None:
+        return {"$float": text}
     if isinstance(value, str) and not _jsonb_safe(value):
         return {"$str": base64.b64encode(value.encode("utf-8", "surrogatepass")).decode("ascii")}
     return value
@@ -89,11 +113,12 @@ def records_to_json(
 ) -> dict[str, dict[str, Any]]:
     """Encode metric/config records as a strict-JSON document `{name: {key: value}}`.
 
-    Plain values stay plain (so `doc->'name'->>'key'` works in SQL). Non-finite
-    floats become "NaN"/"Infinity"/"-Infinity" in metric records and
-    `{"$float": ...}` in config records; bytes become `{"$bytes": <base64>}`; a
-    string jsonb cannot hold (NUL, an unpaired surrogate) becomes `{"$str": <base64
-    of its UTF-8, surrogates passed>}`, so every config string round-trips exactly.
+    Plain values stay plain (so `doc->'name'->>'key'` works in SQL). Floats jsonb
+    cannot keep floats (non-finite, or of magnitude >= 1e16) become text in metric
+    records ("NaN", "-Infinity", "1e+16") and `{"$float": <text>}` in config records;
+    bytes become `{"$bytes": <base64>}`; a string jsonb cannot hold (NUL, an unpaired
+    surrogate) becomes `{"$str": <base64 of its UTF-8, surrogates passed>}`, so every
+    config string round-trips exactly.
     A record name or key jsonb cannot hold raises RecordError naming it.
     Decode with `metric_records_from_json` / `config_records_from_json`.
     """
@@ -124,8 +149,8 @@ def _metric_from_json(key: str, value: object) -> MetricScalar:
         raise _bad_json("metric record", key, value)
     if isinstance(value, int | float):
         return value
-    if isinstance(value, str) and value in _JSON_TO_NONFINITE:
-        return _JSON_TO_NONFINITE[value]
+    if isinstance(value, str) and (number := _float_from_text(value)) is not None:
+        return number
     raise _bad_json("metric record", key, value)
 
 
@@ -139,8 +164,10 @@ def _config_from_json(key: str, value: object) -> ConfigScalar:
                 return base64.b64decode(payload, validate=True)
             except (binascii.Error, ValueError) as exc:
                 raise _bad_json("config record", key, value) from exc
-        if tag == "$float" and isinstance(payload, str) and payload in _JSON_TO_NONFINITE:
-            return _JSON_TO_NONFINITE[payload]
+        if tag == "$float" and isinstance(payload, str):
+            number = _float_from_text(payload)
+            if number is not None:
+                return number
         if tag == "$str" and isinstance(payload, str):
             try:
                 return base64.b64decode(payload, validate=True).decode("utf-8", "surrogatepass")
@@ -150,10 +177,7 @@ def _config_from_json(key: str, value: object) -> ConfigScalar:
 
 
 def _widen_numbers(items: list[Any]) -> list[Any]:
-    """Undo a number-type change by the database: [1, 2.5] -> [1.0, 2.5].
-
-    (PostgreSQL's jsonb prints floats >= 1e16 without a decimal point.)
-    """
+    """A list mixing ints and floats holds floats only: [1, 2.5] -> [1.0, 2.5]."""
     kinds = {type(x) for x in items}
     if kinds == {int, float}:
         return [float(x) for x in items]

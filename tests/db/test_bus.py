@@ -603,24 +603,24 @@ def test_run_log_append_wakes_followers_and_tails_in_order(
     assert store_logs.tail(conn, fed.run_id, after_id=lines[-1].id) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="records bug (flpg/store/recordjson.py): jsonb prints floats >= 1e16 without a decimal "
-    "point, so a float metric/config value comes back as an int (lists only get widened "
-    "when mixed)",
-)
 def test_large_float_values_keep_their_type(conn: Connection, fed: Federation) -> None:
+    """jsonb prints floats of magnitude >= 1e16 without a decimal point; they still come
+    back as the same floats, and ints as ints."""
+    huge = 1.7976931348623157e308
+    metrics = {"big": 1e16, "neg": -2.5e17, "huge": huge, "many": [1e16, 2.5], "n": 10**17}
     content = RecordDict(
         {
-            "m": MetricRecord({"big": 1e16, "many": [1e16, 2e16]}),
-            "c": ConfigRecord({"big": 1e20}),
+            "m": MetricRecord(metrics),  # type: ignore[arg-type]
+            "c": ConfigRecord({"big": 1e20, "tiny": 1e-300, "text": "1e+16"}),
         }
     )
     bus.send(conn, fed.run_id, [instruction(fed.selected[0], content)])
     (msg,) = bus.load(conn, _claim_all(conn, "w", fed.selected))
-    assert type(msg.content["m"]["big"]) is float
-    assert [type(x) for x in msg.content["m"]["many"]] == [float, float]  # type: ignore[union-attr]
-    assert type(msg.content["c"]["big"]) is float
+    m, c = msg.content["m"], msg.content["c"]
+    assert dict(m) == metrics and dict(c) == {"big": 1e20, "tiny": 1e-300, "text": "1e+16"}
+    assert [type(m[k]) for k in ("big", "neg", "huge", "n")] == [float, float, float, int]
+    assert [type(x) for x in m["many"]] == [float, float]  # type: ignore[union-attr]
+    assert type(c["big"]) is float and type(c["text"]) is str
 
 
 def test_claims_are_fair_across_runs(conn: Connection, fed: Federation) -> None:
