@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import click
 
 from flpg.cli import render
 from flpg.cli._base import db_option, handle_errors, resolve_url
+from flpg.errors import ConfigError
 from flpg.settings import DATABASE_URL_ENV, explicit_database_url
 from flpg.store.db import connect, redact
+
+if TYPE_CHECKING:
+    from flpg.local.cluster import Serving
+
+listen_option = click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    default=None,
+    help="Serve the embedded cluster to other machines on this TCP address "
+    "(TLS and passwords only; 0.0.0.0 or [::] for all addresses).",
+)
 
 
 @click.group()
@@ -64,3 +79,46 @@ def db_stop() -> None:
 
     was_running = cluster().stop()
     render.cluster_stopped(was_running)
+
+
+@db.command("serve")
+@listen_option
+@click.option(
+    "--cert-name",
+    "cert_names",
+    multiple=True,
+    metavar="NAME",
+    help="Another host name or IP address clients reach the server by (repeatable).",
+)
+@handle_errors
+def db_serve(listen: str | None, cert_names: tuple[str, ...]) -> None:
+    """(Re)start the embedded cluster on HOST:PORT over TLS; without --listen, socket only."""
+    print_serving(serve_embedded(listen, cert_names))
+
+
+def serve_embedded(listen: str | None, cert_names: Sequence[str] = ()) -> Serving:
+    """Parse the options and serve the embedded cluster accordingly (`Cluster.serve`)."""
+    from flpg.local.embedded import cluster
+    from flpg.local.listen import check_cert_name, parse_listen
+
+    address = parse_listen(listen) if listen is not None else None
+    if cert_names and address is None:
+        raise ConfigError("--cert-name needs --listen HOST:PORT")
+    return cluster().serve(address, [check_cert_name(name) for name in cert_names])
+
+
+def print_serving(serving: Serving) -> None:
+    """Where the embedded cluster listens and what a client over TCP needs."""
+    how = "started" if serving.started else "already running so"
+    if serving.listen is None or serving.tls is None:
+        click.echo(f"embedded cluster on its unix socket only, no TCP ({how})")
+        click.echo(f"url: {serving.url}")
+        return
+    click.echo(f"embedded cluster serving on {serving.listen} with TLS and passwords ({how})")
+    click.echo(f"CA certificate: {serving.tls.ca_cert}")
+    click.echo(f"server certificate names: {', '.join(serving.names)}")
+    click.echo(
+        "clients: copy the CA certificate and connect with sslmode=verify-full "
+        "sslrootcert=<that copy>, a host name above, and a role with a password"
+    )
+    click.echo(f"local url (unix socket): {serving.url}")

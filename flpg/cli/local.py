@@ -9,6 +9,9 @@ import click
 
 from flpg.cli import options, render
 from flpg.cli._base import db_option, handle_errors, resolve_url_started
+from flpg.cli.db import listen_option, print_serving, serve_embedded
+from flpg.errors import ConfigError
+from flpg.settings import explicit_database_url
 from flpg.states import RunStatus
 from flpg.store.db import redact
 
@@ -23,13 +26,22 @@ from flpg.store.db import redact
     show_default=True,
     help="Node workers to start (partition-id 0..N-1).",
 )
+@listen_option
 @handle_errors
-def up_cmd(db: str | None, num_nodes: int) -> None:
+def up_cmd(db: str | None, num_nodes: int, listen: str | None) -> None:
     """Start a local federation in the background: one link, one exec, N nodes."""
     from flpg.local import federation
-    from flpg.local.embedded import home
+    from flpg.local.embedded import cluster, home
 
-    url, started_db = resolve_url_started(db)
+    if listen is not None:
+        if explicit_database_url(db):
+            raise ConfigError("--listen serves the embedded cluster; drop --db/$FLPG_DATABASE_URL")
+        was_running = cluster().status().running
+        serving = serve_embedded(listen)
+        print_serving(serving)
+        url, started_db = serving.url, not was_running
+    else:
+        url, started_db = resolve_url_started(db)
     fed, started = federation.up(home(), url, num_nodes, started_db=started_db)
     render.federation_up(started, fed.num_nodes, redact(url), home() / "logs")
 

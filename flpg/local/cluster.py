@@ -5,13 +5,16 @@ The cluster lives under one root directory::
     root/
       data/          PGDATA (mode 0700, owned by the server account)
       run/           unix socket directory (mode 0700, owned by the server account)
+      tls/           CA and server certificates and keys, made by `serve` (flpg.local.tls)
       postgres.log   server log
       cluster.lock   flock taken while initialising, starting or stopping
 
-The server listens on a unix socket in ``run/`` only (``listen_addresses = ''``), so it
-never conflicts with another server or TCP port on the machine. The superuser is
-``flpg`` with trust authentication on that socket; the socket directory is private,
-so only the owning account (and root) can connect. The binaries come from
+By default the server listens on a unix socket in ``run/`` only (``listen_addresses =
+''``), so it never conflicts with another server or TCP port on the machine. The
+superuser is ``flpg`` with trust authentication on that socket; the socket directory is
+private, so only the owning account (and root) can connect. `Cluster.serve` restarts it
+listening on TCP as well, with TLS (files in ``tls/``, see `flpg.local.tls`) and SCRAM
+passwords only; the next start without it is socket-only again. The binaries come from
 `flpg.local.binaries`; as root, the server runs as the account of `flpg.local.account`.
 """
 
@@ -23,7 +26,6 @@ import logging
 import math
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -41,33 +43,37 @@ from flpg.local.account import (
     chown,
     ensure_reachable,
     private_dir,
-    run_as,
     server_account,
     server_user_name,
 )
 from flpg.local.binaries import find_bindir, server_major
 from flpg.local.datadir import (
     SUPERUSER,
-    PidFile,
     check_data_dir,
+    conf_text,
+    conf_unchanged,
+    hba_text,
     initdb,
     kill_server,
     make_root,
     one_line,
+    pg_ctl_start,
+    pg_ctl_stop,
     pid_alive,
     read_pidfile,
     remove_stale_pidfile,
+    tcp_port,
     write_conf,
 )
+from flpg.local.listen import Listen, check_port_free
+from flpg.local.tls import TlsFiles, cert_names, ensure_tls
 
-__all__ = ["SUPERUSER", "Cluster", "ClusterStatus"]
+__all__ = ["SUPERUSER", "Cluster", "ClusterStatus", "Serving"]
 
 log = logging.getLogger(__name__)
 
 # Longest unix socket path the kernel accepts (sun_path minus the trailing NUL).
 _MAX_SOCKET_PATH = 103 if sys.platform == "darwin" else 107
-
-_LOG_TAIL_LINES = 6
 
 
 @dataclass(frozen=True)
@@ -83,14 +89,29 @@ class ClusterStatus:
     server_user: str
 
 
+@dataclass(frozen=True)
+class Serving:
+    """What `Cluster.serve` left running: its URL (unix socket), its TCP address, TLS
+    files and certificate names (None and empty when socket-only), and whether this
+    call (re)started the server."""
+
+    url: str
+    listen: Listen | None
+    tls: TlsFiles | None
+    names: tuple[str, ...]
+    started: bool
+
+
 def _remaining(deadline: float) -> float:
     return max(deadline - time.monotonic(), 1.0)
 
 
 class Cluster:
-    """A private PostgreSQL cluster under `root`, reachable on a unix socket only.
+    """A private PostgreSQL cluster under `root`, reachable on a unix socket (and over
+    TCP with TLS after `serve`).
 
-    All methods are safe to call from several processes at once: initialising,
+    `port` is the port a start without `serve` uses; a running server is reached on the
+    port it runs with. All methods are safe to call from several processes at once: initialising,
     starting and stopping happen under an exclusive flock on ``cluster.lock``.
     """
 
@@ -128,13 +149,19 @@ class Cluster:
         """The flock file serialising init/start/stop."""
         return self.root / "cluster.lock"
 
+    @property
+    def tls_dir(self) -> Path:
+        """The CA and server certificates and keys used when serving over TCP."""
+        return self.root / "tls"
+
     # ---- public API
 
     def url(self, dbname: str | None = None) -> str:
-        """The libpq URL of database `dbname` (default: this cluster's database)."""
+        """The libpq URL (unix socket) of database `dbname` (default: this cluster's
+        database), on the running server's port, else on `port`."""
         name = quote(dbname or self.dbname, safe="")
         host = quote(str(self.socket_dir), safe="")
-        return f"postgresql://{SUPERUSER}@/{name}?host={host}&port={self.port}"
+        return f"postgresql://{SUPERUSER}@/{name}?host={host}&port={self._live_port()}"
 
     def status(self) -> ClusterStatus:
         """Report what is on disk and whether the server runs; never starts anything."""
@@ -168,23 +195,54 @@ class Cluster:
         with self._locked(deadline):
             bindir = find_bindir()
             account = server_account(self.data_dir)
-            self._prepare_root(account)
-            major = server_major(bindir)
-            check_data_dir(self.data_dir, major, bindir)
-            if not (self.data_dir / "PG_VERSION").is_file():
-                initdb(
-                    bindir,
-                    account,
-                    self.data_dir,
-                    socket_dir=self.socket_dir,
-                    port=self.port,
-                    timeout=_remaining(deadline),
-                )
-            self._prepare_runtime(account)
+            self._prepare_data(bindir, account, self.port, deadline)
             if not self._wait_if_running(deadline):
-                self._start(bindir, account, deadline)
+                self._prepare_runtime(account)
+                pg_ctl_start(bindir, account, self.data_dir, self.log_file, _remaining(deadline))
             self._create_database(deadline)
         return self.url()
+
+    def serve(
+        self, listen: Listen | None, names: Sequence[str] = (), timeout: float = 60
+    ) -> Serving:
+        """Run the server listening on `listen` over TCP as well (None: socket only).
+
+        Over TCP the server takes only TLS connections (certificate for `listen`'s host,
+        `names` and localhost, see `flpg.local.tls`) authenticated by a SCRAM password.
+        Restarts a running server only when its configuration or certificate changes.
+        Raises `EmbeddedDatabaseError` (port in use, start failed, ...) with a one-line
+        reason: a port held by another process leaves a running server as it was, a
+        failed start leaves it stopped.
+        """
+        deadline = time.monotonic() + timeout
+        with self._locked(deadline):
+            bindir = find_bindir()
+            account = server_account(self.data_dir)
+            port = listen.port if listen is not None else self.port
+            self._prepare_data(bindir, account, port, deadline)
+            tls: TlsFiles | None = None
+            sans: tuple[str, ...] = ()
+            if listen is not None:
+                sans = cert_names(listen.host, names)
+                tls = ensure_tls(self.tls_dir, sans, account)
+            host = listen.host if listen is not None else None
+            conf = conf_text(self.socket_dir, port, host, tls)
+            same = conf_unchanged(self.data_dir, conf, hba_text(listen is not None))
+            running = self._wait_if_running(deadline)
+            if listen is not None and not (running and tcp_port(self.data_dir) == listen.port):
+                check_port_free(listen)  # before stopping a server that could keep running
+            if running and (not same or (tls is not None and tls.renewed)):
+                pg_ctl_stop(bindir, account, self.data_dir, self.log_file, _remaining(deadline))
+                running = False
+            if not running:
+                if listen is not None:
+                    check_port_free(listen)
+                private_dir(self.socket_dir, account)
+                self._prepare_log(account)
+                write_conf(self.data_dir, self.socket_dir, port, account, listen_host=host, tls=tls)
+                pg_ctl_start(bindir, account, self.data_dir, self.log_file, _remaining(deadline))
+            self._create_database(deadline)
+        return Serving(self.url(), listen, tls, sans, started=not running)
 
     def stop(self, timeout: float = 60) -> bool:
         """Stop the server (``pg_ctl stop -m fast``); return whether it was running."""
@@ -198,24 +256,8 @@ class Cluster:
             if pidfile.pid is None or not pid_alive(pidfile.pid):
                 remove_stale_pidfile(self.data_dir, self.socket_dir, pidfile, self.port)
                 return False
-            bindir = find_bindir()
-            account = server_account(self.data_dir)
-            remaining = _remaining(deadline)
-            wait = str(max(1, math.ceil(remaining)))
-            args = ["pg_ctl", "stop", "-D", str(self.data_dir), "-m", "fast", "-w", "-s", "-t"]
-            try:
-                proc = self._run(bindir, account, [*args, wait], timeout=remaining + 5)
-            except subprocess.TimeoutExpired as exc:
-                raise EmbeddedDatabaseError(
-                    f"pg_ctl stop did not finish within {remaining:.0f} s for {self.data_dir}; "
-                    f"see {self.log_file}"
-                ) from exc
-            if proc.returncode != 0 and pid_alive(pidfile.pid):
-                raise EmbeddedDatabaseError(
-                    f"cannot stop the PostgreSQL server in {self.data_dir}: "
-                    f"{one_line(proc.stderr or proc.stdout) or 'pg_ctl failed'}; "
-                    f"see {self.log_file}"
-                )
+            bindir, account = find_bindir(), server_account(self.data_dir)
+            pg_ctl_stop(bindir, account, self.data_dir, self.log_file, _remaining(deadline))
             return True
 
     def destroy(self) -> None:
@@ -262,9 +304,9 @@ class Cluster:
 
     # ---- filesystem preparation
 
-    def _prepare_root(self, account: Account | None) -> None:
+    def _prepare_root(self, account: Account | None, port: int) -> None:
         """Check the socket path length and, as root, that `account` can reach root."""
-        socket = self.socket_dir / f".s.PGSQL.{self.port}"
+        socket = self.socket_dir / f".s.PGSQL.{port}"
         if len(os.fsencode(socket)) > _MAX_SOCKET_PATH:
             raise EmbeddedDatabaseError(
                 f"the socket path {socket} is longer than the {_MAX_SOCKET_PATH} bytes unix "
@@ -273,27 +315,40 @@ class Cluster:
         if account is not None:
             ensure_reachable(self.root, account)
 
-    def _prepare_runtime(self, account: Account | None) -> None:
-        """Create run/ and the log file for the server account; write flpg.conf."""
-        private_dir(self.socket_dir, account)
+    def _prepare_data(
+        self, bindir: Path, account: Account | None, port: int, deadline: float
+    ) -> None:
+        """Check root and the data directory; initdb unless initialised."""
+        self._prepare_root(account, port)
+        check_data_dir(self.data_dir, server_major(bindir), bindir)
+        if not (self.data_dir / "PG_VERSION").is_file():
+            initdb(
+                bindir,
+                account,
+                self.data_dir,
+                socket_dir=self.socket_dir,
+                port=port,
+                timeout=_remaining(deadline),
+            )
+
+    def _prepare_log(self, account: Account | None) -> None:
         self.log_file.touch(mode=0o600, exist_ok=True)
         chown(self.log_file, account)
+
+    def _prepare_runtime(self, account: Account | None) -> None:
+        """Create run/ and the log file for the server account; write a socket-only conf."""
+        private_dir(self.socket_dir, account)
+        self._prepare_log(account)
         write_conf(self.data_dir, self.socket_dir, self.port, account)
 
     # ---- subprocesses
 
-    def _run(
-        self, bindir: Path, account: Account | None, args: Sequence[str], *, timeout: float
-    ) -> subprocess.CompletedProcess[str]:
-        """Run ``bindir/args[0] args[1:]`` as the server account, capturing output."""
-        return run_as(account, [str(bindir / args[0]), *args[1:]], timeout=timeout)
-
-    def _check_port(self, pidfile: PidFile) -> None:
-        if pidfile.port is not None and pidfile.port != self.port:
-            raise EmbeddedDatabaseError(
-                f"the cluster in {self.root} is already running with port {pidfile.port}, "
-                f"not {self.port}; use port={pidfile.port} or stop it first"
-            )
+    def _live_port(self) -> int:
+        """The port of the running server, else `port`."""
+        pidfile = read_pidfile(self.data_dir)
+        if pidfile is None or pidfile.port is None or pidfile.pid is None:
+            return self.port
+        return pidfile.port if pid_alive(pidfile.pid) else self.port
 
     def _fast_check(self) -> bool:
         """True when the server is up and the database answers (no subprocess, no lock)."""
@@ -302,7 +357,6 @@ class Cluster:
             return False
         if not pid_alive(pidfile.pid):
             return False
-        self._check_port(pidfile)
         try:
             with psycopg.connect(self.url(), connect_timeout=5, autocommit=True):
                 return True
@@ -318,7 +372,6 @@ class Cluster:
             if pidfile.pid is None or not pid_alive(pidfile.pid):
                 remove_stale_pidfile(self.data_dir, self.socket_dir, pidfile, self.port)
                 return False
-            self._check_port(pidfile)
             if pidfile.status == "ready":
                 return True
             if time.monotonic() >= deadline:
@@ -327,41 +380,6 @@ class Cluster:
                     f"(status {pidfile.status or 'unknown'!r}); see {self.log_file}"
                 )
             time.sleep(0.1)
-
-    def _log_tail(self, offset: int) -> str:
-        try:
-            with open(self.log_file, "rb") as fh:
-                fh.seek(offset)
-                text = fh.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        return one_line(" | ".join(lines[-_LOG_TAIL_LINES:]))
-
-    def _start(self, bindir: Path, account: Account | None, deadline: float) -> None:
-        """Start the server with pg_ctl and wait until it accepts connections."""
-        try:
-            offset = self.log_file.stat().st_size
-        except OSError:
-            offset = 0
-        remaining = _remaining(deadline)
-        log.info("starting PostgreSQL in %s", self.data_dir)
-        wait = str(max(1, math.ceil(remaining)))
-        args = ["pg_ctl", "start", "-D", str(self.data_dir), "-l", str(self.log_file), "-w"]
-        args += ["-s", "-t"]
-        try:
-            proc = self._run(bindir, account, [*args, wait], timeout=remaining + 5)
-        except subprocess.TimeoutExpired as exc:
-            raise EmbeddedDatabaseError(
-                f"pg_ctl start did not finish within {remaining:.0f} s for {self.data_dir}: "
-                f"{self._log_tail(offset) or 'no log output'}; see {self.log_file}"
-            ) from exc
-        if proc.returncode != 0:
-            detail = self._log_tail(offset) or one_line(proc.stderr or proc.stdout)
-            raise EmbeddedDatabaseError(
-                f"the PostgreSQL server in {self.data_dir} failed to start: "
-                f"{detail or f'pg_ctl exit status {proc.returncode}'}; see {self.log_file}"
-            )
 
     def _create_database(self, deadline: float) -> None:
         """Create `dbname` unless it exists."""

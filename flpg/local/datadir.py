@@ -2,7 +2,8 @@
 
 Creating the cluster's root directory; creating the data directory (PGDATA) with
 initdb (into a scratch directory renamed into place when complete), checking that it
-suits the binaries found, writing the ``flpg.conf`` it includes; reading the
+suits the binaries found, writing the ``flpg.conf`` it includes and its ``pg_hba.conf``
+(who may connect how); starting and stopping its server with pg_ctl, reading the
 ``postmaster.pid`` the running server keeps in it, and killing that server.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import shutil
 import signal
@@ -20,18 +22,25 @@ from pathlib import Path
 
 from flpg.errors import EmbeddedDatabaseError
 from flpg.local.account import Account, chown, private_dir, run_as
+from flpg.local.tls import TlsFiles
 
 __all__ = [
     "SUPERUSER",
     "PidFile",
     "check_data_dir",
+    "conf_text",
+    "conf_unchanged",
+    "hba_text",
     "initdb",
     "kill_server",
     "make_root",
     "one_line",
+    "pg_ctl_start",
+    "pg_ctl_stop",
     "pid_alive",
     "read_pidfile",
     "remove_stale_pidfile",
+    "tcp_port",
     "write_conf",
 ]
 
@@ -41,6 +50,7 @@ SUPERUSER = "flpg"
 """Name of the cluster's superuser role."""
 
 _ONE_LINE_CHARS = 600
+_LOG_TAIL_LINES = 6
 
 _SERVER_SETTINGS: tuple[tuple[str, str], ...] = (
     ("max_connections", "300"),
@@ -118,22 +128,97 @@ def check_data_dir(data_dir: Path, major: int, bindir: Path) -> None:
         raise EmbeddedDatabaseError(f"{data_dir} is not a directory; move it away")
 
 
-def write_conf(data_dir: Path, socket_dir: Path, port: int, account: Account | None) -> None:
-    """(Re)write ``flpg.conf`` (included by postgresql.conf) for `port` and `socket_dir`."""
+def conf_text(
+    socket_dir: Path, port: int, listen_host: str | None = None, tls: TlsFiles | None = None
+) -> str:
+    """The ``flpg.conf`` for `port` and `socket_dir`; TCP on `listen_host` with `tls` if given."""
     lines = [
         "# Written by flpg on every start; edit postgresql.auto.conf instead.",
-        "listen_addresses = ''",
+        f"listen_addresses = {_conf_quote(listen_host or '')}",
         f"port = {port}",
         f"unix_socket_directories = {_conf_quote(str(socket_dir))}",
         "unix_socket_permissions = 0700",
+        "password_encryption = 'scram-sha-256'",
         *(f"{key} = {value}" for key, value in _SERVER_SETTINGS),
     ]
-    target = data_dir / "flpg.conf"
-    tmp = data_dir / "flpg.conf.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
+    if tls is not None:
+        lines += [
+            "ssl = on",
+            f"ssl_cert_file = {_conf_quote(str(tls.server_cert))}",
+            f"ssl_key_file = {_conf_quote(str(tls.server_key))}",
+            f"ssl_ca_file = {_conf_quote(str(tls.ca_cert))}",
+            "ssl_min_protocol_version = 'TLSv1.2'",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def hba_text(tcp: bool) -> str:
+    """The ``pg_hba.conf``: trust on the private unix socket; over TCP (when `tcp`) only
+    TLS with a SCRAM password, every other TCP connection rejected."""
+    lines = [
+        "# Written by flpg on every start.",
+        "# TYPE   DATABASE     USER  ADDRESS  METHOD",
+        "local    all          all            trust",
+        "local    replication  all            trust",
+    ]
+    if tcp:
+        lines.append("hostssl  all          all   all      scram-sha-256")
+    lines += [
+        "host     all          all   all      reject",
+        "host     replication  all   all      reject",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _install(path: Path, text: str, account: Account | None) -> None:
+    """Replace `path` with `text` atomically, mode 0600, owned by `account`."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
     os.chmod(tmp, 0o600)
     chown(tmp, account)
-    os.replace(tmp, target)
+    os.replace(tmp, path)
+
+
+def conf_unchanged(data_dir: Path, conf: str, hba: str) -> bool:
+    """True when `data_dir` already holds exactly this ``flpg.conf`` and ``pg_hba.conf``."""
+    try:
+        on_disk = (data_dir / "flpg.conf").read_text(), (data_dir / "pg_hba.conf").read_text()
+    except OSError:
+        return False
+    return on_disk == (conf, hba)
+
+
+def tcp_port(data_dir: Path) -> int | None:
+    """The TCP port `data_dir`'s ``flpg.conf`` listens on, or None when socket-only."""
+    try:
+        lines = (data_dir / "flpg.conf").read_text().splitlines()
+    except OSError:
+        return None
+    settings = dict(line.split(" = ", 1) for line in lines if " = " in line)
+    port = settings.get("port", "")
+    if settings.get("listen_addresses", "''") == "''" or not port.isdigit():
+        return None
+    return int(port)
+
+
+def write_conf(
+    data_dir: Path,
+    socket_dir: Path,
+    port: int,
+    account: Account | None,
+    *,
+    listen_host: str | None = None,
+    tls: TlsFiles | None = None,
+) -> None:
+    """(Re)write ``flpg.conf`` (included by postgresql.conf) and ``pg_hba.conf``.
+
+    Without `listen_host` the server listens on `socket_dir` only; with it, also on TCP
+    with TLS from `tls` (required then) and SCRAM passwords (see `hba_text`).
+    """
+    if listen_host is not None and tls is None:
+        raise ValueError("listening on TCP needs the TLS files")
+    _install(data_dir / "flpg.conf", conf_text(socket_dir, port, listen_host, tls), account)
+    _install(data_dir / "pg_hba.conf", hba_text(listen_host is not None), account)
 
 
 def initdb(
@@ -248,3 +333,70 @@ def kill_server(data_dir: Path) -> None:
             if not pid_alive(pid):
                 return
             time.sleep(0.05)
+
+
+def _pg_ctl(
+    bindir: Path, account: Account | None, args: list[str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """Run ``pg_ctl ARGS -w -s -t SECONDS`` as the server account, capturing output."""
+    wait = str(max(1, math.ceil(timeout)))
+    argv = [str(bindir / "pg_ctl"), *args, "-w", "-s", "-t", wait]
+    return run_as(account, argv, timeout=timeout + 5)
+
+
+def log_tail(log_file: Path, offset: int) -> str:
+    """The last lines of `log_file` written after `offset`, as one line."""
+    try:
+        with open(log_file, "rb") as fh:
+            fh.seek(offset)
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return one_line(" | ".join(lines[-_LOG_TAIL_LINES:]))
+
+
+def pg_ctl_start(
+    bindir: Path, account: Account | None, data_dir: Path, log_file: Path, timeout: float
+) -> None:
+    """Start `data_dir`'s server, logging to `log_file`, and wait until it accepts
+    connections; raise `EmbeddedDatabaseError` quoting the log when it does not."""
+    try:
+        offset = log_file.stat().st_size
+    except OSError:
+        offset = 0
+    log.info("starting PostgreSQL in %s", data_dir)
+    args = ["start", "-D", str(data_dir), "-l", str(log_file)]
+    try:
+        proc = _pg_ctl(bindir, account, args, timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise EmbeddedDatabaseError(
+            f"pg_ctl start did not finish within {timeout:.0f} s for {data_dir}: "
+            f"{log_tail(log_file, offset) or 'no log output'}; see {log_file}"
+        ) from exc
+    if proc.returncode != 0:
+        detail = log_tail(log_file, offset) or one_line(proc.stderr or proc.stdout)
+        raise EmbeddedDatabaseError(
+            f"the PostgreSQL server in {data_dir} failed to start: "
+            f"{detail or f'pg_ctl exit status {proc.returncode}'}; see {log_file}"
+        )
+
+
+def pg_ctl_stop(
+    bindir: Path, account: Account | None, data_dir: Path, log_file: Path, timeout: float
+) -> None:
+    """Stop `data_dir`'s server (``pg_ctl stop -m fast``); raise `EmbeddedDatabaseError`
+    when it still runs afterwards."""
+    before = read_pidfile(data_dir)
+    pid = before.pid if before is not None else None
+    try:
+        proc = _pg_ctl(bindir, account, ["stop", "-D", str(data_dir), "-m", "fast"], timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise EmbeddedDatabaseError(
+            f"pg_ctl stop did not finish within {timeout:.0f} s for {data_dir}; see {log_file}"
+        ) from exc
+    if proc.returncode != 0 and pid is not None and pid_alive(pid):
+        raise EmbeddedDatabaseError(
+            f"cannot stop the PostgreSQL server in {data_dir}: "
+            f"{one_line(proc.stderr or proc.stdout) or 'pg_ctl failed'}; see {log_file}"
+        )
