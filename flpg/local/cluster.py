@@ -128,7 +128,6 @@ class Cluster:
         return f"Cluster({str(self.root)!r}, port={self.port}, dbname={self.dbname!r})"
 
     # ---- layout
-
     @property
     def data_dir(self) -> Path:
         """PGDATA."""
@@ -155,7 +154,6 @@ class Cluster:
         return self.root / "tls"
 
     # ---- public API
-
     def url(self, dbname: str | None = None) -> str:
         """The libpq URL (unix socket) of database `dbname` (default: this cluster's
         database), on the running server's port, else on `port`."""
@@ -274,7 +272,6 @@ class Cluster:
             shutil.rmtree(self.root)
 
     # ---- locking
-
     @contextlib.contextmanager
     def _locked(self, deadline: float) -> Iterator[None]:
         """Hold the exclusive flock on ``cluster.lock`` until the block exits."""
@@ -303,7 +300,6 @@ class Cluster:
             fh.close()  # releases the flock
 
     # ---- filesystem preparation
-
     def _prepare_root(self, account: Account | None, port: int) -> None:
         """Check the socket path length and, as root, that `account` can reach root."""
         socket = self.socket_dir / f".s.PGSQL.{port}"
@@ -342,7 +338,6 @@ class Cluster:
         write_conf(self.data_dir, self.socket_dir, self.port, account)
 
     # ---- subprocesses
-
     def _live_port(self) -> int:
         """The port of the running server, else `port`."""
         pidfile = read_pidfile(self.data_dir)

@@ -103,10 +103,8 @@ def _conf_quote(value: str) -> str:
 
 
 def check_data_dir(data_dir: Path, major: int, bindir: Path) -> None:
-    """Reject a data directory from another major version or not from initdb.
-
-    An empty `data_dir` is removed (initdb recreates it); raises `EmbeddedDatabaseError`.
-    """
+    """Reject a data directory from another major version or not from initdb (raises
+    `EmbeddedDatabaseError`); an empty `data_dir` is removed (initdb recreates it)."""
     version_file = data_dir / "PG_VERSION"
     if version_file.is_file():
         found = version_file.read_text().strip()
