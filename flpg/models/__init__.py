@@ -19,12 +19,14 @@ from flpg.models.checkpoints import checkpoint_arrays, checkpoints
 from flpg.models.messages import messages
 from flpg.models.nodes import nodes
 from flpg.models.payloads import array_chunks, arrays, message_arrays
+from flpg.models.principals import PRINCIPAL_KINDS, principal_nodes, principals
 from flpg.models.runs import round_metrics, run_logs, run_nodes, runs
 
 __all__ = [
     "LOG_STREAM",
     "MESSAGE_STATE",
     "NODE_STATUS",
+    "PRINCIPAL_KINDS",
     "RUN_STATUS",
     "apps",
     "array_chunks",
@@ -35,6 +37,8 @@ __all__ = [
     "messages",
     "metadata",
     "nodes",
+    "principal_nodes",
+    "principals",
     "round_metrics",
     "run_logs",
     "run_nodes",

@@ -60,6 +60,8 @@ messages = Table(
     # Chosen by the sender, unique per run: a send retried after a lost connection
     # finds the instructions its first try committed instead of inserting them again.
     Column("send_key", Text),
+    # The role that wrote the row: defaults to, and is forced to, current_user (trigger).
+    Column("created_by", Text, nullable=False, server_default=text("CURRENT_USER")),
     ForeignKeyConstraint(
         ["run_id", "dst_node_id"],
         ["run_nodes.run_id", "run_nodes.node_id"],

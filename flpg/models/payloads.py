@@ -43,6 +43,8 @@ arrays = Table(
     # Set when the link deleted the chunks (no live message or checkpoint needed them);
     # the row stays, so the audit trail keeps each payload's dtype, shape and digest.
     Column("collected_at", TIMESTAMP(timezone=True)),
+    # The role that wrote the row: defaults to, and is forced to, current_user (trigger).
+    Column("created_by", Text, nullable=False, server_default=text("CURRENT_USER")),
     CheckConstraint("nbytes >= 0", name="nbytes_not_negative"),
     CheckConstraint("chunk_size > 0", name="chunk_size_positive"),
     CheckConstraint("n_chunks = (nbytes + chunk_size - 1) / chunk_size", name="n_chunks_matches"),

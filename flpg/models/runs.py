@@ -53,6 +53,8 @@ runs = Table(
     # When the current attempt was claimed by its exec (`exec_id`); the link takes
     # back a run left `starting` for too long (its exec died before launching it).
     _ts("claimed_at"),
+    # The role that wrote the row: defaults to, and is forced to, current_user (trigger).
+    Column("submitted_by", Text, nullable=False, server_default=text("CURRENT_USER")),
     CheckConstraint("jsonb_typeof(run_config) = 'object'", name="run_config_is_object"),
     CheckConstraint("attempt >= 1", name="attempt_positive"),
     CheckConstraint("max_restarts >= 0", name="max_restarts_not_negative"),
@@ -115,6 +117,8 @@ run_logs = Table(
     _ts("ts", nullable=False, default="clock_timestamp()"),
     Column("stream", LOG_STREAM, nullable=False),
     Column("line", Text, nullable=False),
+    # The role that wrote the row: defaults to, and is forced to, current_user (trigger).
+    Column("written_by", Text, nullable=False, server_default=text("CURRENT_USER")),
 )
 Index("ix_run_logs_run_id_id", run_logs.c.run_id, run_logs.c.id)
 

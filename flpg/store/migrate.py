@@ -21,7 +21,7 @@ from flpg.errors import SchemaMismatch
 from flpg.store import schema as store_schema
 from flpg.store.db import connect
 from flpg.store.errors import translated
-from flpg.store.resources import migrations_dir
+from flpg.store.resources import migrations_dir, sql_dir
 from flpg.store.sql import latest_views
 
 if TYPE_CHECKING:
@@ -29,10 +29,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
 """The newest revision shipped with this flpg, as Alembic's head names it (a test
 checks they agree): services compare the database's revision with it in one query,
 without loading Alembic and SQLAlchemy unless a migration is needed."""
+
+
+SECURITY_SQL = ("roles.v1", "trust.v1")
+"""The files of `sql/security/` that head's schema is built with, in order: group
+roles, then the functions, triggers, grants and policies of the trust model."""
+
+
+def security_sql(name: str) -> str:
+    """The text of `sql/security/<name>.sql`, as a migration names it (like views, a
+    released version never changes); FileNotFoundError if it was never shipped."""
+    path = sql_dir() / "security" / f"{name}.sql"
+    if not path.is_file():
+        raise FileNotFoundError(f"no security file {path.name} in {path.parent}")
+    return path.read_text()
 
 
 def _config(url: str) -> Config:

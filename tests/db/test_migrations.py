@@ -14,7 +14,7 @@ import sqlalchemy
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from flpg.models import metadata
+from flpg.models import PRINCIPAL_KINDS, metadata
 from flpg.store import migrate
 from flpg.store.sql import latest_views
 
@@ -40,6 +40,45 @@ def _build_from_models(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         for ddl in latest_views().values():  # the newest version of each view file
             conn.execute(ddl)
+        conn.execute("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
+        for name in migrate.SECURITY_SQL:  # roles, then functions, grants and policies
+            conn.execute(migrate.security_sql(name))
+
+
+GROUP_ROLES = {f"flpg_{kind}" for kind in PRINCIPAL_KINDS}
+
+
+def security(url: str) -> dict[str, list[tuple[object, ...]]]:
+    """What `describe` does not see: row-level security flags, policies, privileges
+    (tables, columns, sequences, functions, schema) and view options."""
+    queries = {
+        "rls": """
+            SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity, c.reloptions::text
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = 'public' AND c.relkind IN ('r', 'v') ORDER BY 1""",
+        "policies": """
+            SELECT tablename, policyname, permissive, roles::text, cmd, qual, with_check
+            FROM pg_policies WHERE schemaname = 'public' ORDER BY 1, 2""",
+        "table_grants": """
+            SELECT table_name, grantee, privilege_type FROM information_schema.table_privileges
+            WHERE table_schema = 'public' AND grantee LIKE 'flpg\\_%' ORDER BY 1, 2, 3""",
+        "column_grants": """
+            SELECT table_name, column_name, grantee, privilege_type
+            FROM information_schema.column_privileges
+            WHERE table_schema = 'public' AND grantee LIKE 'flpg\\_%' ORDER BY 1, 2, 3, 4""",
+        "other_grants": """
+            SELECT c.relname::text, c.relacl::text FROM pg_class c
+            JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = 'public' AND c.relkind = 'S'
+            UNION ALL
+            SELECT p.proname::text, p.proacl::text FROM pg_proc p
+            JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public'
+            UNION ALL
+            SELECT nspname::text, nspacl::text FROM pg_namespace WHERE nspname = 'public'
+            ORDER BY 1""",
+    }
+    with psycopg.connect(url, autocommit=True) as conn:
+        return {key: conn.execute(sql).fetchall() for key, sql in queries.items()}
 
 
 def test_migrations_build_exactly_the_models(empty_db_url: str, second_empty_db_url: str) -> None:
@@ -49,6 +88,7 @@ def test_migrations_build_exactly_the_models(empty_db_url: str, second_empty_db_
     migrated, modelled = describe(empty_db_url), describe(second_empty_db_url)
     assert diff(migrated, modelled) == []
     assert migrated == modelled  # also column order, which `diff` ignores
+    assert security(empty_db_url) == security(second_empty_db_url)
 
     # The description is not vacuous: it sees what the design promises.
     tables = {t[0] for t in migrated["tables"]}
@@ -61,6 +101,8 @@ def test_migrations_build_exactly_the_models(empty_db_url: str, second_empty_db_
         "message_arrays",
         "messages",
         "nodes",
+        "principal_nodes",
+        "principals",
         "round_metrics",
         "run_logs",
         "run_nodes",
@@ -109,8 +151,15 @@ def test_alembic_autogenerate_finds_no_difference(db_url: str) -> None:
 
 def test_upgrade_downgrade_upgrade_round_trip(empty_db_url: str) -> None:
     migrate.upgrade(empty_db_url)
-    first = describe(empty_db_url)
+    first, first_security = describe(empty_db_url), security(empty_db_url)
     assert migrate.current_revision(empty_db_url) == migrate.head_revision()
+
+    migrate.downgrade(empty_db_url, "0006")
+    undone = security(empty_db_url)
+    assert [p for p in undone["policies"]] == []
+    assert [r for r in undone["rls"] if r[1] or r[2] or r[3] is not None] == []
+    assert undone["table_grants"] == undone["column_grants"] == []
+    assert [g for g in undone["other_grants"] if "flpg_" in str(g[1])] == []
 
     migrate.downgrade(empty_db_url, "base")
     assert leftovers(empty_db_url) == {"relations": [], "types": [], "functions": []}
@@ -121,6 +170,32 @@ def test_upgrade_downgrade_upgrade_round_trip(empty_db_url: str) -> None:
     again = describe(empty_db_url)
     assert diff(first, again) == []
     assert first == again
+    assert security(empty_db_url) == first_security
+
+
+def test_the_trust_schema_is_not_vacuous(db_url: str) -> None:
+    """The security description sees what the trust model promises."""
+    described = security(db_url)
+    assert {r[0] for r in described["rls"] if r[1]} == set(metadata.tables)
+    assert {(p[0], p[1]) for p in described["policies"]} >= {
+        ("messages", "node_replies"),
+        ("runs", "user_own"),
+        ("array_chunks", "link_collects"),
+    }
+    column_grants = {(g[0], g[1], g[2]) for g in described["column_grants"]}
+    assert ("array_chunks", "seq", "flpg_auditor") in column_grants
+    assert ("array_chunks", "data", "flpg_auditor") not in column_grants
+    deletes = {(g[0], g[1]) for g in described["table_grants"] if g[2] == "DELETE"}
+    assert deletes == {
+        ("array_chunks", "flpg_link"),
+        ("arrays", "flpg_serverapp"),
+        ("checkpoint_arrays", "flpg_serverapp"),
+    }
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        groups = conn.execute(
+            "SELECT rolname FROM pg_roles WHERE rolname LIKE 'flpg\\_%' AND NOT rolcanlogin"
+        ).fetchall()
+    assert {g[0] for g in groups} >= GROUP_ROLES
 
 
 def test_concurrent_upgrades_migrate_once(empty_db_url: str) -> None:

@@ -389,8 +389,9 @@ def test_a_role_without_privileges_is_told_so(fed: Federation, role: str) -> Non
 
 
 def test_a_role_that_may_only_read_cannot_submit_or_stop(fed: Federation, role: str) -> None:
+    """An auditor (flpg_auditor: reads every table's metadata, writes nothing)."""
     run_id = fed.cli("run", DETERMINISTIC, "--format", "json").json()["run_id"]
-    fed.sql(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{role}"')
+    fed.sql(f'GRANT flpg_auditor TO "{role}"')
     url = url_as(fed.url, role)
     assert f"{run_id}" in fed.cli("ls", "--db", url).stdout
     refused(fed, ["run", DETERMINISTIC, "--db", url], 6, "permission denied for table")

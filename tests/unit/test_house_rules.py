@@ -173,3 +173,21 @@ def test_migrations_name_view_files_instead_of_pasting_views() -> None:
         or "CREATE VIEW" in path.read_text().upper()
     ]
     assert pasted == []
+
+
+def test_migrations_name_security_files_instead_of_pasting_them() -> None:
+    """Roles, grants and policies live in sql/security/, like views in sql/views/;
+    every file there is named by a migration."""
+    from flpg.store.migrate import SECURITY_SQL
+
+    texts = [p.read_text() for p in sorted((migrations_dir() / "versions").glob("*.py"))]
+    pasted = [
+        word
+        for word in ("CREATE POLICY", "CREATE ROLE", "GRANT ", "CREATE FUNCTION")
+        if any(word in text.upper() for text in texts)
+    ]
+    assert pasted == []
+    shipped = {p.name.removesuffix(".sql") for p in (sql_dir() / "security").glob("*.sql")}
+    named = {name for name in shipped if any(f'security_sql("{name}")' in t for t in texts)}
+    assert named == shipped
+    assert set(SECURITY_SQL) <= shipped
