@@ -3,10 +3,15 @@
 `flpg.app.arrays` converts arrays to and from bytes; this module holds the value
 type apps see (Flower's `flwr.app.Array`) and the `ArraySource` a stored array
 reads its bytes from.
+
+Like Flower's, an `Array` is built from an ndarray, a PyTorch tensor, or explicit
+`dtype`, `shape`, `stype` and `data`; `stype` is always `NUMPY_STYPE` and `data`
+the array as `np.save` writes it (built on demand: flpg stores raw element bytes).
 """
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Iterator
 from typing import Any, Protocol
@@ -15,11 +20,89 @@ import numpy as np
 import numpy.typing as npt
 
 from flpg.app import arrays
+from flpg.app.tensors import is_tensor, tensor_to_numpy
 from flpg.errors import RecordError
 
-__all__ = ["Array", "ArraySource"]
+__all__ = ["NUMPY_STYPE", "Array", "ArraySource", "npy_header"]
 
 _UNNAMED = "<unnamed>"
+
+NUMPY_STYPE = "numpy.ndarray"
+"""Flower's serialisation type for `np.save` bytes (`flwr.common.constant.SType.NUMPY`)."""
+
+_INIT_ERROR = (
+    "Array takes a numpy ndarray, a PyTorch tensor, or explicit dtype, shape, stype and data values"
+)
+
+
+def npy_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
+    """The header `np.save` writes before the bytes of a C-order array."""
+    fields = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    out = io.BytesIO()
+    try:
+        np.lib.format.write_array_header_1_0(out, fields)
+    except ValueError:  # a header over 64 KiB needs format 2.0, as np.save picks it
+        out = io.BytesIO()
+        np.lib.format.write_array_header_2_0(out, fields)
+    return out.getvalue()
+
+
+def _input_value(
+    args: tuple[Any, ...], fields: list[Any], ndarray: Any, tensor: Any
+) -> tuple[Any, list[Any] | None]:
+    """`(value, None)` for the one ndarray/tensor argument, or `(None, fields)` with
+    `fields` filled in from `args`; `RecordError` for any other combination."""
+    given = [value for value in (ndarray, tensor) if value is not None]
+    if given:
+        if args or len(given) > 1 or any(f is not None for f in fields):
+            raise RecordError(_INIT_ERROR)
+        return given[0], None
+    if len(args) == 1 and all(f is None for f in fields):
+        return args[0], None
+    if len(args) > 4:
+        raise RecordError(_INIT_ERROR)
+    merged = list(args) + [None] * (4 - len(args))
+    for index, value in enumerate(fields):
+        if value is not None:
+            if merged[index] is not None:
+                raise RecordError(_INIT_ERROR)
+            merged[index] = value
+    if any(value is None for value in merged):
+        raise RecordError(_INIT_ERROR)
+    return None, merged
+
+
+def _from_fields(fields: list[Any], name: str) -> npt.NDArray[Any]:
+    """The ndarray that explicit `[dtype, shape, stype, data]` describe."""
+    dtype, shape, stype, data = fields
+    if not (
+        isinstance(dtype, str)
+        and isinstance(shape, tuple | list)
+        and all(isinstance(n, int) and not isinstance(n, bool) for n in shape)
+        and isinstance(stype, str)
+        and isinstance(data, bytes | bytearray | memoryview)
+    ):
+        raise RecordError(f"{_INIT_ERROR}; array {name!r} got fields of the wrong types")
+    if stype != NUMPY_STYPE:
+        raise RecordError(
+            f"array {name!r} has stype {stype!r}; only {NUMPY_STYPE!r} (np.save bytes) is supported"
+        )
+    try:
+        loaded = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise RecordError(f"array {name!r}: data is not np.save bytes ({exc})") from exc
+    if not isinstance(loaded, np.ndarray):
+        raise RecordError(f"array {name!r}: data is not one array as np.save writes it")
+    try:
+        same_dtype = np.dtype(dtype).newbyteorder("<") == loaded.dtype.newbyteorder("<")
+    except TypeError:
+        same_dtype = False
+    if not same_dtype or tuple(shape) != loaded.shape:
+        raise RecordError(
+            f"array {name!r}: dtype {dtype!r} and shape {tuple(shape)} do not match "
+            f"its data ({loaded.dtype.str}, {loaded.shape})"
+        )
+    return loaded
 
 
 class ArraySource(Protocol):
@@ -52,17 +135,45 @@ class Array:
 
     __slots__ = ("_array", "_dtype", "_shape", "_source")
 
-    def __init__(self, ndarray: npt.NDArray[Any], *, name: str = _UNNAMED) -> None:
-        if not isinstance(ndarray, np.ndarray):
-            raise RecordError(
-                f"array {name!r} must be a numpy ndarray, got {type(ndarray).__name__}"
-            )
-        if isinstance(ndarray, np.ma.MaskedArray):
+    def __init__(
+        self,
+        *args: Any,
+        dtype: str | None = None,
+        shape: tuple[int, ...] | None = None,
+        stype: str | None = None,
+        data: bytes | None = None,
+        ndarray: npt.NDArray[Any] | None = None,
+        torch_tensor: Any = None,
+        name: str = _UNNAMED,
+    ) -> None:
+        """`Array(ndarray)`, `Array(tensor)` or `Array(dtype, shape, stype, data)`
+        (positional or keyword, as in Flower). A tensor is copied (detached, on the
+        CPU); explicit fields must describe their `data`, else `RecordError`."""
+        value, fields = _input_value(args, [dtype, shape, stype, data], ndarray, torch_tensor)
+        if fields is not None:
+            value = _from_fields(fields, name)
+        elif is_tensor(value):
+            value = tensor_to_numpy(value)
+        if not isinstance(value, np.ndarray):
+            raise RecordError(f"array {name!r} must be a numpy ndarray, got {type(value).__name__}")
+        if isinstance(value, np.ma.MaskedArray):
             raise RecordError(f"array {name!r} is a masked array; its mask cannot be stored")
-        self._array: npt.NDArray[Any] | None = arrays.to_storable(np.asarray(ndarray), name)
+        self._array: npt.NDArray[Any] | None = arrays.to_storable(np.asarray(value), name)
         self._dtype = ""
         self._shape: tuple[int, ...] = ()
         self._source: ArraySource | None = None
+
+    @classmethod
+    def from_numpy_ndarray(cls, ndarray: npt.NDArray[Any]) -> Array:
+        """`Array(ndarray)`."""
+        return cls(ndarray=ndarray)
+
+    @classmethod
+    def from_torch_tensor(cls, tensor: Any) -> Array:
+        """`Array(tensor)`: a copy of the tensor's values, detached and on the CPU."""
+        if not is_tensor(tensor):
+            raise RecordError(f"expected a PyTorch tensor, got {type(tensor).__name__}")
+        return cls(torch_tensor=tensor)
 
     @classmethod
     def stored(cls, dtype: str, shape: tuple[int, ...], source: ArraySource) -> Array:
@@ -76,7 +187,8 @@ class Array:
 
     @property
     def dtype(self) -> str:
-        """Canonical dtype string, e.g. '<f4'."""
+        """Canonical dtype string, e.g. '<f4' (Flower writes `str(ndarray.dtype)`,
+        'float32'; both name the same numpy dtype and the constructor takes either)."""
         if self._array is not None:
             return arrays.dtype_str(self._array.dtype)
         return self._dtype
@@ -92,6 +204,23 @@ class Array:
         if self._array is not None:
             return int(self._array.nbytes)
         return math.prod(self._shape) * np.dtype(self._dtype).itemsize
+
+    @property
+    def stype(self) -> str:
+        """How `data` serialises the array: always `NUMPY_STYPE`."""
+        return NUMPY_STYPE
+
+    @property
+    def data(self) -> bytes:
+        """The array as `np.save` writes it (new bytes on each call; a stored array
+        is read first). `Array(a.dtype, a.shape, a.stype, a.data) == a`."""
+        raw = arrays.encode(self.numpy(), "").data
+        return b"".join([npy_header(np.dtype(self.dtype), self.shape), raw])
+
+    @property
+    def data_nbytes(self) -> int:
+        """`len(self.data)`, without building it or reading a stored array."""
+        return len(npy_header(np.dtype(self.dtype), self.shape)) + self.nbytes
 
     @property
     def source(self) -> ArraySource | None:

@@ -1,8 +1,8 @@
 """Record types mirroring Flower's Message API (Flower >= 1.21).
 
 `ArrayRecord`, `MetricRecord` and `ConfigRecord` are typed, insertion-ordered
-mappings (an `ArrayRecord` holds `Array`s, defined in `flpg.app.array` and
-re-exported here); `RecordDict` holds named records and is the content of a
+mappings (an `ArrayRecord` holds `Array`s; both are defined in their own modules
+and re-exported here); `RecordDict` holds named records and is the content of a
 `Message`. Values are validated and normalised on insert (numpy scalars become
 Python `int`/`float`/...), so a record only ever holds values it can store;
 anything else raises `RecordError` naming the key.
@@ -14,13 +14,14 @@ Metric and config records are stored as JSON; their JSON form is defined in
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Mapping
 from typing import Any, ClassVar, TypeAlias, TypeVar, cast
 
 import numpy as np
-import numpy.typing as npt
 
 from flpg.app.array import Array, ArraySource
+from flpg.app.arrayrecord import ArrayRecord
+from flpg.app.keyed import Keyed, check_key, type_name
 from flpg.errors import RecordError
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "MetricValue",
     "Record",
     "RecordDict",
+    "check_key",
 ]
 
 MetricScalar: TypeAlias = int | float
@@ -54,121 +56,7 @@ ConfigValue: TypeAlias = (
 )
 
 
-def _type_name(value: object) -> str:
-    return type(value).__name__
-
-
-def check_key(key: object, what: str) -> str:
-    """`key` if it is a `str`; else `RecordError` saying "`what` keys must be str"."""
-    if not isinstance(key, str):
-        raise RecordError(f"{what} keys must be str, got {_type_name(key)} ({key!r})")
-    return key
-
-
 _V = TypeVar("_V")
-
-
-class _Keyed(MutableMapping[str, _V]):
-    """Insertion-ordered storage shared by the record types: reading, deleting and
-    iterating; each subclass validates values in `__setitem__` and defines `==`."""
-
-    def __init__(self) -> None:
-        self._data: dict[str, _V] = {}
-
-    def __getitem__(self, key: str) -> _V:
-        return self._data[key]
-
-    def __delitem__(self, key: str) -> None:
-        del self._data[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def _insert_all(self, values: object, what: str) -> None:
-        """Insert the items of the mapping `values` (None: nothing); RecordError
-        saying "`what` takes a mapping" for anything else."""
-        if values is None:
-            return
-        if not isinstance(values, Mapping):
-            raise RecordError(f"{what} takes a mapping, got {_type_name(values)}")
-        for key, value in values.items():
-            self[key] = value
-
-    def _items_repr(self) -> str:
-        return ", ".join(f"{k!r}: {v!r}" for k, v in self._data.items())
-
-
-# ---------------------------------------------------------------------------
-# ArrayRecord
-# ---------------------------------------------------------------------------
-
-ArrayLike: TypeAlias = Array | npt.NDArray[Any]
-
-
-class ArrayRecord(_Keyed[Array]):
-    """Insertion-ordered mapping of names to `Array`s.
-
-    Built from nothing, a list of arrays (named "0", "1", ...), a mapping of
-    names to ndarrays/`Array`s, or another `ArrayRecord`. Assigning an ndarray
-    wraps it in an `Array`. Equality compares names in order and arrays.
-    """
-
-    def __init__(
-        self,
-        arrays: ArrayRecord | Mapping[str, ArrayLike] | Sequence[ArrayLike] | None = None,
-    ) -> None:
-        super().__init__()
-        if arrays is None:
-            return
-        if isinstance(arrays, np.ndarray):
-            raise RecordError("ArrayRecord takes a list of arrays or a mapping, not one ndarray")
-        if isinstance(arrays, Mapping):
-            for key, value in arrays.items():
-                self[key] = value
-        elif isinstance(arrays, Sequence) and not isinstance(arrays, str | bytes):
-            for index, value in enumerate(arrays):
-                self[str(index)] = value
-        else:
-            raise RecordError(
-                f"ArrayRecord takes a list or mapping of arrays, got {_type_name(arrays)}"
-            )
-
-    @classmethod
-    def from_numpy_ndarrays(cls, ndarrays: Sequence[npt.NDArray[Any]]) -> ArrayRecord:
-        """Record named "0", "1", ... in list order."""
-        return cls(list(ndarrays))
-
-    def to_numpy_ndarrays(self) -> list[npt.NDArray[Any]]:
-        """The arrays in insertion order."""
-        return [array.numpy() for array in self._data.values()]
-
-    def count_bytes(self) -> int:
-        """Total payload bytes of all arrays."""
-        return sum(array.nbytes for array in self._data.values())
-
-    def __setitem__(self, key: str, value: object) -> None:
-        name = check_key(key, "ArrayRecord")
-        if isinstance(value, Array):
-            self._data[name] = value
-        elif isinstance(value, np.ndarray):
-            self._data[name] = Array(value, name=name)
-        else:
-            raise RecordError(
-                f"array record key {name!r}: value of type {_type_name(value)} is not "
-                "allowed; use a numpy ndarray or Array"
-            )
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ArrayRecord):
-            return NotImplemented
-        return list(self._data.items()) == list(other._data.items())
-
-    def __repr__(self) -> str:
-        return f"ArrayRecord({{{self._items_repr()}}})"
-
 
 # ---------------------------------------------------------------------------
 # MetricRecord / ConfigRecord
@@ -193,7 +81,7 @@ def _homogeneous(key: str, what: str, items: list[Any]) -> None:
         raise RecordError(f"{what} key {key!r}: list mixes element types ({names})")
 
 
-class _ScalarRecord(_Keyed[_V]):
+class _ScalarRecord(Keyed[_V]):
     """Insertion-ordered mapping of str keys to allowed scalars or lists of one type.
 
     A subclass fixes the allowed types: `_scalar` returns a value normalised to a
@@ -204,9 +92,10 @@ class _ScalarRecord(_Keyed[_V]):
     _what: ClassVar[str]
     _allowed: ClassVar[str]
 
-    def __init__(self, values: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, values: Mapping[str, Any] | None = None, keep_input: bool = True) -> None:
+        """Insert `values`; `keep_input=False` then empties it (as in Flower)."""
         super().__init__()
-        self._insert_all(values, type(self).__name__)
+        self._insert_all(values, type(self).__name__, keep_input=keep_input)
 
     @staticmethod
     def _scalar(value: object) -> object | None:
@@ -220,7 +109,7 @@ class _ScalarRecord(_Keyed[_V]):
                 if converted is None:
                     raise RecordError(
                         f"{self._what} key {key!r}: list element of type "
-                        f"{_type_name(item)} is not allowed; {self._allowed}"
+                        f"{type_name(item)} is not allowed; {self._allowed}"
                     )
                 items.append(converted)
             _homogeneous(key, self._what, items)
@@ -228,7 +117,7 @@ class _ScalarRecord(_Keyed[_V]):
         scalar = self._scalar(value)
         if scalar is None:
             raise RecordError(
-                f"{self._what} key {key!r}: value of type {_type_name(value)} "
+                f"{self._what} key {key!r}: value of type {type_name(value)} "
                 f"is not allowed; {self._allowed}"
             )
         return cast(_V, scalar)
@@ -276,6 +165,13 @@ class MetricRecord(_ScalarRecord[MetricValue]):
     def _scalar(value: object) -> MetricScalar | None:
         return _number(value)
 
+    def count_bytes(self) -> int:
+        """Bytes as Flower counts them: 8 per number, plus the length of each key."""
+        return sum(
+            8 * (len(value) if isinstance(value, list) else 1) + len(key)
+            for key, value in self._data.items()
+        )
+
 
 class ConfigRecord(_ScalarRecord[ConfigValue]):
     """Config: `int`, `float`, `str`, `bool`, `bytes`, or a list of one of those.
@@ -300,6 +196,24 @@ class ConfigRecord(_ScalarRecord[ConfigValue]):
             return bytes(value)
         return None
 
+    def count_bytes(self) -> int:
+        """Bytes as Flower counts them: 1 per bool, 8 per int or float, `len()` of
+        each str or bytes, plus the length of each key."""
+        return sum(
+            sum(_config_bytes(item) for item in value)
+            if isinstance(value, list)
+            else _config_bytes(value)
+            for value in self._data.values()
+        ) + sum(len(key) for key in self._data)
+
+
+def _config_bytes(value: object) -> int:
+    if isinstance(value, bool):
+        return 1
+    if isinstance(value, str | bytes):
+        return len(value)
+    return 8
+
 
 # ---------------------------------------------------------------------------
 # RecordDict
@@ -309,7 +223,7 @@ Record: TypeAlias = ArrayRecord | MetricRecord | ConfigRecord
 _R = TypeVar("_R", ArrayRecord, MetricRecord, ConfigRecord)
 
 
-class RecordDict(_Keyed[Record]):
+class RecordDict(Keyed[Record]):
     """Insertion-ordered mapping of names to Array/Metric/Config records.
 
     Values of any other type raise `RecordError` naming the key. Equality
@@ -338,11 +252,15 @@ class RecordDict(_Keyed[Record]):
         """The `ConfigRecord`s, in order (a new dict; the records are shared)."""
         return self._of_type(ConfigRecord)
 
+    def count_bytes(self) -> int:
+        """The sum of the records' `count_bytes()` (record names not counted)."""
+        return sum(record.count_bytes() for record in self._data.values())
+
     def __setitem__(self, key: str, value: object) -> None:
         name = check_key(key, "RecordDict")
         if not isinstance(value, ArrayRecord | MetricRecord | ConfigRecord):
             raise RecordError(
-                f"record {name!r} has type {_type_name(value)}; "
+                f"record {name!r} has type {type_name(value)}; "
                 "use ArrayRecord, MetricRecord or ConfigRecord"
             )
         self._data[name] = value
