@@ -9,6 +9,10 @@ An app is a directory with a `pyproject.toml` naming its components:
     [tool.flpg.app.config]
     num-server-rounds = 3
 
+A Flower app's `[tool.flwr.app.components]` and `[tool.flwr.app.config]` are read
+too: each of the two tables is taken from `[tool.flpg.app.*]` if the pyproject has
+it, else from `[tool.flwr.app.*]` (the tables are not merged).
+
 A bundle is a deterministic zip of the directory, addressed by its SHA-256, so
 the same app is stored once and a worker can verify what it runs. What goes in:
 every regular file under the directory except `__pycache__`, `.git`, virtualenvs,
@@ -41,6 +45,7 @@ from flpg.bundle.archive import (
     member_name_problem,
 )
 from flpg.bundle.cache import BundleCache, default_cache_dir
+from flpg.compat.flwr import FlwrUnsupported
 from flpg.errors import AppError
 from flpg.store.text import storable
 
@@ -98,6 +103,8 @@ class AppSpec:
     serverapp: str
     clientapp: str
     config: dict[str, Any]
+    config_table: str = "[tool.flpg.app.config]"
+    """The table `config` was read from (flpg's, or Flower's `[tool.flwr.app.config]`)."""
 
 
 def _table(doc: dict[str, Any], path: str) -> Any:
@@ -109,6 +116,20 @@ def _table(doc: dict[str, Any], path: str) -> Any:
             return None
         value = value.get(key)
     return value
+
+
+_SECTIONS = ("tool.flpg.app", "tool.flwr.app")
+"""Where app tables are looked for, first match wins: flpg's, then Flower's."""
+
+
+def _app_table(doc: dict[str, Any], name: str) -> tuple[str, Any]:
+    """`([header], value)` of the app table `name`: `[tool.flpg.app.NAME]` if the
+    document has it, else `[tool.flwr.app.NAME]`, else flpg's header and None."""
+    for section in _SECTIONS:
+        value = _table(doc, f"{section}.{name}")
+        if value is not None:
+            return f"[{section}.{name}]", value
+    return f"[{_SECTIONS[0]}.{name}]", None
 
 
 def _valid_ref(ref: object) -> bool:
@@ -125,25 +146,26 @@ def parse_pyproject(text: str, where: str) -> AppSpec:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise AppError(f"{where} is not valid TOML: {shown(exc)}") from None
-    components = _table(doc, "tool.flpg.app.components")
+    header, components = _app_table(doc, "components")
     if not isinstance(components, dict):
         raise AppError(
-            f"{where} has no [tool.flpg.app.components] table naming serverapp and clientapp"
+            f"{where} has no [tool.flpg.app.components] table (or Flower's "
+            "[tool.flwr.app.components]) naming serverapp and clientapp"
         )
     refs: dict[str, str] = {}
     for key in ("serverapp", "clientapp"):
         ref = components.get(key)
         if not _valid_ref(ref):
             raise AppError(
-                f"{where}: [tool.flpg.app.components] {key} must be 'module:attribute' "
+                f"{where}: {header} {key} must be 'module:attribute' "
                 f"(Python names), got {shown(repr(ref), 80)}"
             )
         refs[key] = str(ref)
-    config = _table(doc, "tool.flpg.app.config")
+    config_table, config = _app_table(doc, "config")
     if config is None:
         config = {}
     if not isinstance(config, dict):
-        raise AppError(f"{where}: [tool.flpg.app.config] must be a table")
+        raise AppError(f"{where}: {config_table} must be a table")
     name = _table(doc, "project.name")
     if name is None:
         name = storable(Path(where).parent.name, NAME_LIMIT) or "app"
@@ -153,7 +175,11 @@ def parse_pyproject(text: str, where: str) -> AppSpec:
             f"characters, got {shown(repr(name), 80)}"
         )
     return AppSpec(
-        name=name, serverapp=refs["serverapp"], clientapp=refs["clientapp"], config=config
+        name=name,
+        serverapp=refs["serverapp"],
+        clientapp=refs["clientapp"],
+        config=config,
+        config_table=config_table,
     )
 
 
@@ -349,6 +375,8 @@ def load_component(root: Path, ref: str, kind: type) -> Any:
             raise AppError(
                 f"component {ref!r} exited with code {shown(exc.code, 80)} at import"
             ) from None
+        except FlwrUnsupported as exc:  # one line naming the Flower name flpg lacks
+            raise AppError(f"component {ref!r} does not import: {shown(exc, 500)}") from None
         except Exception as exc:
             raise AppError(f"component {ref!r} does not import: {_describe(exc)}") from None
         _loaded_roots[top] = root

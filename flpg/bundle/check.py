@@ -9,6 +9,8 @@ kill itself; so it runs here, in a child process (`python -m flpg.bundle.check`)
 - its own session, no stdin, its output discarded (the caller's one-line errors stay
   one line), no bytecode written, and the environment app processes get
   (`flpg.bundle.process.app_environment`) without the database URL or libpq's variables;
+- `import flwr...` resolved to flpg, as in the app processes (`flpg.compat.flwr`), so a
+  Flower name flpg lacks is refused here, before anything is stored;
 - the verdict written to a file (not a pipe a leftover grandchild could hold open).
 
 Whatever the child does, the caller gets `None` or an AppError naming the app and what
@@ -30,6 +32,7 @@ from pathlib import Path
 
 from flpg.bundle.appdir import AppSpec, load_component, shown
 from flpg.bundle.process import app_environment, describe_exit
+from flpg.compat.flwr import install as install_flwr_alias
 from flpg.errors import AppError
 from flpg.settings import DATABASE_URL_ENV
 
@@ -127,6 +130,7 @@ def main(argv: list[str]) -> None:
     from flpg.clientapp import ClientApp
     from flpg.serverapp import ServerApp
 
+    install_flwr_alias()  # as in the app processes: `import flwr...` resolves to flpg
     try:
         load_component(Path(root), server_ref, ServerApp)
         load_component(Path(root), client_ref, ClientApp)

@@ -38,6 +38,7 @@ from flpg.app.context import Context
 from flpg.app.records import RecordDict
 from flpg.bundle.appdir import BundleCache, default_cache_dir, load_component, parse_pyproject
 from flpg.bundle.process import call_within
+from flpg.compat.flwr import install as install_flwr_alias
 from flpg.serverapp import ServerApp
 from flpg.serverapp.grid import Grid
 from flpg.settings import DATABASE_URL_ENV, Intervals
@@ -209,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     if not url:
         print(f"{RESULT_PREFIX}{DATABASE_URL_ENV} is not set", file=sys.stderr)
         return 2
+    install_flwr_alias()  # `import flwr...` in the app resolves to flpg (flpg.compat.flwr)
     try:
         run_serverapp(url, int(args[0]), int(args[1]))
     except BaseException as exc:  # report every failure, including SystemExit from user code

@@ -43,6 +43,7 @@ from flpg.app.records import RecordDict
 from flpg.bundle.appdir import BundleCache, load_component, parse_pyproject
 from flpg.bundle.process import call_within
 from flpg.clientapp import ClientApp
+from flpg.compat.flwr import install as install_flwr_alias
 from flpg.errors import FlpgError
 from flpg.node.protocol import Done, Outcome, Report, Settled, Started, decode_batch, encode_report
 from flpg.node.replies import Answer, Written, app_error, describe, write_replies
@@ -360,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         format=f"%(asctime)s %(name)s[%(process)d] run {args.run} %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    install_flwr_alias()  # `import flwr...` in the app resolves to flpg (flpg.compat.flwr)
     url = os.environ[DATABASE_URL_ENV]
     # Retried while the database is away (a process started during a blip waits).
     app = call_within(

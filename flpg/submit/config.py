@@ -125,16 +125,22 @@ def parse_kv_all(texts: Iterable[str], what: str) -> dict[str, ConfigValue]:
     return out
 
 
-def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(config: Mapping[str, Any], prefix: str = "", where: str = "config") -> dict[str, Any]:
     """Nested tables as dotted keys, as Flower flattens an app's config:
-    `[tool.flpg.app.config.model] lr = 0.1` is the key `model.lr`."""
+    `[tool.flpg.app.config.model] lr = 0.1` (or `[tool.flwr.app.config.model]`) is the
+    key `model.lr`. A key spelled both ways (`"model.lr" = 1` beside that table) is a
+    ConfigError naming `where`, where Flower would keep one of the two silently."""
     flat: dict[str, Any] = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
+        found = flatten(value, f"{name}.", where) if isinstance(value, Mapping) else {name: value}
+        for dotted, leaf in found.items():
+            if dotted in flat:
+                raise ConfigError(
+                    f"{where}: key {dotted!r} is given twice (as a dotted key and in a "
+                    "nested table); give it once"
+                )
+            flat[dotted] = leaf
     return flat
 
 
@@ -167,13 +173,17 @@ def _typed(key: str, default: Any, value: Any, where: str) -> Any:
 
 
 def merge_run_config(
-    defaults: Mapping[str, Any], overrides: Mapping[str, Any], app_name: str
+    defaults: Mapping[str, Any],
+    overrides: Mapping[str, Any],
+    app_name: str,
+    table: str = "[tool.flpg.app.config]",
 ) -> dict[str, Any]:
     """The app's defaults (flattened) with `overrides` applied, each override of the
     type of its default. As Flower's `fuse_dicts` (check_keys=True), a key that is not
-    in the defaults is refused. Defaults that jsonb cannot store are refused too."""
-    where = f"[tool.flpg.app.config] of {app_name}"
-    flat = check_config(flatten(defaults), where)
+    in the defaults is refused. Defaults that jsonb cannot store are refused too.
+    `table` is the pyproject table the defaults came from (for messages)."""
+    where = f"{table} of {app_name}"
+    flat = check_config(flatten(defaults, where=where), where)
     unknown = sorted(set(overrides) - set(flat))
     if unknown:
         known = ", ".join(sorted(flat)) or "none"

@@ -46,7 +46,7 @@ def submit(
     spec = read_app(app_dir)
     app_hash, data = bundle(app_dir)  # refuses bad files before any app code runs
     overrides = parse_kv(run_config, "--run-config")
-    config = merge_run_config(spec.config, overrides, spec.name)
+    config = merge_run_config(spec.config, overrides, spec.name, spec.config_table)
     _check_bundle(app_dir, spec, data)
     node_ids = select_nodes(store_nodes.list_all(conn), nodes, node_selector)
     run_id = store_runs.create(

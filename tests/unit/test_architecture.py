@@ -31,14 +31,17 @@ ALLOWED: dict[str, set[str]] = {
     "store": SCHEMA,
     "bus": SCHEMA,
     "clientapp": VALUES,
+    # Flower's flwr.common as apps use it, and the `import flwr` aliases of app processes.
+    "common": {"app"},
+    "compat": {"app", "serverapp", "clientapp", "common"},
     "serverapp": SCHEMA | {"bus"},
     "strategy": {"serverapp"},
-    "bundle": SCHEMA | {"serverapp", "clientapp"},
+    "bundle": SCHEMA | {"serverapp", "clientapp", "compat"},
     "submit": SCHEMA | {"bundle"},
     # The three workers never import each other: they meet only in the database.
     "link": WORKER,
-    "exec": WORKER,
-    "node": WORKER,
+    "exec": WORKER | {"compat"},
+    "node": WORKER | {"compat"},
     # The user-facing top: the CLI and the one-machine conveniences use everything.
     "cli": WORKER | {"submit", "local", "link", "exec", "node"},
     "local": WORKER | {"submit", "cli"},

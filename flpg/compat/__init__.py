@@ -1,0 +1,1 @@
+"""Running apps written for other frameworks' import paths unchanged (see `flpg.compat.flwr`)."""

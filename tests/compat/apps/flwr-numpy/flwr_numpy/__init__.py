@@ -1,0 +1,1 @@
+"""flwr-numpy: a Flower / NumPy app."""

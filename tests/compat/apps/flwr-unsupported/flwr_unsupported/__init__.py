@@ -1,0 +1,1 @@
+"""A Flower app that uses a strategy flpg does not provide."""
