@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from flpg.cli import db, local, runs, workers
+from flpg.cli import db, local, principals, runs, workers
 from flpg.cli._base import FlpgGroup
 
 
@@ -20,5 +20,13 @@ def main() -> None:
     """flpg: federated learning with the Flower architecture, on PostgreSQL."""
 
 
-for _command in (*runs.COMMANDS, *workers.COMMANDS, *local.COMMANDS, db.db):
+for _command in (
+    *runs.COMMANDS,
+    *workers.COMMANDS,
+    *principals.COMMANDS,
+    *local.COMMANDS,
+    db.db,
+):
     main.add_command(_command)
+for _command in principals.NODE_SUBCOMMANDS:
+    workers.node_cmd.add_command(_command)

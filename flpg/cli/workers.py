@@ -1,5 +1,7 @@
 """The worker commands: `flpg link`, `flpg exec`, `flpg node`, and `flpg nodes`
-(the nodes they registered)."""
+(the nodes they registered). `flpg node` is a group: without a subcommand it runs
+the node worker; its subcommands (`enroll`, `revoke`, in `flpg.cli.principals`) are
+admin's."""
 
 from __future__ import annotations
 
@@ -12,6 +14,9 @@ from flpg.cli._base import db_option, format_option, handle_errors, open_db, res
 from flpg.settings import Intervals
 from flpg.submit.config import parse_kv, parse_kv_all
 from flpg.submit.limits import check_name
+
+NODE_DB = "flpg.node.db"
+"""`ctx.meta` key: the `--db` given to `flpg node` before a subcommand."""
 
 
 def _serve(worker: Any, verbose: bool) -> None:
@@ -56,13 +61,14 @@ def exec_cmd(db: str | None, max_runs: int, verbose: bool) -> None:
     _serve(ExecWorker(resolve_url(db), max_runs=max_runs), verbose)
 
 
-@click.command("node")
+@click.group("node", invoke_without_command=True)
 @db_option
 @click.option(
     "--name",
     type=options.NODE_NAME,
-    required=True,
-    help="The node's name (not all digits); workers with one name share its id.",
+    default=None,
+    help="The node's name (not all digits); workers with one name share its id. "
+    "Required to run the worker.",
 )
 @click.option(
     "--node-config",
@@ -93,18 +99,33 @@ def exec_cmd(db: str | None, max_runs: int, verbose: bool) -> None:
     "num-partitions N added to its node config (simulate a large federation).",
 )
 @click.option("-v", "--verbose", is_flag=True)
+@click.pass_context
 @handle_errors
 def node_cmd(
+    ctx: click.Context,
     db: str | None,
-    name: str,
+    name: str | None,
     node_config: str,
     labels: tuple[str, ...],
     concurrency: int,
     virtual: int | None,
     verbose: bool,
 ) -> None:
-    """Run a SuperNode worker: claim this node's messages and run ClientApps on them."""
+    """Run a SuperNode worker: claim this node's messages and run ClientApps on them
+    (`flpg node --name NAME ...`); or enrol and revoke nodes (admin, subcommands)."""
     from flpg.node.worker import NodeSpec, NodeWorker, virtual_specs
+
+    if ctx.invoked_subcommand is not None:
+        if name is not None:
+            raise click.UsageError(
+                f"--name runs the worker; `flpg node {ctx.invoked_subcommand}` takes NAME "
+                "as its argument",
+                ctx=ctx,
+            )
+        ctx.meta[NODE_DB] = db  # `flpg node --db URL enroll ...` enrols there
+        return
+    if name is None:
+        raise click.UsageError("Missing option '--name'.", ctx=ctx)
 
     if virtual is not None:
         check_name(f"{name}-{virtual - 1}", f"--name with --virtual {virtual}, node name")

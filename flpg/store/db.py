@@ -20,6 +20,7 @@ import psycopg.conninfo
 from psycopg import sql as pgsql
 
 from flpg.errors import DatabaseUnavailable
+from flpg.store.errors import credential_refused
 
 Connection = psycopg.Connection[Any]
 T = TypeVar("T")
@@ -55,7 +56,8 @@ def url_problem(url: str) -> str | None:
 
 
 def connect(url: str, *, application_name: str = "flpg") -> Connection:
-    """An autocommit connection; raises DatabaseUnavailable naming the (redacted) URL."""
+    """An autocommit connection; raises DatabaseUnavailable naming the (redacted) URL,
+    or CredentialRefused naming the role when the server refused the login."""
     try:
         return psycopg.connect(
             url,
@@ -65,6 +67,9 @@ def connect(url: str, *, application_name: str = "flpg") -> Connection:
             options=SESSION_OPTIONS,
         )
     except psycopg.Error as exc:
+        refused = credential_refused(exc, url)
+        if refused is not None:
+            raise refused from exc
         detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise DatabaseUnavailable(
             f"cannot connect to the database at {redact(url)}: {detail}"

@@ -9,6 +9,8 @@ only FlpgError. By SQLSTATE:
   54xxx (program limit exceeded): BadValue, exit 2;
 - 23xxx (integrity constraint violation): InvalidState, exit 5;
 - 42501 (insufficient privilege): PermissionDenied, exit 6;
+- 28P01, 28000 with a refused password or an unknown role (a revoked credential,
+  or a wrong password): CredentialRefused, exit 6, naming the role;
 - 42P01, 42703, 42704, 42883 (undefined table, column, type, function):
   SchemaMismatch, exit 6;
 - anything else (read-only, out of space, cancelled, internal): DatabaseRefused, exit 6.
@@ -59,9 +61,40 @@ def role_of(exc: psycopg.Error, url: str | None = None) -> str:
     return f"role {user!r}" if user else "the role"
 
 
+class CredentialRefused(PermissionDenied):
+    """The server refused the login: the role was revoked (dropped) or its password
+    is wrong (exit 6)."""
+
+
+_AUTH_STATES = {"28P01", "28000"}
+
+
+def credential_refused(exc: psycopg.Error, url: str | None = None) -> CredentialRefused | None:
+    """The one-line CredentialRefused for a login the server refused (a password it
+    rejected, a role that does not exist), else None."""
+    text = str(exc)
+    if exc.sqlstate is not None and exc.sqlstate not in _AUTH_STATES:
+        return None
+    if "password authentication failed for user" not in text and not (
+        'role "' in text and "does not exist" in text
+    ):
+        return None
+    user: str | None = None
+    if url is not None:
+        with contextlib.suppress(psycopg.Error):
+            user = psycopg.conninfo.conninfo_to_dict(url).get("user")  # type: ignore[assignment]
+    role = user or role_of(exc, url).removeprefix("role ").strip("'")
+    return CredentialRefused(
+        f"credential for role {role} was refused: revoked, or the password is wrong"
+    )
+
+
 def translate(exc: psycopg.Error, url: str | None = None) -> FlpgError:
     """The FlpgError that says what went wrong (see above); `url` (the database's)
     names the role in a privilege error."""
+    refused = credential_refused(exc, url)
+    if refused is not None:
+        return refused
     state = exc.sqlstate or ""
     detail = _detail(exc)
     code = f" (SQLSTATE {state})" if state else ""
