@@ -32,6 +32,7 @@ from pytest_postgresql.janitor import DatabaseJanitor
 from flpg.errors import EmbeddedDatabaseError
 from flpg.local.binaries import find_bindir
 from flpg.local.cluster import Cluster
+from tests._binaries import MISSING_BINARIES
 
 # Short intervals for every worker the tests start.
 TEST_ENV = {
@@ -55,11 +56,6 @@ def _migrate(host: str, port: int, user: str, dbname: str, **_: Any) -> None:
 
 
 UNIT_TESTS = Path(__file__).parent / "unit"
-
-MISSING_BINARIES = (
-    "the db, e2e and faults tests need the PostgreSQL server binaries; the unit tests "
-    "(pytest tests/unit) run without them. {}"
-)
 
 
 CLUSTER_FIXTURES = frozenset({"pg_cluster", "pg_server", "postgresql"})

@@ -87,8 +87,7 @@ _KINDS = {
 
 
 def shown(text: object, limit: int = 300) -> str:
-    """`text` fit for a one-line message: control characters and undecodable
-    bytes escaped, at most about `limit` characters."""
+    """`text` fit for one line: controls and bad bytes escaped, about `limit` chars."""
     out = str(text)
     if not out.isprintable():
         out = repr(out)[1:-1]
@@ -108,8 +107,7 @@ class AppSpec:
 
 
 def _table(doc: dict[str, Any], path: str) -> Any:
-    """The value at dotted `path` of a TOML document (None where a level is missing
-    or is not a table)."""
+    """The value at dotted `path` of a TOML document (None where a level is missing)."""
     value: Any = doc
     for key in path.split("."):
         if not isinstance(value, dict):
@@ -118,8 +116,7 @@ def _table(doc: dict[str, Any], path: str) -> Any:
     return value
 
 
-_SECTIONS = ("tool.flpg.app", "tool.flwr.app")
-"""Where app tables are looked for, first match wins: flpg's, then Flower's."""
+_SECTIONS = ("tool.flpg.app", "tool.flwr.app")  # first match wins: flpg's, then Flower's
 
 
 def _app_table(doc: dict[str, Any], name: str) -> tuple[str, Any]:

@@ -26,8 +26,7 @@ from click.testing import CliRunner
 
 from flpg.app.message import ErrorCode
 from flpg.cli import main
-from flpg.errors import EmbeddedDatabaseError, InvalidState, NotFound
-from flpg.local.binaries import find_bindir
+from flpg.errors import InvalidState, NotFound
 from flpg.local.cluster import Cluster
 from flpg.store import principals as store_principals
 from flpg.store import runs as store_runs
@@ -40,6 +39,7 @@ from flpg.store.credentials import (
 )
 from flpg.store.db import Connection, connect
 from flpg.store.errors import CredentialRefused
+from tests._binaries import require_bindir
 
 from .conftest import APP_HASH, BUNDLE, register, scalar
 
@@ -332,10 +332,7 @@ def _flpg(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_enrolment_on_a_served_cluster_connects_over_tls_until_revoked(tmp_path: Path) -> None:
-    try:
-        find_bindir()
-    except EmbeddedDatabaseError as exc:
-        pytest.skip(f"PostgreSQL server binaries not available: {exc}")
+    require_bindir()
     home = Path(tempfile.mkdtemp(prefix="flpg-enrol-", dir="/tmp"))
     os.chmod(home, 0o711)  # as root, the server account must pass through
     cluster = Cluster(home / "postgres")

@@ -25,13 +25,7 @@ from flpg.errors import EmbeddedDatabaseError
 from flpg.local import binaries
 from flpg.local.binaries import find_bindir, server_major
 from flpg.local.cluster import Cluster
-
-
-def _bindir_or_skip() -> Path:
-    try:
-        return find_bindir()
-    except EmbeddedDatabaseError as exc:
-        pytest.skip(f"PostgreSQL server binaries not available: {exc}")
+from tests._binaries import require_bindir
 
 
 @pytest.fixture
@@ -48,7 +42,7 @@ def root() -> Iterator[Path]:
 
 @pytest.fixture
 def bindir() -> Path:
-    return _bindir_or_skip()
+    return require_bindir()
 
 
 def _select_one(url: str) -> Any:

@@ -24,10 +24,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from flpg.errors import EmbeddedDatabaseError
-from flpg.local.binaries import find_bindir
 from flpg.local.cluster import Cluster
 from flpg.local.listen import Listen
 from flpg.local.tls import new_ca
+from tests._binaries import require_bindir
 
 PASSWORD = "correct horse battery staple"
 
@@ -82,17 +82,10 @@ class Served:
     output: str
 
 
-def _bindir_or_skip() -> None:
-    try:
-        find_bindir()
-    except EmbeddedDatabaseError as exc:
-        pytest.skip(f"PostgreSQL server binaries not available: {exc}")
-
-
 @pytest.fixture(scope="module")
 def served() -> Iterator[Served]:
     """A cluster served on 127.0.0.1 by `flpg db serve`, with login role alice."""
-    _bindir_or_skip()
+    require_bindir()
     home = Path(tempfile.mkdtemp(prefix="flpg-tls-", dir="/tmp"))
     os.chmod(home, 0o711)  # as root, the server account must pass through
     cluster = Cluster(home / "postgres")
@@ -160,7 +153,7 @@ def test_the_cli_refuses_a_bad_address_with_one_line(tmp_path: Path) -> None:
 
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:
-    _bindir_or_skip()
+    require_bindir()
     root = Path(tempfile.mkdtemp(prefix="flpg-tls-", dir="/tmp"))
     cluster = Cluster(root)
     try:
