@@ -11,10 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import stat
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +37,7 @@ from flpg.store.credentials import (
 from flpg.store.db import Connection, connect
 from flpg.store.errors import CredentialRefused
 from tests._binaries import require_bindir
+from tests.db._served import flpg_cli, free_port
 
 from .conftest import APP_HASH, BUNDLE, register, scalar
 
@@ -318,32 +316,17 @@ def test_cli_node_without_a_subcommand_still_needs_its_name() -> None:
 # Over TLS, with a served embedded cluster -------------------------------------------
 
 
-def _flpg(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "FLPG_HOME": str(home)}
-    env.pop("FLPG_DATABASE_URL", None)
-    return subprocess.run(
-        [sys.executable, "-m", "flpg.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_enrolment_on_a_served_cluster_connects_over_tls_until_revoked(tmp_path: Path) -> None:
     require_bindir()
     home = Path(tempfile.mkdtemp(prefix="flpg-enrol-", dir="/tmp"))
     os.chmod(home, 0o711)  # as root, the server account must pass through
     cluster = Cluster(home / "postgres")
     try:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        served = _flpg(home, "db", "serve", "--listen", f"127.0.0.1:{port}")
+        port = free_port()
+        served = flpg_cli(home, "db", "serve", "--listen", f"127.0.0.1:{port}")
         assert served.returncode == 0, served.stderr
         out = tmp_path / "n.json"
-        enrolled = _flpg(home, "node", "enroll", "remote", "--out", str(out))
+        enrolled = flpg_cli(home, "node", "enroll", "remote", "--out", str(out))
         assert enrolled.returncode == 0, enrolled.stderr
         cred = json.loads(out.read_text())
         assert cred["url"].startswith(f"postgresql://{cred['role']}:")
@@ -352,7 +335,7 @@ def test_enrolment_on_a_served_cluster_connects_over_tls_until_revoked(tmp_path:
         with connect(load_credentials(out)) as conn:
             assert scalar(conn, "SELECT current_user") == cred["role"]
             assert scalar(conn, "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-        revoked = _flpg(home, "node", "revoke", "remote")
+        revoked = flpg_cli(home, "node", "revoke", "remote")
         assert revoked.returncode == 0, revoked.stderr
         with pytest.raises(CredentialRefused, match=f"credential for role {cred['role']} was"):
             connect(load_credentials(out))

@@ -11,8 +11,6 @@ import datetime as dt
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,27 +26,9 @@ from flpg.local.cluster import Cluster
 from flpg.local.listen import Listen
 from flpg.local.tls import new_ca
 from tests._binaries import require_bindir
+from tests.db._served import flpg_cli, free_port
 
 PASSWORD = "correct horse battery staple"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _flpg(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "FLPG_HOME": str(home)}
-    env.pop("FLPG_DATABASE_URL", None)
-    return subprocess.run(
-        [sys.executable, "-m", "flpg.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def _tcp(port: int, ca: Path, **params: Any) -> psycopg.Connection[Any]:
@@ -90,8 +70,8 @@ def served() -> Iterator[Served]:
     os.chmod(home, 0o711)  # as root, the server account must pass through
     cluster = Cluster(home / "postgres")
     try:
-        port = _free_port()
-        proc = _flpg(home, "db", "serve", "--listen", f"127.0.0.1:{port}")
+        port = free_port()
+        proc = flpg_cli(home, "db", "serve", "--listen", f"127.0.0.1:{port}")
         assert proc.returncode == 0, proc.stderr
         with psycopg.connect(cluster.url(), autocommit=True) as admin:
             admin.execute(f"create role alice login password '{PASSWORD}'")
@@ -144,7 +124,7 @@ def test_the_superuser_has_no_trust_over_tcp(served: Served) -> None:
 
 
 def test_the_cli_refuses_a_bad_address_with_one_line(tmp_path: Path) -> None:
-    proc = _flpg(tmp_path, "db", "serve", "--listen", "localhost")
+    proc = flpg_cli(tmp_path, "db", "serve", "--listen", "localhost")
     assert proc.returncode == 2
     assert proc.stderr.startswith("flpg: error: --listen 'localhost'")
     assert proc.stderr.count("\n") == 1
@@ -166,7 +146,7 @@ def cluster() -> Iterator[Cluster]:
 
 
 def test_serve_is_idempotent_and_serving_without_listen_is_socket_only(cluster: Cluster) -> None:
-    port = _free_port()
+    port = free_port()
     first = cluster.serve(Listen("127.0.0.1", port))
     assert first.started and first.tls is not None
     pid = cluster.status().pid
@@ -191,7 +171,7 @@ def test_serve_is_idempotent_and_serving_without_listen_is_socket_only(cluster: 
 def test_a_new_certificate_name_reissues_the_certificate_and_keeps_the_ca(
     cluster: Cluster,
 ) -> None:
-    port = _free_port()
+    port = free_port()
     first = cluster.serve(Listen("127.0.0.1", port))
     assert first.tls is not None
     ca = first.tls.ca_cert.read_bytes()
