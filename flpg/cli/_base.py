@@ -11,9 +11,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from flpg.cli import options
 from flpg.errors import FlpgError
@@ -88,14 +90,52 @@ format_option = click.option(
 )
 
 
+_CREDENTIALS = "flpg.credentials"
+
+
+def _remember_credentials(ctx: click.Context, _: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        ctx.meta[_CREDENTIALS] = value
+
+
+_credentials_option = click.option(
+    "--credentials",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="FILE",
+    expose_value=False,
+    callback=_remember_credentials,
+    help="Connect as the role of this credential file (`flpg user add`) instead of --db.",
+)
+
+
+def user_db_option(command: F) -> F:
+    """`--db` and `--credentials FILE` (a user's own role; one or the other)."""
+    return db_option(_credentials_option(command))
+
+
+def _credentials_url() -> str | None:
+    """The URL of `--credentials FILE` if the command was given one (UsageError when
+    `--db` was given too)."""
+    ctx = click.get_current_context(silent=True)
+    path = None if ctx is None else ctx.meta.get(_CREDENTIALS)
+    if path is None:
+        return None
+    if ctx is not None and ctx.get_parameter_source("db") == ParameterSource.COMMANDLINE:
+        raise click.UsageError("--credentials and --db each name a database; give one")
+    from flpg.store.credentials import load_credentials
+
+    return load_credentials(path)
+
+
 def resolve_url(db: str | None) -> str:
     """The database URL to use, starting the embedded cluster if none was given."""
     return resolve_url_started(db)[0]
 
 
 def resolve_url_started(db: str | None) -> tuple[str, bool]:
-    """The database URL, and whether this call started the embedded cluster."""
-    url = explicit_database_url(db)
+    """The database URL (of `--credentials` if given), and whether this call started
+    the embedded cluster."""
+    url = _credentials_url() or explicit_database_url(db)
     if url:
         return url, False
     from flpg.local.embedded import cluster

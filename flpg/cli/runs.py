@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from flpg.cli import options, render
-from flpg.cli._base import db_option, format_option, handle_errors, open_db
+from flpg.cli._base import format_option, handle_errors, open_db, user_db_option
 from flpg.states import RunStatus
 from flpg.store.db import Connection
 
@@ -18,7 +18,7 @@ LOG_PAGE = 1000
 
 @click.command("run")
 @click.argument("app_dir", type=click.Path(path_type=Path))
-@db_option
+@user_db_option
 @click.option(
     "--run-config",
     type=options.KEY_VALUES,
@@ -102,7 +102,7 @@ def _stream(conn: Connection, url: str, run_id: int) -> None:
 
 
 @click.command("ls")
-@db_option
+@user_db_option
 @click.option("--limit", type=options.LIMIT, default=50, show_default=True)
 @format_option
 @handle_errors
@@ -118,7 +118,7 @@ def ls_cmd(db: str | None, limit: int, fmt: str) -> None:
 
 @click.command("show")
 @click.argument("run_id", type=options.RUN_ID)
-@db_option
+@user_db_option
 @format_option
 @handle_errors
 def show_cmd(run_id: int, db: str | None, fmt: str) -> None:
@@ -133,7 +133,7 @@ def show_cmd(run_id: int, db: str | None, fmt: str) -> None:
 
 @click.command("log")
 @click.argument("run_id", type=options.RUN_ID)
-@db_option
+@user_db_option
 @click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing until the run ends.")
 @handle_errors
 def log_cmd(run_id: int, db: str | None, follow_: bool) -> None:
@@ -159,7 +159,7 @@ def log_cmd(run_id: int, db: str | None, follow_: bool) -> None:
 
 @click.command("stop")
 @click.argument("run_id", type=options.RUN_ID)
-@db_option
+@user_db_option
 @handle_errors
 def stop_cmd(run_id: int, db: str | None) -> None:
     """Stop a run: its ServerApp ends and its undelivered messages are cancelled."""
@@ -173,7 +173,7 @@ def stop_cmd(run_id: int, db: str | None) -> None:
 
 @click.command("resume")
 @click.argument("run_id", type=options.RUN_ID)
-@db_option
+@user_db_option
 @handle_errors
 def resume_cmd(run_id: int, db: str | None) -> None:
     """Resume a failed or stopped run from its last checkpoint (a new ServerApp)."""

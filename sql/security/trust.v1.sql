@@ -152,6 +152,8 @@ GRANT UPDATE (state, claimed_by, claimed_at, lease_until, attempts, finished_at)
     ON messages TO flpg_node, flpg_clientapp, flpg_link;
 GRANT UPDATE (state, finished_at, lease_until, rejected_reason) ON messages TO flpg_serverapp;
 GRANT UPDATE (state, finished_at, lease_until) ON messages TO flpg_exec;
+-- A user stopping its own run cancels that run's undelivered messages.
+GRANT UPDATE (state, finished_at, lease_until) ON messages TO flpg_user;
 
 GRANT SELECT ON message_arrays
     TO flpg_node, flpg_user, flpg_serverapp, flpg_clientapp, flpg_link, flpg_auditor;
@@ -324,6 +326,8 @@ CREATE POLICY user_own ON runs TO flpg_user USING (submitted_by = current_user);
 CREATE POLICY user_own ON run_nodes TO flpg_user
     USING (EXISTS (SELECT 1 FROM runs r WHERE r.id = run_nodes.run_id));
 CREATE POLICY user_own ON messages FOR SELECT TO flpg_user
+    USING (EXISTS (SELECT 1 FROM runs r WHERE r.id = messages.run_id));
+CREATE POLICY user_stop ON messages FOR UPDATE TO flpg_user
     USING (EXISTS (SELECT 1 FROM runs r WHERE r.id = messages.run_id));
 CREATE POLICY user_own ON message_arrays FOR SELECT TO flpg_user
     USING (EXISTS (SELECT 1 FROM messages m WHERE m.id = message_arrays.message_id));

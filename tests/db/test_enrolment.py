@@ -364,3 +364,38 @@ def test_cli_a_bad_user_name_is_refused_before_connecting(name: str) -> None:
     result = _cli("user", "add", name, "--db", "postgresql://u@127.0.0.1:1/none")
     assert result.exit_code == 2
     assert "NAME" in result.output and "127.0.0.1" not in result.output
+
+
+def test_users_with_credentials_see_and_stop_only_their_own_runs(
+    admin: Connection, db_url: str, tmp_path: Path
+) -> None:
+    """`--credentials` connects the user commands as the user's own role: row-level
+    security shows alice her run and hides it from bob, who cannot stop it either."""
+    register(admin, "node-0")
+    creds = {}
+    for name in ("alice", "bob"):
+        creds[name] = str(tmp_path / f"{name}.json")
+        assert _cli("user", "add", name, "--out", creds[name], "--db", db_url).exit_code == 0
+    app = str(Path(__file__).parents[2] / "examples" / "quickstart-numpy")
+    submitted = _cli("run", app, "--credentials", creds["alice"], "--format", "json")
+    assert submitted.exit_code == 0, submitted.output
+    run_id = json.loads(submitted.output)["run_id"]
+    alice_role = json.loads(Path(creds["alice"]).read_text())["role"]
+    assert scalar(admin, "SELECT submitted_by FROM runs WHERE id = %s", (run_id,)) == alice_role
+
+    def listed(who: str) -> list[int]:
+        shown = _cli("ls", "--credentials", creds[who], "--format", "json")
+        assert shown.exit_code == 0, shown.output
+        return [r["run_id"] for r in json.loads(shown.output)]
+
+    assert listed("alice") == [run_id]
+    assert listed("bob") == []
+    stopped = _cli("stop", str(run_id), "--credentials", creds["bob"])
+    assert stopped.exit_code == 4, stopped.output  # bob cannot even see it
+    assert "\n" not in stopped.output.strip()
+    assert scalar(admin, "SELECT status::text FROM runs WHERE id = %s", (run_id,)) == "pending"
+    done = _cli("stop", str(run_id), "--credentials", creds["alice"])  # her own run
+    assert done.exit_code == 0, done.output
+    assert scalar(admin, "SELECT status::text FROM runs WHERE id = %s", (run_id,)) == "stopped"
+    both = _cli("ls", "--credentials", creds["alice"], "--db", db_url)
+    assert both.exit_code == 2 and "--credentials and --db" in both.output
