@@ -12,6 +12,24 @@ ON CONFLICT (name) DO UPDATE
         last_seen_at = now()
 RETURNING id, name, node_config, labels, status, registered_at, last_seen_at;
 
+-- name: nodes_enrolled
+-- The node ids (and names) enrolled for the connected role: none unless it is an
+-- enrolled node (admin registers nodes itself). Read from the principal mapping, not
+-- pg_has_role: a superuser counts as a member of every role.
+SELECT n.id, n.name
+FROM principals p
+JOIN principal_nodes pn ON pn.role_name = p.role_name
+JOIN nodes n ON n.id = pn.node_id
+WHERE p.role_name = current_user AND p.kind = 'node'
+ORDER BY n.id;
+
+-- name: nodes_attach
+-- An enrolled node's worker attaches to the node ids admin enrolled for its role
+-- (labels and config are admin's): they are online from now.
+UPDATE nodes SET status = 'online', last_seen_at = now()
+WHERE id = ANY(flpg_my_node_ids())
+RETURNING id, name, node_config, labels, status, registered_at, last_seen_at;
+
 -- name: nodes_heartbeat
 UPDATE nodes SET last_seen_at = now(), status = 'online'
 WHERE id = ANY(%(node_ids)s);

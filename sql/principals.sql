@@ -1,23 +1,29 @@
--- Principals: which login role is which node or user (written by admin only).
--- Roles themselves are created and dropped by flpg/store/principals.py (DDL with
--- quoted identifiers); these queries keep the mapping tables in step with them.
+-- Principals: which login role is which node, user, link, exec or auditor (written
+-- by admin only). Roles themselves are created and dropped by
+-- flpg/store/principals.py (DDL with quoted identifiers); these queries keep the
+-- mapping tables in step with them.
 
--- name: principals_find_node
--- The login role enrolled for node `name`, if any.
-SELECT p.role_name, n.id AS node_id
+-- name: principals_find
+-- The login role of `kind` participant `name`, with the node ids (and names) it
+-- answers for: the role `role_name` that enrolment names after it, else a node role
+-- mapped to node `name` (one of a --virtual role's node ids, or enrolled by hand),
+-- else a role of that kind whose principals row names `name`.
+SELECT p.role_name,
+       coalesce(array_agg(n.id ORDER BY n.id) FILTER (WHERE n.id IS NOT NULL), '{}')
+           AS node_ids,
+       coalesce(array_agg(n.name ORDER BY n.id) FILTER (WHERE n.id IS NOT NULL), '{}')
+           AS node_names
 FROM principals p
-JOIN principal_nodes pn ON pn.role_name = p.role_name
-JOIN nodes n ON n.id = pn.node_id
-WHERE p.kind = 'node' AND n.name = %(name)s
-ORDER BY p.role_name
-LIMIT 1;
-
--- name: principals_find_user
--- The login role added for user `name`, if any.
-SELECT role_name
-FROM principals
-WHERE kind = 'user' AND user_name = %(name)s
-ORDER BY role_name
+LEFT JOIN principal_nodes pn ON pn.role_name = p.role_name
+LEFT JOIN nodes n ON n.id = pn.node_id
+WHERE p.kind = %(kind)s
+  AND (p.role_name = %(role_name)s
+       OR p.user_name = %(name)s
+       OR (p.kind = 'node' AND p.role_name IN (
+               SELECT m.role_name FROM principal_nodes m JOIN nodes mn ON mn.id = m.node_id
+               WHERE mn.name = %(name)s)))
+GROUP BY p.role_name
+ORDER BY p.role_name = %(role_name)s DESC, p.role_name
 LIMIT 1;
 
 -- name: principals_insert
@@ -26,10 +32,15 @@ VALUES (%(role_name)s, %(kind)s, %(user_name)s);
 
 -- name: principal_nodes_enrol
 -- Maps `role_name` to node `name`: the node row is adopted if registered, else
--- created offline (its worker brings it online); returns the node id.
+-- created offline (its worker brings it online); a node config or labels given
+-- (not null) replace the row's, else an adopted row keeps its own. Returns the id.
 WITH node AS (
-    INSERT INTO nodes (name, status) VALUES (%(name)s, 'offline')
-    ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
+    INSERT INTO nodes (name, status, node_config, labels)
+    VALUES (%(name)s, 'offline', coalesce(%(node_config)s::jsonb, '{}'),
+            coalesce(%(labels)s::jsonb, '{}'))
+    ON CONFLICT (name) DO UPDATE
+        SET node_config = coalesce(%(node_config)s::jsonb, nodes.node_config),
+            labels = coalesce(%(labels)s::jsonb, nodes.labels)
     RETURNING id
 )
 INSERT INTO principal_nodes (role_name, node_id)

@@ -90,40 +90,79 @@ format_option = click.option(
 )
 
 
+GROUP_DB = "flpg.group.db"
+"""`ctx.meta` key: the `--db` given to a worker group (`flpg node`, `flpg link`,
+`flpg exec`) before an admin subcommand such as `enroll`."""
+
 _CREDENTIALS = "flpg.credentials"
+_CREDENTIAL_KINDS = "flpg.credential_kinds"
+
+ENROLLED_BY = {
+    "node": "flpg node enroll",
+    "user": "flpg user add",
+    "link": "flpg link enroll",
+    "exec": "flpg exec enroll",
+    "auditor": "flpg auditor add",
+}
+"""The command that writes each kind of credential file."""
 
 
-def _remember_credentials(ctx: click.Context, _: click.Parameter, value: Path | None) -> None:
-    if value is not None:
-        ctx.meta[_CREDENTIALS] = value
+def credentials_option(*kinds: str) -> Callable[[F], F]:
+    """`--credentials FILE`: connect as the role of a credential file of one of
+    `kinds` (another kind is refused, exit 2) instead of `--db`."""
+
+    def remember(ctx: click.Context, _: click.Parameter, value: Path | None) -> None:
+        if value is not None:
+            ctx.meta[_CREDENTIALS] = value
+            ctx.meta[_CREDENTIAL_KINDS] = kinds
+
+    made_by = " or ".join(f"`{ENROLLED_BY[k]}`" for k in kinds)
+    return click.option(
+        "--credentials",
+        type=click.Path(path_type=Path, dir_okay=False),
+        metavar="FILE",
+        expose_value=False,
+        callback=remember,
+        help=f"Connect as the role of this credential file (from {made_by}) instead of --db.",
+    )
 
 
-_credentials_option = click.option(
-    "--credentials",
-    type=click.Path(path_type=Path, dir_okay=False),
-    metavar="FILE",
-    expose_value=False,
-    callback=_remember_credentials,
-    help="Connect as the role of this credential file (`flpg user add`) instead of --db.",
-)
+def credentials_db_option(*kinds: str) -> Callable[[F], F]:
+    """`--db` and `--credentials FILE` of one of `kinds` (one or the other)."""
+
+    def decorate(command: F) -> F:
+        return db_option(credentials_option(*kinds)(command))
+
+    return decorate
 
 
 def user_db_option(command: F) -> F:
-    """`--db` and `--credentials FILE` (a user's own role; one or the other)."""
-    return db_option(_credentials_option(command))
+    """`--db` and `--credentials FILE` (a user's own role, or an auditor's, which
+    reads every run and may change none; one or the other)."""
+    return credentials_db_option("user", "auditor")(command)
 
 
 def _credentials_url() -> str | None:
     """The URL of `--credentials FILE` if the command was given one (UsageError when
-    `--db` was given too)."""
+    `--db` was given too; CredentialError, exit 2, when the file's kind does not fit
+    the command)."""
     ctx = click.get_current_context(silent=True)
     path = None if ctx is None else ctx.meta.get(_CREDENTIALS)
-    if path is None:
+    if path is None or ctx is None:
         return None
-    if ctx is not None and ctx.get_parameter_source("db") == ParameterSource.COMMANDLINE:
+    if ctx.get_parameter_source("db") == ParameterSource.COMMANDLINE:
         raise click.UsageError("--credentials and --db each name a database; give one")
-    from flpg.store.credentials import load_credentials
+    from flpg.store.credentials import CredentialError, load_credentials, read_credentials
 
+    kinds: tuple[str, ...] = ctx.meta.get(_CREDENTIAL_KINDS, ())
+    cred = read_credentials(path)
+    if kinds and cred.kind not in kinds:
+        wanted = " or ".join(repr(k) for k in kinds)
+        made_by = " or ".join(f"`{ENROLLED_BY[k]}`" for k in kinds)
+        raise CredentialError(
+            f"credential file {str(path)!r} is a {cred.kind!r} credential (role {cred.role}); "
+            f"`{ctx.command_path}` needs a {wanted} credential (from {made_by})"
+        )
     return load_credentials(path)
 
 

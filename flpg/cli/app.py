@@ -28,5 +28,3 @@ for _command in (
     db.db,
 ):
     main.add_command(_command)
-for _command in principals.NODE_SUBCOMMANDS:
-    workers.node_cmd.add_command(_command)

@@ -1,22 +1,30 @@
 """The worker commands: `flpg link`, `flpg exec`, `flpg node`, and `flpg nodes`
-(the nodes they registered). `flpg node` is a group: without a subcommand it runs
-the node worker; its subcommands (`enroll`, `revoke`, in `flpg.cli.principals`) are
-admin's."""
+(the nodes they registered). `flpg link`, `flpg exec` and `flpg node` are groups:
+without a subcommand each runs its worker; their subcommands (`enroll`, `revoke`,
+in `flpg.cli.principals`) are admin's. A worker given `--credentials FILE` connects
+as the role of that file, which must be of the worker's kind (exit 2 otherwise).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
-from flpg.cli import options, render
-from flpg.cli._base import db_option, format_option, handle_errors, open_db, resolve_url
+from flpg.cli import options, principals, render
+from flpg.cli._base import (
+    GROUP_DB,
+    credentials_db_option,
+    db_option,
+    format_option,
+    handle_errors,
+    open_db,
+    resolve_url,
+)
 from flpg.settings import Intervals
 from flpg.submit.config import parse_kv, parse_kv_all
 from flpg.submit.limits import check_name
-
-NODE_DB = "flpg.node.db"
-"""`ctx.meta` key: the `--db` given to `flpg node` before a subcommand."""
 
 
 def _serve(worker: Any, verbose: bool) -> None:
@@ -26,25 +34,49 @@ def _serve(worker: Any, verbose: bool) -> None:
     worker.run(stop_on_signals())
 
 
-@click.command("link")
-@db_option
+def _admin_subcommand(ctx: click.Context, db: str | None) -> bool:
+    """True when the group was given a subcommand: then the worker's own options
+    are refused (UsageError) and `--db` is kept for the subcommand."""
+    sub = ctx.invoked_subcommand
+    if sub is None:
+        return False
+    for param in ctx.command.params:
+        if param.name != "db" and ctx.get_parameter_source(param.name or "") == (
+            ParameterSource.COMMANDLINE
+        ):
+            flag = max(param.opts, key=len) if isinstance(param, click.Option) else param.name
+            raise click.UsageError(
+                f"{flag} runs the worker; `{ctx.command_path} {sub}` takes its own options "
+                "and NAME as its argument",
+                ctx=ctx,
+            )
+    ctx.meta[GROUP_DB] = db  # `flpg node --db URL enroll ...` enrols there
+    return True
+
+
+@click.group("link", invoke_without_command=True)
+@credentials_db_option("link")
 @click.option("--sweep", type=options.SECONDS, help="Seconds between sweeps.")
 @click.option("-v", "--verbose", is_flag=True)
+@click.pass_context
 @handle_errors
-def link_cmd(db: str | None, sweep: float | None, verbose: bool) -> None:
-    """Run a SuperLink: node liveness, leases, TTL expiry, silent ServerApps."""
+def link_cmd(ctx: click.Context, db: str | None, sweep: float | None, verbose: bool) -> None:
+    """Run a SuperLink: node liveness, leases, TTL expiry, silent ServerApps; or enrol
+    and revoke link roles (admin, subcommands)."""
     from dataclasses import replace
 
     from flpg.link.worker import LinkWorker
 
+    if _admin_subcommand(ctx, db):
+        return
     intervals = Intervals.from_env()
     if sweep is not None:
         intervals = replace(intervals, sweep=sweep)
     _serve(LinkWorker(resolve_url(db), intervals=intervals), verbose)
 
 
-@click.command("exec")
-@db_option
+@click.group("exec", invoke_without_command=True)
+@credentials_db_option("exec")
 @click.option(
     "--max-runs",
     type=options.MAX_RUNS,
@@ -53,16 +85,20 @@ def link_cmd(db: str | None, sweep: float | None, verbose: bool) -> None:
     help="ServerApps this worker runs at once.",
 )
 @click.option("-v", "--verbose", is_flag=True)
+@click.pass_context
 @handle_errors
-def exec_cmd(db: str | None, max_runs: int, verbose: bool) -> None:
-    """Run a SuperExec: launch pending runs as ServerApp processes."""
+def exec_cmd(ctx: click.Context, db: str | None, max_runs: int, verbose: bool) -> None:
+    """Run a SuperExec: launch pending runs as ServerApp processes; or enrol and
+    revoke exec roles (admin, subcommands)."""
     from flpg.exec.worker import ExecWorker
 
+    if _admin_subcommand(ctx, db):
+        return
     _serve(ExecWorker(resolve_url(db), max_runs=max_runs), verbose)
 
 
 @click.group("node", invoke_without_command=True)
-@db_option
+@credentials_db_option("node")
 @click.option(
     "--name",
     type=options.NODE_NAME,
@@ -74,14 +110,15 @@ def exec_cmd(db: str | None, max_runs: int, verbose: bool) -> None:
     "--node-config",
     type=options.KEY_VALUES,
     default="",
-    help='e.g. "partition-id=0 num-partitions=2".',
+    help='e.g. "partition-id=0 num-partitions=2" (an enrolled node\'s is set at enrolment).',
 )
 @click.option(
     "--label",
     "labels",
     type=options.KEY_VALUES,
     multiple=True,
-    help='key=value label (repeatable), e.g. region=eu or site="lab 2".',
+    help='key=value label (repeatable), e.g. region=eu or site="lab 2" (an enrolled '
+    "node's are set at enrolment).",
 )
 @click.option(
     "--concurrency",
@@ -115,14 +152,7 @@ def node_cmd(
     (`flpg node --name NAME ...`); or enrol and revoke nodes (admin, subcommands)."""
     from flpg.node.worker import NodeSpec, NodeWorker, virtual_specs
 
-    if ctx.invoked_subcommand is not None:
-        if name is not None:
-            raise click.UsageError(
-                f"--name runs the worker; `flpg node {ctx.invoked_subcommand}` takes NAME "
-                "as its argument",
-                ctx=ctx,
-            )
-        ctx.meta[NODE_DB] = db  # `flpg node --db URL enroll ...` enrols there
+    if _admin_subcommand(ctx, db):
         return
     if name is None:
         raise click.UsageError("Missing option '--name'.", ctx=ctx)
@@ -135,7 +165,9 @@ def node_cmd(
         labels=parse_kv_all(labels, "--label"),
     )
     specs = [spec] if virtual is None else virtual_specs(spec, virtual)
-    _serve(NodeWorker(resolve_url(db), specs, concurrency=concurrency), verbose)
+    given = bool(spec.labels or spec.node_config)  # an enrolled node may set neither
+    worker = NodeWorker(resolve_url(db), specs, concurrency=concurrency, settings_given=given)
+    _serve(worker, verbose)
 
 
 @click.command("nodes")
@@ -151,6 +183,14 @@ def nodes_cmd(db: str | None, fmt: str) -> None:
         found = store_nodes.list_all(conn)
     render.nodes(found, fmt)
 
+
+for _group, _subcommands in (
+    (node_cmd, principals.NODE_SUBCOMMANDS),
+    (link_cmd, principals.LINK_SUBCOMMANDS),
+    (exec_cmd, principals.EXEC_SUBCOMMANDS),
+):
+    for _command in _subcommands:
+        _group.add_command(_command)
 
 COMMANDS = (link_cmd, exec_cmd, node_cmd, nodes_cmd)
 """The commands this module adds to `flpg`."""

@@ -30,12 +30,14 @@ import time
 from dataclasses import dataclass, field
 
 from flpg.bundle.process import app_environment, describe_exit
+from flpg.errors import FlpgError
 from flpg.exec.logwriter import LogWriter
 from flpg.exec.runner import EXEC_PID_ENV, RESULT_PREFIX
 from flpg.lifecycle import worker_id
 from flpg.settings import DATABASE_URL_ENV, Intervals
 from flpg.states import EXEC_CHANNEL, LogStream, RunStatus
 from flpg.store import logs as store_logs
+from flpg.store import runroles as store_runroles
 from flpg.store import runs as store_runs
 from flpg.store.db import TRANSIENT, Connection, Listener, Session
 from flpg.store.migrate import ensure_schema
@@ -67,6 +69,8 @@ class Child:
     exited_at: float | None = None
     exit_logged: bool = False
     record_failures: int = 0
+    role: str | None = None
+    """The run role its ServerApp connects as (dropped once its outcome is recorded)."""
 
 
 class ExecWorker:
@@ -143,9 +147,17 @@ class ExecWorker:
                 raise
 
     def _launch(self, conn: Connection, logs: LogWriter, run_id: int, attempt: int) -> None:
+        try:  # the ServerApp connects as a role of its own, bound to its run
+            login = store_runroles.serverapp_login(conn, run_id)
+        except TRANSIENT:
+            raise
+        except FlpgError as exc:
+            reason = f"could not make the ServerApp's database role: {exc}"
+            store_runs.finish(conn, run_id, RunStatus.FAILED, reason, attempt=attempt)
+            return
         env = app_environment(
             {
-                DATABASE_URL_ENV: self.url,
+                DATABASE_URL_ENV: login.url(self.url),
                 "PYTHONUNBUFFERED": "1",
                 EXEC_PID_ENV: str(os.getpid()),
             }
@@ -167,8 +179,9 @@ class ExecWorker:
                 f"could not start the ServerApp: {exc}",
                 attempt=attempt,
             )
+            _drop_role(conn, run_id, login.role)
             return
-        child = Child(run_id, attempt, proc, [])
+        child = Child(run_id, attempt, proc, [], role=login.role)
         assert proc.stdout is not None and proc.stderr is not None
         child.readers = [
             logs.follow(run_id, LogStream.STDOUT, proc.stdout, child.last_stdout),
@@ -240,6 +253,7 @@ class ExecWorker:
             child.exit_logged = True
         new_status = store_runs.finish(conn, child.run_id, status, reason, attempt=child.attempt)
         del self.children[child.run_id]
+        _drop_role(conn, child.run_id, child.role)
         if new_status == RunStatus.PENDING:
             log.info(
                 "run %d: attempt %d failed (%s); restarting", child.run_id, child.attempt, reason
@@ -265,6 +279,7 @@ class ExecWorker:
             raise
         except Exception:
             log.exception("run %d: could not record even a plain outcome", child.run_id)
+        _drop_role(conn, child.run_id, child.role)
 
     def _outcome(self, conn: Connection, child: Child, code: int) -> tuple[RunStatus, str | None]:
         run = store_runs.get(conn, child.run_id)
@@ -336,7 +351,20 @@ class ExecWorker:
                 raise
             except Exception:
                 log.exception("run %d: could not record that it was shut down", child.run_id)
+            _drop_role(conn, child.run_id, child.role)
         self.children.clear()
+
+
+def _drop_role(conn: Connection, run_id: int, role: str | None) -> None:
+    """Drop a ServerApp's run role; a failure is logged (the link collects it later)."""
+    if role is None:
+        return
+    try:
+        store_runroles.drop(conn, role)
+    except TRANSIENT:
+        raise
+    except FlpgError as exc:
+        log.warning("run %d: could not drop role %s (%s); the link collects it", run_id, role, exc)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -17,6 +17,7 @@ from flpg.settings import Intervals
 from flpg.store import messages as store_messages
 from flpg.store import nodes as store_nodes
 from flpg.store import payloads as store_payloads
+from flpg.store import runroles as store_runroles
 from flpg.store import runs as store_runs
 from flpg.store import session as store_session
 from flpg.store.db import TRANSIENT, Connection, Session, connect
@@ -91,6 +92,9 @@ class LinkWorker:
                 collected,
                 collected_bytes / 1e6,
             )
+        roles = store_runroles.collect(conn)
+        if roles:
+            log.info("dropped %d database role(s) of ended runs", roles)
         if judge_liveness:
             failed = store_runs.fail_silent(
                 conn, self.intervals.offline_after, max(self.intervals.offline_after, STARTUP)
@@ -110,6 +114,7 @@ class LinkWorker:
             "runs_failed": len(failed),
             "runs_taken_back": len(taken),
             "payloads_collected": collected,
+            "run_roles_dropped": roles,
         }
 
     def run(self, stop: threading.Event) -> None:

@@ -151,13 +151,16 @@ def conf_text(
 
 
 def hba_text(tcp: bool) -> str:
-    """The ``pg_hba.conf``: trust on the private unix socket; over TCP (when `tcp`) only
+    """The ``pg_hba.conf``: on the private unix socket, trust for the superuser only
+    (`SUPERUSER`) and a SCRAM password for every other role; over TCP (when `tcp`) only
     TLS with a SCRAM password, every other TCP connection rejected."""
     lines = [
         "# Written by flpg on every start.",
         "# TYPE   DATABASE     USER  ADDRESS  METHOD",
-        "local    all          all            trust",
-        "local    replication  all            trust",
+        f"local    all          {SUPERUSER}           trust",
+        f"local    replication  {SUPERUSER}           trust",
+        "local    all          all            scram-sha-256",
+        "local    replication  all            reject",
     ]
     if tcp:
         lines.append("hostssl  all          all   all      scram-sha-256")

@@ -1,10 +1,10 @@
 """A complete local federation in the background: `flpg up` / `flpg down`.
 
 `up` starts one link, one exec and N node workers as detached processes on one
-database, records them in `<flpg home>/federation.json`, and waits until the
-nodes are online. `down` stops exactly the processes `up` recorded (and the
-embedded cluster, if `up` was what started it). Both hold a lock, so two at
-once never double-start.
+database, each as its own enrolled role (`flpg.local.enrolled`), records them in
+`<flpg home>/federation.json`, and waits until the nodes are online. `down` stops
+exactly the processes `up` recorded (and the embedded cluster, if `up` was what
+started it). Both hold a lock, so two at once never double-start.
 
 A recorded process is recognised by its pid *and* the identity `up` recorded when
 it started it (`process_start`: the boot id and the start time from
@@ -28,8 +28,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from flpg.errors import FlpgError, InvalidState
+from flpg.local import enrolled
 from flpg.settings import DATABASE_URL_ENV
 from flpg.store import nodes as store_nodes
 from flpg.store.db import connect
@@ -161,14 +163,16 @@ def _save(home: Path, federation: Federation) -> None:
     tmp.replace(_state_file(home))
 
 
-def _spawn(home: Path, url: str, role: str, name: str, args: list[str]) -> Member:
+def _spawn(home: Path, credentials: Path, role: str, name: str, args: list[str]) -> Member:
+    """Start worker `name` as its enrolled role: it gets its credential file, never
+    admin's URL (which is taken out of its environment)."""
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"{name}.log"
-    env = {**os.environ, DATABASE_URL_ENV: url}
+    env = {k: v for k, v in os.environ.items() if k != DATABASE_URL_ENV}
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "flpg.cli", *args],
+            [sys.executable, "-m", "flpg.cli", *args, "--credentials", str(credentials)],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -207,18 +211,20 @@ def up(home: Path, url: str, num_nodes: int, *, started_db: bool) -> tuple[Feder
         ensure_schema(url)
         alive = {m.name for m in federation.alive()}
         federation.members = [m for m in federation.members if m.name in alive]
-        wanted: list[tuple[str, str, list[str]]] = [
-            ("link", "link", ["link"]),
-            ("exec", "exec", ["exec"]),
+        wanted: list[tuple[str, str, list[str], dict[str, Any] | None]] = [
+            ("link", "link", ["link"], None),
+            ("exec", "exec", ["exec"], None),
         ]
         for i, name in enumerate(node_names(num_nodes)):
-            config = f"partition-id={i} num-partitions={num_nodes}"
-            wanted.append(("node", name, ["node", "--name", name, "--node-config", config]))
+            config: dict[str, Any] | None = {"partition-id": i, "num-partitions": num_nodes}
+            wanted.append(("node", name, ["node", "--name", name], config))
         started = False
-        for role, name, args in wanted:
-            if name not in alive:
-                federation.members.append(_spawn(home, url, role, name, args))
-                started = True
+        with connect(url, application_name="flpg-up") as conn:
+            for role, name, args, config in wanted:
+                if name not in alive:
+                    cred = enrolled.ensure(conn, url, home, role, name, config)
+                    federation.members.append(_spawn(home, cred, role, name, args))
+                    started = True
         _save(home, federation)
     if started:
         _wait_online(federation)

@@ -19,7 +19,7 @@ from flpg.models.checkpoints import checkpoint_arrays, checkpoints
 from flpg.models.messages import messages
 from flpg.models.nodes import nodes
 from flpg.models.payloads import array_chunks, arrays, message_arrays
-from flpg.models.principals import PRINCIPAL_KINDS, principal_nodes, principals
+from flpg.models.principals import PRINCIPAL_KINDS, principal_nodes, principals, run_roles
 from flpg.models.runs import round_metrics, run_logs, run_nodes, runs
 
 __all__ = [
@@ -42,5 +42,6 @@ __all__ = [
     "round_metrics",
     "run_logs",
     "run_nodes",
+    "run_roles",
     "runs",
 ]

@@ -17,7 +17,7 @@ from sqlalchemy import (
     Text,
     text,
 )
-from sqlalchemy.dialects.postgresql import TIMESTAMP
+from sqlalchemy.dialects.postgresql import ARRAY, TIMESTAMP
 
 from flpg.models.base import metadata
 
@@ -56,3 +56,21 @@ principal_nodes = Table(
     Column("node_id", BigInteger, ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True),
 )
 Index("ix_principal_nodes_node_id", principal_nodes.c.node_id)
+
+# The audit trail of run roles: one row per ServerApp or ClientApp role ever made,
+# kept after the role is dropped (no foreign key: it outlives its run, as history).
+run_roles = Table(
+    "run_roles",
+    metadata,
+    Column("role_name", Text, primary_key=True),
+    Column("kind", Text, nullable=False),
+    Column("run_id", BigInteger, nullable=False),
+    # The node ids a ClientApp role answered for (empty for a ServerApp role).
+    Column("node_ids", ARRAY(BigInteger), nullable=False, server_default=text("'{}'")),
+    # The login role (an exec, a node, or admin) that asked for it.
+    Column("made_for", Text, nullable=False),
+    Column("created_at", TIMESTAMP(timezone=True), nullable=False, server_default=text("now()")),
+    Column("dropped_at", TIMESTAMP(timezone=True)),
+    CheckConstraint("kind IN ('serverapp', 'clientapp')", name="kind_is_app"),
+)
+Index("ix_run_roles_run_id", run_roles.c.run_id)

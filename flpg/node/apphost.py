@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from flpg.bundle.process import app_environment, describe_exit
+from flpg.node.logins import RunLogins
 from flpg.node.protocol import (
     LINE_LIMIT,
     Done,
@@ -73,6 +74,12 @@ class Launch:
     on_started: OnStarted
     on_done: OnDone
     on_exit: OnExit
+    logins: RunLogins | None = None
+    """The run roles its processes connect as; None: they connect with `url`."""
+
+    def run_url(self, run_id: int) -> str:
+        """The URL run `run_id`'s processes connect with."""
+        return self.url if self.logins is None else self.logins.url(run_id)
 
     def argv(self, run_id: int) -> list[str]:
         """The command line of run `run_id`'s process."""
@@ -94,11 +101,12 @@ class AppProcess:
 
     def __init__(self, run_id: int, launch: Launch) -> None:
         self.run_id = run_id
+        url = launch.run_url(run_id)  # before the process: a refused role starts none
         self.popen = subprocess.Popen(
             launch.argv(run_id),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            env=app_environment({DATABASE_URL_ENV: launch.url}),
+            env=app_environment({DATABASE_URL_ENV: url}),
             # Its own session: a signal meant for the node worker (Ctrl-C, SIGTERM to
             # the group) must not kill the run's app mid-message; the worker decides.
             # If the worker dies, the process sees end of input and exits.
@@ -292,6 +300,8 @@ class AppHost:
         for proc in procs:
             log.info("run %d ended: closing its ClientApp process", proc.run_id)
             proc.close()
+        if self._launch.logins is not None:
+            self._launch.logins.drop(run_ids)
 
     def close_all(self, timeout: float) -> int:
         """Close every process (retired ones included); kill those still alive after
@@ -311,4 +321,6 @@ class AppHost:
                 killed += 1
                 proc.kill()
                 proc.popen.wait()
+        if self._launch.logins is not None:
+            self._launch.logins.close()
         return killed

@@ -29,11 +29,12 @@ from typing import Any
 from psycopg_pool import ConnectionPool
 
 from flpg.bundle.appdir import default_cache_dir
-from flpg.errors import ConfigError
+from flpg.errors import ConfigError, PermissionDenied
 from flpg.lifecycle import worker_id
 from flpg.node.apphost import AppHost, Launch
 from flpg.node.dispatch import Dispatcher
 from flpg.node.heartbeat import Heartbeat
+from flpg.node.logins import RunLogins
 from flpg.node.reports import Reports
 from flpg.node.wakeup import Wakeup
 from flpg.settings import Intervals
@@ -78,6 +79,15 @@ def virtual_specs(base: NodeSpec, count: int) -> list[NodeSpec]:
     ]
 
 
+def _nodes(names: list[str]) -> str:
+    """`node 'a'`, `nodes 'a', 'b'`, or `3 nodes 'a-0' .. 'a-2'`."""
+    if len(names) == 1:
+        return f"node {names[0]!r}"
+    if len(names) <= 3:
+        return "nodes " + ", ".join(repr(n) for n in names)
+    return f"{len(names)} nodes {names[0]!r} .. {names[-1]!r}"
+
+
 @dataclass(frozen=True)
 class Serving:
     """What a node worker holds while it serves (opened and closed by `run`)."""
@@ -103,13 +113,17 @@ class NodeWorker:
         concurrency: int = 4,
         intervals: Intervals | None = None,
         cache_dir: Path | None = None,
+        settings_given: bool = False,
     ) -> None:
+        """`settings_given`: the specs carry labels or node config the user gave,
+        which a role enrolled for its nodes may not set (admin does, at enrolment)."""
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if not specs:
             raise ValueError("a node worker serves at least one node")
         self.url = url
         self.specs = specs
+        self.settings_given = settings_given
         self.concurrency = concurrency
         self.intervals = intervals or Intervals.from_env()
         self.cache_dir = cache_dir or default_cache_dir()
@@ -172,7 +186,11 @@ class NodeWorker:
     def _open(self, stop: threading.Event) -> Serving:
         """Register the nodes, open the connections, start the heartbeat."""
         session = Session(self.url, application_name="flpg-node", stop=stop)
-        self._register(session.conn)
+        try:
+            self._register(session.conn)
+        except BaseException:
+            session.close()
+            raise
         # Virtual nodes: start a run's process on its submission.
         wakeup = Wakeup(self.url, self.node_ids, submissions=len(self.node_ids) > 1)
         pool = ConnectionPool(
@@ -197,6 +215,7 @@ class NodeWorker:
             on_started=reports.started,
             on_done=reports.done,
             on_exit=reports.exited,
+            logins=RunLogins(self.url, self.node_ids),
         )
         heartbeat = Heartbeat(
             pool.connection,
@@ -209,12 +228,20 @@ class NodeWorker:
         return Serving(session, wakeup, pool, reports, AppHost(launch), heartbeat)
 
     def _register(self, conn: Connection) -> None:
-        """Register (or re-attach to) every node id served, in one commit."""
-        with conn.transaction():
-            registered = [
-                store_nodes.register(conn, name=s.name, node_config=s.node_config, labels=s.labels)
-                for s in self.specs
-            ]
+        """Attach to the node ids enrolled for the connection's role (an enrolled
+        node: admin set their labels and config); else register (or re-attach to)
+        every node id served, in one commit."""
+        enrolled = store_nodes.enrolled(conn)
+        if enrolled:
+            registered = self._attach(conn, [name for _, name in enrolled])
+        else:
+            with conn.transaction():
+                registered = [
+                    store_nodes.register(
+                        conn, name=s.name, node_config=s.node_config, labels=s.labels
+                    )
+                    for s in self.specs
+                ]
         self.node_ids = [n.id for n in registered]
         self._node_configs = {n.id: dict(n.node_config) for n in registered}
         if len(registered) <= 4:
@@ -225,6 +252,23 @@ class NodeWorker:
                 f"{len(registered)} nodes {first.name} .. {last.name} (ids {first.id} .. {last.id})"
             )
         log.info("serving %s as %s, concurrency %d", names, self.worker, self.concurrency)
+
+    def _attach(self, conn: Connection, enrolled: list[str]) -> list[store_nodes.Node]:
+        """Mark the role's enrolled node ids online, once the names served are the
+        ones enrolled (PermissionDenied otherwise) and no labels or node config were
+        given (ConfigError)."""
+        role = conn.info.user
+        if self.settings_given:
+            raise ConfigError(
+                "labels and node config of an enrolled node are set by admin at enrolment "
+                f"(`flpg node enroll --label/--node-config`); role {role} is enrolled, so "
+                "remove --label and --node-config"
+            )
+        served = [s.name for s in self.specs]
+        if sorted(served) != sorted(enrolled):
+            shown = repr(served[0]) if len(served) == 1 else _nodes(served)
+            raise PermissionDenied(f"role {role} is enrolled for {_nodes(enrolled)}, not {shown}")
+        return store_nodes.attach(conn)
 
     def _tend(self, s: Serving) -> None:
         """Every heartbeat interval, close the processes of runs that ended (and
@@ -271,7 +315,14 @@ class NodeWorker:
                 break
             if not s.host.has(run_id):
                 log.info("run %d: starting its ClientApp process ahead of its messages", run_id)
-                s.host.process(run_id)
+                try:
+                    s.host.process(run_id)
+                except TRANSIENT:
+                    raise
+                except Exception as exc:  # e.g. the run ended meanwhile: its role is refused
+                    log.warning(
+                        "run %d: its ClientApp process did not start ahead (%s)", run_id, exc
+                    )
 
     def _shutdown(self, s: Serving) -> None:
         """Let processes finish what they started (up to one lease), hand every other

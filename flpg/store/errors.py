@@ -71,10 +71,15 @@ _AUTH_STATES = {"28P01", "28000"}
 
 def credential_refused(exc: psycopg.Error, url: str | None = None) -> CredentialRefused | None:
     """The one-line CredentialRefused for a login the server refused (a password it
-    rejected, a role that does not exist), else None."""
+    rejected, a role that does not exist, one without CONNECT), else None."""
     text = str(exc)
     if exc.sqlstate is not None and exc.sqlstate not in _AUTH_STATES:
         return None
+    if "User does not have CONNECT privilege" in text:
+        return CredentialRefused(
+            f"{role_of(exc, url)} may not connect to this database: it is not an flpg "
+            "role (enrol it, or connect with a credential file flpg wrote)"
+        )
     if "password authentication failed for user" not in text and not (
         'role "' in text and "does not exist" in text
     ):

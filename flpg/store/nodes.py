@@ -37,6 +37,20 @@ def register(
     return Node(**row)
 
 
+def enrolled(conn: Connection) -> list[tuple[int, str]]:
+    """(id, name) of the node ids enrolled for the connected role, by id; empty
+    unless the role is an enrolled node's."""
+    return [(int(r["id"]), str(r["name"])) for r in rows(conn, "nodes_enrolled")]
+
+
+def attach(conn: Connection) -> list[Node]:
+    """Mark the node ids enrolled for the connected role online and return them, by
+    id (an enrolled node's worker does this instead of `register`)."""
+    with conn.transaction():
+        found = rows(conn, "nodes_attach")
+    return sorted((Node(**r) for r in found), key=lambda n: n.id)
+
+
 def heartbeat(conn: Connection, node_ids: list[int]) -> None:
     """Record that the nodes' workers are alive."""
     run(conn, "nodes_heartbeat", {"node_ids": node_ids})

@@ -6,19 +6,25 @@ run1 (A1, B), bob run2 (A1) and run3 (B, still pending), as themselves. Admin ad
 the ServerApp roles of run1 and run2, a ClientApp role of run1 on A1, instructions
 in every state, a reply, arrays (one old and unreferenced), logs, checkpoints and
 metrics. Each helper runs in a transaction of its own that is rolled back.
+
+Every login role has a password (the world's): the cluster trusts only its admin on
+the unix socket and asks every other role for its SCRAM password there too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
 import pytest
+from psycopg import sql as pgsql
 from psycopg.errors import InsufficientPrivilege
 
 from flpg.store import runs as store_runs
@@ -44,9 +50,11 @@ GROUP = {
 
 @dataclass
 class World:
-    """Ids of what admin and the users built, and each principal's role name."""
+    """Ids of what admin and the users built, each principal's role name, and the
+    password every principal's role logs in with."""
 
     url: str
+    password: str
     roles: dict[str, str]
     nodes: dict[str, int]  # A1, A2 (node_a, virtual), B (node_b)
     runs: dict[str, int]  # run1 (alice: A1, B), run2 (bob: A1), run3 (bob: B, pending)
@@ -54,7 +62,9 @@ class World:
     arrays: dict[str, int]
 
     def url_as(self, who: str) -> str:
-        return self.url.replace("postgresql://flpg@", f"postgresql://{self.roles[who]}@", 1)
+        """The admin URL with `who`'s role and password instead of admin."""
+        login = f"{quote(self.roles[who], safe='')}:{quote(self.password, safe='')}"
+        return self.url.replace("postgresql://flpg@", f"postgresql://{login}@", 1)
 
 
 def scalar(conn: psycopg.Connection[Any], sql: str, params: Any = None) -> Any:
@@ -189,13 +199,19 @@ def _build(admin: psycopg.Connection[Any], world: World) -> None:
 
 @contextmanager
 def built_world(module_db_url: str) -> Iterator[World]:
-    """The world, with a login role per principal (dropped afterwards)."""
+    """The world, with a login role (with a password) per principal, dropped afterwards."""
     tag = f"t{os.getpid()}"
     roles = {who: f"{tag}_{who}" for who in KINDS}
-    w = World(module_db_url, roles, {}, {}, {}, {})
+    w = World(module_db_url, secrets.token_urlsafe(16), roles, {}, {}, {}, {})
     with psycopg.connect(module_db_url, autocommit=True) as admin:
         for who, role in roles.items():
-            admin.execute(f'CREATE ROLE "{role}" LOGIN IN ROLE flpg_{GROUP[who]}')
+            admin.execute(
+                pgsql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
+                    pgsql.Identifier(role),
+                    pgsql.Literal(w.password),
+                    pgsql.Identifier(f"flpg_{GROUP[who]}"),
+                )
+            )
         try:
             _build(admin, w)
             yield w

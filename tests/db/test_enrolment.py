@@ -2,12 +2,13 @@
 credential files (flpg/store/credentials.py), against the test cluster.
 
 Roles belong to the cluster, not to a test's database: each test drops the roles
-its database enrolled. The test cluster trusts its unix socket, so a credential's
-password is not checked there; a revoked role is refused because it no longer exists.
+its database enrolled. The test cluster trusts only its admin on the unix socket; a
+credential's password is checked there too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -44,6 +45,13 @@ from .conftest import APP_HASH, BUNDLE, register, scalar
 
 @pytest.fixture
 def admin(db_url: str) -> Iterator[Connection]:
+    """An admin connection; afterwards every role this database enrolled is dropped."""
+    with admin_session(db_url) as conn:
+        yield conn
+
+
+@contextlib.contextmanager
+def admin_session(db_url: str) -> Iterator[Connection]:
     """An admin connection; afterwards every role this database enrolled is dropped."""
     with connect(db_url, application_name="flpg-test") as conn:
         try:
@@ -161,9 +169,10 @@ def test_revoking_ends_sessions_drops_the_role_and_fails_its_instructions(
     session = connect(load_credentials(path))
     assert scalar(session, "SELECT 1") == 1
 
-    role, answered = store_principals.revoke_node(admin, "gone")
+    revoked = store_principals.revoke(admin, "node", "gone")
 
-    assert (role, answered) == (enrolled.role, 2)
+    role = revoked.role
+    assert (role, revoked.node_names, revoked.answered) == (enrolled.role, ("gone",), 2)
     assert scalar(admin, "SELECT count(*) FROM pg_roles WHERE rolname = %s", (role,)) == 0
     assert scalar(admin, "SELECT count(*) FROM principals") == 0
     with pytest.raises(psycopg.OperationalError):
@@ -189,14 +198,14 @@ def test_revoking_ends_sessions_drops_the_role_and_fails_its_instructions(
 def test_revoking_a_node_never_enrolled_is_not_found(admin: Connection) -> None:
     register(admin, "plain")
     with pytest.raises(NotFound, match="'plain' is not enrolled"):
-        store_principals.revoke_node(admin, "plain")
+        store_principals.revoke(admin, "node", "plain")
 
 
 def test_an_added_user_submits_runs_as_itself(
     admin: Connection, db_url: str, tmp_path: Path
 ) -> None:
     node = register(admin, "n")
-    enrolled = store_principals.add_user(admin, "alice")
+    enrolled = store_principals.enrol(admin, "user", "alice")
     assert enrolled.role.startswith("flpg_user_alice_")
     assert admin.execute(
         "SELECT kind, user_name FROM principals WHERE role_name = %s", (enrolled.role,)
@@ -217,7 +226,7 @@ def test_an_added_user_submits_runs_as_itself(
             )
     assert scalar(admin, "SELECT submitted_by FROM runs WHERE id = %s", (run_id,)) == enrolled.role
     with pytest.raises(InvalidState, match="'alice' already exists"):
-        store_principals.add_user(admin, "alice")
+        store_principals.enrol(admin, "user", "alice")
 
 
 BAD_FILES: dict[str, tuple[str | None, str]] = {
@@ -344,19 +353,6 @@ def test_enrolment_on_a_served_cluster_connects_over_tls_until_revoked(tmp_path:
             cluster.destroy()
         finally:
             shutil.rmtree(home, ignore_errors=True)
-
-
-def test_cli_db_given_to_node_before_the_subcommand_is_used(
-    admin: Connection, db_url: str, tmp_path: Path
-) -> None:
-    out = tmp_path / "n.json"
-    result = _cli("node", "--db", db_url, "enroll", "early", "--out", str(out))
-    assert result.exit_code == 0, result.output
-    assert scalar(admin, "SELECT count(*) FROM principals") == 1
-    mixed = _cli("node", "--name", "a", "enroll", "b", "--db", db_url)
-    assert mixed.exit_code == 2
-    assert "--name runs the worker" in mixed.output
-    assert scalar(admin, "SELECT count(*) FROM principals") == 1
 
 
 @pytest.mark.parametrize("name", ["", "tab\there", "x" * 129])

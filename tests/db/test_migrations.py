@@ -106,6 +106,7 @@ def test_migrations_build_exactly_the_models(empty_db_url: str, second_empty_db_
         "round_metrics",
         "run_logs",
         "run_nodes",
+        "run_roles",
         "runs",
     }
     storage = {(c[0], c[2]): c[8] for c in migrated["columns"]}

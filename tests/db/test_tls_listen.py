@@ -123,6 +123,15 @@ def test_the_superuser_has_no_trust_over_tcp(served: Served) -> None:
         assert conn.execute("select current_user").fetchone() == ("flpg",)
 
 
+def test_on_the_socket_only_the_superuser_is_trusted(served: Served) -> None:
+    socket_url = served.cluster.url()
+    as_alice = socket_url.replace("postgresql://flpg@", "postgresql://alice@", 1)
+    with pytest.raises(psycopg.OperationalError, match="no password supplied"):
+        psycopg.connect(as_alice, password="", passfile="/nonexistent", connect_timeout=10).close()
+    with psycopg.connect(as_alice, password=PASSWORD, connect_timeout=10) as conn:
+        assert conn.execute("select current_user").fetchone() == ("alice",)
+
+
 def test_the_cli_refuses_a_bad_address_with_one_line(tmp_path: Path) -> None:
     proc = flpg_cli(tmp_path, "db", "serve", "--listen", "localhost")
     assert proc.returncode == 2

@@ -11,6 +11,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -53,10 +54,15 @@ def snapshot(url: str) -> dict[str, str]:
     return digests
 
 
+ROLE_PASSWORD = "bad-input-role-password"
+"""The password of the login roles these tests create: the test cluster trusts only its
+admin on the unix socket, every other role logs in with its password."""
+
+
 def url_as(url: str, role: str) -> str:
-    """`url` with another user (the test cluster trusts local connections)."""
+    """`url` with another user, logging in with `ROLE_PASSWORD`."""
     tail = url.partition("@")[2]
-    return f"postgresql://{role}@{tail}"
+    return f"postgresql://{quote(role, safe='')}:{quote(ROLE_PASSWORD, safe='')}@{tail}"
 
 
 @pytest.fixture
@@ -348,7 +354,7 @@ def empty_url(pg_server: Any) -> Iterator[str]:
 def role(fed: Federation) -> Iterator[str]:
     """A login role with no privilege on flpg's tables."""
     name = f"flpg_user_{fed.tag[:8]}"
-    fed.sql(f'CREATE ROLE "{name}" LOGIN')
+    fed.sql(f"CREATE ROLE \"{name}\" LOGIN PASSWORD '{ROLE_PASSWORD}'")
     yield name
     fed.sql(f'DROP OWNED BY "{name}"')
     fed.sql(f'DROP ROLE "{name}"')
@@ -403,7 +409,7 @@ def test_a_role_that_may_not_migrate_says_to_migrate_as_the_owner(
 ) -> None:
     name = f"flpg_user_{federation.tag[:8]}"
     with psycopg.connect(empty_url, autocommit=True) as conn:
-        conn.execute(f'CREATE ROLE "{name}" LOGIN')
+        conn.execute(f"CREATE ROLE \"{name}\" LOGIN PASSWORD '{ROLE_PASSWORD}'")
         conn.execute(f'REVOKE CREATE ON SCHEMA public FROM PUBLIC, "{name}"')
     try:
         result = federation.cli("ls", "--db", url_as(empty_url, name), check=False)

@@ -153,3 +153,30 @@ def test_workers_stop_cleanly_on_sigterm(finished_run: FinishedRun) -> None:
     assert report.clean, report
     statuses = finished_run.fed.sql("SELECT name, status::text FROM nodes ORDER BY name")
     assert statuses == [("node0", "offline"), ("node1", "offline")]
+
+
+def test_apps_wrote_as_run_roles_that_were_dropped(finished_run: FinishedRun) -> None:
+    """The ServerApp sent every instruction as its launch's own role, each node's
+    ClientApp wrote its replies as a role bound to the run and that node; once the
+    workers stopped, no run role is left."""
+    fed, run_id = finished_run.fed, finished_run.run_id
+    senders = fed.sql(
+        "SELECT DISTINCT m.created_by, rr.kind, rr.run_id FROM messages m"
+        " LEFT JOIN run_roles rr ON rr.role_name = m.created_by"
+        " WHERE m.run_id = %s AND m.reply_to IS NULL",
+        [run_id],
+    )
+    assert len(senders) == 1 and senders[0][1:] == ("serverapp", run_id), senders
+    repliers = fed.sql(
+        "SELECT bool_and(rr.kind = 'clientapp' AND rr.run_id = m.run_id"
+        "                AND m.src_node_id = ANY(rr.node_ids)), count(DISTINCT m.created_by)"
+        " FROM messages m LEFT JOIN run_roles rr ON rr.role_name = m.created_by"
+        " WHERE m.run_id = %s AND m.reply_to IS NOT NULL",
+        [run_id],
+    )
+    assert repliers == [(True, NUM_NODES)]
+    left = fed.sql(
+        "SELECT rolname FROM pg_roles WHERE rolname IN (SELECT role_name FROM run_roles)"
+        " UNION ALL SELECT role_name FROM run_roles WHERE dropped_at IS NULL"
+    )
+    assert left == []

@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from flpg.store.migrate import head_revision
@@ -121,6 +122,7 @@ def test_up_run_new_app_and_down_leave_no_process(home_env: dict[str, str], tmp_
 
     nodes = json.loads(flpg(home_env, "nodes", "--format", "json").stdout)
     assert sorted(n["node_config"]["partition-id"] for n in nodes) == [0, 1]
+    _assert_workers_are_enrolled(home_env, pids)
 
     run = flpg(home_env, "run", "examples/quickstart-numpy", "--stream")
     assert run.returncode == 0, run.stdout + run.stderr
@@ -137,6 +139,35 @@ def test_up_run_new_app_and_down_leave_no_process(home_env: dict[str, str], tmp_
     assert not any(_alive(p) for p in pids)
     assert db_pid is not None and not _alive(db_pid)  # `up` started it, so `down` stops it
     assert not (Path(home_env["FLPG_HOME"]) / "federation.json").exists()
+
+
+def _admin_url(env: dict[str, str]) -> str:
+    code = "from flpg.local.embedded import cluster; print(cluster().url())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def _assert_workers_are_enrolled(env: dict[str, str], pids: list[int]) -> None:
+    """`flpg up`'s workers hold only their own credential files (0600 in a 0700
+    directory), never admin's URL, and connect as their own enrolled roles."""
+    creds = Path(env["FLPG_HOME"]) / "credentials"
+    assert creds.stat().st_mode & 0o777 == 0o700
+    files = sorted(p.name for p in creds.glob("*.json"))
+    assert files == ["exec.json", "link.json", "node-1.json", "node-2.json"]
+    assert all((creds / f).stat().st_mode & 0o777 == 0o600 for f in files)
+    for pid in pids:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert not any(v.startswith(b"FLPG_DATABASE_URL=") for v in environ)
+        assert "--credentials" in Path(f"/proc/{pid}/cmdline").read_text()
+    with psycopg.connect(_admin_url(env)) as conn:
+        sessions = conn.execute(
+            "SELECT a.application_name, p.kind FROM pg_stat_activity a"
+            " JOIN principals p ON p.role_name = a.usename"
+            " WHERE a.application_name IN ('flpg-link', 'flpg-exec', 'flpg-node')"
+        ).fetchall()
+    kinds = {app.removeprefix("flpg-"): kind for app, kind in sessions}
+    assert kinds == {"link": "link", "exec": "exec", "node": "node"}, sessions
 
 
 def test_demo_reaches_90_percent(home_env: dict[str, str]) -> None:
