@@ -18,3 +18,10 @@ SELECT flpg_run_role_drop(%(role_name)s) AS dropped;
 -- name: run_roles_collect
 -- Drops the run roles of runs that ended `grace` seconds ago or more, and orphans.
 SELECT flpg_run_roles_collect(%(grace)s) AS dropped;
+
+-- name: run_roles_drop_made_for
+-- Admin, revoking a node or exec: drops the live run roles made for that role (its
+-- ClientApp or ServerApp processes lose their credential with it); how many.
+SELECT count(*) FILTER (WHERE flpg_drop_run_role(role_name)) AS dropped
+FROM run_roles
+WHERE made_for = %(role_name)s AND dropped_at IS NULL;

@@ -9,7 +9,6 @@ socket, say) with the participant's role and password.
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,6 @@ from flpg.errors import ConfigError
 from flpg.settings import explicit_database_url
 from flpg.store.credentials import Credentials, write_credentials
 from flpg.store.principals import Enrolled
-
-_WILDCARDS = {"*", "0.0.0.0", "::", ""}
 
 out_option = click.option(
     "--out",
@@ -41,17 +38,10 @@ def _served(db: str | None) -> tuple[str, int] | None:
     """The embedded cluster's TCP address when it is served (and `--db` not given)."""
     if explicit_database_url(db):
         return None
-    from flpg.local.datadir import tcp_port
+    from flpg.local.datadir import served_address
     from flpg.local.embedded import cluster
 
-    data_dir = cluster().data_dir
-    port = tcp_port(data_dir)
-    if port is None:
-        return None
-    lines = (data_dir / "flpg.conf").read_text().splitlines()
-    settings = dict(line.split(" = ", 1) for line in lines if " = " in line)
-    host = settings.get("listen_addresses", "''").strip("'")
-    return (socket.getfqdn() if host in _WILDCARDS else host), port
+    return served_address(cluster().data_dir)
 
 
 def _ca_pem(db: str | None) -> str:
@@ -77,7 +67,7 @@ def check_host(db: str | None, host: str | None) -> None:
 def _login(url: str, db: str | None, host: str | None) -> tuple[dict[str, Any], str | None]:
     """Connection parameters for a participant's credential, and the CA (TLS only)."""
     from flpg.local.listen import parse_listen
-    from flpg.store.principals import login_params
+    from flpg.store.credentials import login_params
 
     params = login_params(url)
     address: tuple[str, int] | None

@@ -56,10 +56,14 @@ def db_status(db: str | None) -> None:
     if url:
         render.database_status(redact(url), DATABASE_URL_ENV, _revision(current_revision(url)))
         return
-    status = cluster().status()
+    from flpg.local.datadir import served_address
+
+    embedded = cluster()
+    status = embedded.status()
     schema = _revision(current_revision(status.url)) if status.running else None
+    served = served_address(embedded.data_dir) if status.initialised else None
     render.cluster_status(
-        status.root, status.running, status.pid, status.initialised, status.url, schema
+        status.root, status.running, status.pid, status.initialised, status.url, schema, served
     )
 
 

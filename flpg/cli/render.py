@@ -270,13 +270,24 @@ def database_status(where: str, source: str, schema: str) -> None:
 
 
 def cluster_status(
-    root: Path, running: bool, pid: int | None, initialised: bool, url: str, schema: str | None
+    root: Path,
+    running: bool,
+    pid: int | None,
+    initialised: bool,
+    url: str,
+    schema: str | None,
+    served: tuple[str, int] | None = None,
 ) -> None:
-    """`flpg db status` of the embedded cluster; `schema` only when it runs."""
+    """`flpg db status` of the embedded cluster; `schema` only when it runs; `served`:
+    the TLS address other machines reach it at, if it is served."""
     click.echo(f"embedded cluster: {root}")
     click.echo(f"running: {f'yes (pid {pid})' if running else 'no'}")
     click.echo(f"initialised: {'yes' if initialised else 'no'}")
     click.echo(f"url: {url}")
+    where = (
+        f"{served[0]}:{served[1]} (TLS, SCRAM passwords)" if served else "no (local socket only)"
+    )
+    click.echo(f"served: {where}")
     if schema is not None:
         click.echo(f"schema: {schema}")
 

@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ __all__ = [
     "pid_alive",
     "read_pidfile",
     "remove_stale_pidfile",
+    "served_address",
     "tcp_port",
     "write_conf",
 ]
@@ -189,17 +191,34 @@ def conf_unchanged(data_dir: Path, conf: str, hba: str) -> bool:
     return on_disk == (conf, hba)
 
 
-def tcp_port(data_dir: Path) -> int | None:
-    """The TCP port `data_dir`'s ``flpg.conf`` listens on, or None when socket-only."""
+_WILDCARDS = {"*", "0.0.0.0", "::", ""}
+
+
+def _settings(data_dir: Path) -> dict[str, str]:
     try:
         lines = (data_dir / "flpg.conf").read_text().splitlines()
     except OSError:
-        return None
-    settings = dict(line.split(" = ", 1) for line in lines if " = " in line)
+        return {}
+    return dict(line.split(" = ", 1) for line in lines if " = " in line)
+
+
+def tcp_port(data_dir: Path) -> int | None:
+    """The TCP port `data_dir`'s ``flpg.conf`` listens on, or None when socket-only."""
+    settings = _settings(data_dir)
     port = settings.get("port", "")
     if settings.get("listen_addresses", "''") == "''" or not port.isdigit():
         return None
     return int(port)
+
+
+def served_address(data_dir: Path) -> tuple[str, int] | None:
+    """Where other machines reach the cluster of `data_dir` over TLS (its listen
+    address; this machine's FQDN for a wildcard), or None when socket-only."""
+    port = tcp_port(data_dir)
+    if port is None:
+        return None
+    host = _settings(data_dir).get("listen_addresses", "''").strip("'")
+    return (socket.getfqdn() if host in _WILDCARDS else host), port
 
 
 def write_conf(

@@ -16,7 +16,13 @@ from typing import Any
 from flpg.errors import FlpgError
 from flpg.store import nodes as store_nodes
 from flpg.store import principals as store_principals
-from flpg.store.credentials import Credentials, load_credentials, role_url, write_credentials
+from flpg.store.credentials import (
+    Credentials,
+    load_credentials,
+    login_params,
+    role_url,
+    write_credentials,
+)
 from flpg.store.db import Connection, connect
 from flpg.store.principals import Enrolled, NodeSettings
 
@@ -79,7 +85,7 @@ def _enrolled(conn: Connection, kind: str, name: str) -> bool:
 
 
 def _write(path: Path, admin_url: str, enrolled: Enrolled) -> None:
-    params = store_principals.login_params(admin_url)
+    params = login_params(admin_url)
     write_credentials(
         path,
         Credentials(

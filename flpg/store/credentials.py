@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
+import psycopg.conninfo
+
 from flpg.errors import ConfigError
 
 FORMAT_VERSION = 1
@@ -141,3 +143,12 @@ def load_credentials(path: Path | str) -> str:
         ) from None
     sep = "&" if "?" in cred.url else "?"
     return f"{cred.url}{sep}sslrootcert={quote(str(ca), safe='')}"
+
+
+def login_params(admin_url: str) -> dict[str, Any]:
+    """The connection parameters of `admin_url` (URL or key=value string), without
+    its user and password: what a role's credential starts from."""
+    params: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(admin_url)
+    for key in ("user", "password", "passfile"):
+        params.pop(key, None)
+    return params

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import psycopg.conninfo
 from psycopg import sql as pgsql
 from psycopg.types.json import Jsonb
 
@@ -33,6 +32,7 @@ from flpg.errors import ConfigError, InvalidState, NotFound
 from flpg.models import PRINCIPAL_KINDS
 from flpg.store import messages as store_messages
 from flpg.store import nodes as store_nodes
+from flpg.store import runroles as store_runroles
 from flpg.store._exec import one, rows, run
 from flpg.store.db import Connection
 
@@ -185,7 +185,8 @@ def enrol(conn: Connection, kind: str, name: str) -> Enrolled:
 
 def revoke(conn: Connection, kind: str, name: str) -> Revoked:
     """Revoke `kind` participant `name`: its role can no longer log in, its sessions
-    end, its mapping goes; a node role's node ids (all of them, for one enrolled
+    end, the run roles made for it (a node's ClientApps, an exec's ServerApps) are
+    dropped, its mapping goes; a node role's node ids (all of them, for one enrolled
     with --virtual) are marked offline and their undelivered instructions answered
     at once with error replies (NODE_UNAVAILABLE); then the role is dropped.
     NotFound if `name` is not enrolled as `kind`."""
@@ -200,6 +201,8 @@ def revoke(conn: Connection, kind: str, name: str) -> Revoked:
     conn.execute(pgsql.SQL("ALTER ROLE {} NOLOGIN").format(ident))
     run(conn, "principals_terminate_sessions", {"role_name": role})
     answered = 0
+    # The run roles made for it go too: its app processes lose their credentials.
+    store_runroles.drop_made_for(conn, role)
     with conn.transaction():
         run(conn, "principals_delete", {"role_name": role})
         if node_ids:
@@ -212,12 +215,3 @@ def revoke(conn: Connection, kind: str, name: str) -> Revoked:
 def list_all(conn: Connection) -> list[Principal]:
     """Every principal, by kind and role name."""
     return [Principal(**r) for r in rows(conn, "principals_list")]
-
-
-def login_params(admin_url: str) -> dict[str, Any]:
-    """The connection parameters of `admin_url` (URL or key=value string), without
-    its user and password: what a role's credential starts from."""
-    params: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(admin_url)
-    for key in ("user", "password", "passfile"):
-        params.pop(key, None)
-    return params

@@ -17,10 +17,9 @@ import psycopg
 
 from flpg.errors import InvalidState
 from flpg.store._exec import one
-from flpg.store.credentials import role_url
+from flpg.store.credentials import login_params, role_url
 from flpg.store.db import TRANSIENT, Connection
 from flpg.store.errors import translate
-from flpg.store.principals import login_params
 
 COLLECT_GRACE = 60.0
 """Seconds after its run ended before the link drops a run role its launcher left."""
@@ -80,6 +79,13 @@ def drop(conn: Connection, role: str) -> bool:
     """Drop run role `role` (its sessions end); False if it was gone already."""
     with _refusals():
         return bool(_row(one(conn, "run_roles_drop", {"role_name": role}))["dropped"])
+
+
+def drop_made_for(conn: Connection, role: str) -> int:
+    """Admin: drop the live run roles made for login role `role` (a node or exec
+    being revoked); how many."""
+    with _refusals():
+        return int(_row(one(conn, "run_roles_drop_made_for", {"role_name": role}))["dropped"])
 
 
 def collect(conn: Connection, grace: float = COLLECT_GRACE) -> int:

@@ -15,6 +15,7 @@ BEGIN
 END
 $$;
 
+DROP POLICY serverapp_run_arrays ON message_arrays;
 DROP FUNCTION flpg_run_roles_collect(double precision);
 DROP FUNCTION flpg_run_role_drop(text);
 DROP FUNCTION flpg_drop_run_role(text);

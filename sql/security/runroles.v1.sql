@@ -214,6 +214,13 @@ GRANT EXECUTE ON FUNCTION flpg_clientapp_login(bigint, bigint[]) TO flpg_node;
 GRANT EXECUTE ON FUNCTION flpg_run_role_drop(text) TO flpg_exec, flpg_node;
 GRANT EXECUTE ON FUNCTION flpg_run_roles_collect(double precision) TO flpg_link;
 
+-- A run's arrays belong to the run, not to one launch: a restarted or resumed
+-- ServerApp sends the arrays of its checkpoint, which an earlier launch's role wrote.
+-- (Its own new arrays pass the own_messages policy of trust.v1.)
+CREATE POLICY serverapp_run_arrays ON message_arrays FOR INSERT TO flpg_serverapp
+    WITH CHECK (flpg_message_writer(message_id) = current_user
+                AND EXISTS (SELECT 1 FROM arrays a WHERE a.id = message_arrays.array_id));
+
 -- The run roles' audit trail: written by the functions above only; the auditor reads
 -- it all, a user the rows of their own runs.
 ALTER TABLE run_roles ENABLE ROW LEVEL SECURITY;

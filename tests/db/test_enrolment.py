@@ -32,6 +32,7 @@ from flpg.store.credentials import (
     CredentialError,
     Credentials,
     load_credentials,
+    login_params,
     role_url,
     write_credentials,
 )
@@ -68,7 +69,7 @@ def admin_session(db_url: str) -> Iterator[Connection]:
 
 def _credential(tmp_path: Path, db_url: str, enrolled: store_principals.Enrolled) -> Path:
     path = tmp_path / f"{enrolled.name}.json"
-    url = role_url(store_principals.login_params(db_url), enrolled.role, enrolled.password)
+    url = role_url(login_params(db_url), enrolled.role, enrolled.password)
     write_credentials(path, Credentials(url=url, role=enrolled.role, kind=enrolled.kind))
     return path
 

@@ -78,7 +78,7 @@ def world(conn: Connection, db_url: str) -> Iterator[World]:
     runroles.collect(conn, grace=0)
     for login in logins.values():
         conn.execute("DELETE FROM principals WHERE role_name = %s", (login.role,))
-        conn.execute(pgsql.SQL("DROP ROLE {}").format(pgsql.Identifier(login.role)))
+        conn.execute(pgsql.SQL("DROP ROLE IF EXISTS {}").format(pgsql.Identifier(login.role)))
 
 
 def _as(login: Login) -> psycopg.Connection[Any]:
@@ -264,3 +264,26 @@ def test_every_run_role_stays_in_the_audit_trail_after_it_is_dropped(
         node.execute("SELECT * FROM run_roles")
     with _as(world.node_a) as node, pytest.raises(InsufficientPrivilege):
         node.execute("UPDATE run_roles SET dropped_at = NULL")
+
+
+@pytest.mark.parametrize("kind", ["node", "exec"])
+def test_revoking_a_node_or_exec_drops_the_run_roles_made_for_it(
+    world: World, conn: Connection, kind: str
+) -> None:
+    from flpg.store import principals as store_principals
+
+    if kind == "node":  # node_a's role answers for node A
+        with _as(world.node_a) as node:
+            made = runroles.clientapp_login(node, world.run, [world.a])
+    else:
+        enrolled = store_principals.enrol(conn, "exec", "exec-a")
+        with connect(runroles.RunLogin(enrolled.role, enrolled.password).url(world.url)) as c:
+            made = runroles.serverapp_login(c, world.run)
+    with _as(world.exec) as other_exec:  # made for another role: stays
+        kept = runroles.serverapp_login(other_exec, world.run)
+    store_principals.revoke(conn, kind, "A" if kind == "node" else "exec-a")
+    assert not _role_exists(conn, made.role) and _role_exists(conn, kept.role)
+    dropped = scalar(
+        conn, "SELECT dropped_at IS NOT NULL FROM run_roles WHERE role_name = %s", (made.role,)
+    )
+    assert dropped is True

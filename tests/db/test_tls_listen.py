@@ -210,3 +210,9 @@ def test_a_port_in_use_is_a_clear_error_and_the_server_keeps_running(
     assert running.status().pid == pid
     with psycopg.connect(url) as conn:
         assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_db_status_shows_where_the_cluster_is_served(served: Served) -> None:
+    status = flpg_cli(served.cluster.root.parent, "db", "status")
+    assert status.returncode == 0, status.stderr
+    assert f"served: 127.0.0.1:{served.port} (TLS, SCRAM passwords)" in status.stdout
