@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from flpg.app import arrays
-from flpg.app.message import Error, Message, Metadata
+from flpg.app.message import Error, Message, Metadata, error_code_from_stored
 from flpg.app.records import (
     Array,
     ArrayRecord,
@@ -229,7 +229,8 @@ def _message(r: MessageRow, array_records: dict[str, ArrayRecord]) -> Message:
         created_at=r.created_at,
     )
     if r.error_code is not None:
-        return Message.from_metadata(metadata, error=Error(r.error_code, r.error_reason or ""))
+        code = error_code_from_stored(r.error_code)  # the column keeps flpg's first numbering
+        return Message.from_metadata(metadata, error=Error(code, r.error_reason or None))
     content = RecordDict()
     for name, arr_record in array_records.items():
         content[name] = arr_record

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from flpg.app.context import Context
-from flpg.app.message import Error, ErrorCode, Message, MessageType, Metadata
+from flpg.app.message import DEFAULT_TTL, Error, ErrorCode, Message, MessageType, Metadata
 from flpg.app.records import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 __all__ = [
+    "DEFAULT_TTL",
     "Array",
     "ArrayRecord",
     "ConfigRecord",

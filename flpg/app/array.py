@@ -94,13 +94,13 @@ def _from_fields(fields: list[Any], name: str) -> npt.NDArray[Any]:
     if not isinstance(loaded, np.ndarray):
         raise RecordError(f"array {name!r}: data is not one array as np.save writes it")
     try:
-        same_dtype = np.dtype(dtype).newbyteorder("<") == loaded.dtype.newbyteorder("<")
+        same_dtype = arrays.same_dtype(dtype, loaded.dtype)
     except TypeError:
         same_dtype = False
     if not same_dtype or tuple(shape) != loaded.shape:
         raise RecordError(
             f"array {name!r}: dtype {dtype!r} and shape {tuple(shape)} do not match "
-            f"its data ({loaded.dtype.str}, {loaded.shape})"
+            f"its data ({arrays.dtype_name(loaded.dtype)}, {loaded.shape})"
         )
     return loaded
 
@@ -122,11 +122,14 @@ class ArraySource(Protocol):
 
 
 class Array:
-    """One C-contiguous, little-endian ndarray with a storable dtype.
+    """One C-contiguous ndarray with a storable dtype, in its own byte order.
 
-    Wraps the given array without copying when it already is C-contiguous and
-    little-endian (so later mutation of that array is visible here); otherwise
-    keeps a converted copy. `RecordError` for unsupported dtypes or non-arrays.
+    Wraps the given array without copying when it already is C-contiguous (so
+    later mutation of that array is visible here); otherwise keeps a C-order copy.
+    `RecordError` for unsupported dtypes or non-arrays. `dtype` is spelled as
+    Flower spells it (`str(ndarray.dtype)`: 'float32', '>f4' if big-endian); the
+    database keeps the byte order explicit ('<f4'), and a big-endian array comes
+    back from it big-endian.
 
     An array received by `Grid.receive` or saved by the ServerApp is *stored*: only
     its dtype and shape are in memory, `numpy()` reads it on first use, and a
@@ -159,7 +162,7 @@ class Array:
         if isinstance(value, np.ma.MaskedArray):
             raise RecordError(f"array {name!r} is a masked array; its mask cannot be stored")
         self._array: npt.NDArray[Any] | None = arrays.to_storable(np.asarray(value), name)
-        self._dtype = ""
+        self._dtype: np.dtype[Any] | None = None
         self._shape: tuple[int, ...] = ()
         self._source: ArraySource | None = None
 
@@ -177,20 +180,25 @@ class Array:
 
     @classmethod
     def stored(cls, dtype: str, shape: tuple[int, ...], source: ArraySource) -> Array:
-        """An array whose bytes stay in the database until `numpy()` is called."""
+        """An array whose bytes stay in the database until `numpy()` is called;
+        `dtype` as stored ('<f4', byte order explicit; `PayloadCorrupt` if unusable)."""
         self = cls.__new__(cls)
         self._array = None
-        self._dtype = dtype
+        self._dtype = arrays.parse_dtype(dtype, "<stored>")
         self._shape = tuple(shape)
         self._source = source
         return self
 
     @property
     def dtype(self) -> str:
-        """Canonical dtype string, e.g. '<f4' (Flower writes `str(ndarray.dtype)`,
-        'float32'; both name the same numpy dtype and the constructor takes either)."""
+        """The dtype as Flower spells it, `str(ndarray.dtype)`: 'float32', 'bool',
+        '>f4' for a big-endian array (the constructor takes any numpy spelling)."""
+        return arrays.dtype_name(self._numpy_dtype())
+
+    def _numpy_dtype(self) -> np.dtype[Any]:
         if self._array is not None:
-            return arrays.dtype_str(self._array.dtype)
+            return self._array.dtype
+        assert self._dtype is not None
         return self._dtype
 
     @property
@@ -203,7 +211,7 @@ class Array:
     def nbytes(self) -> int:
         if self._array is not None:
             return int(self._array.nbytes)
-        return math.prod(self._shape) * np.dtype(self._dtype).itemsize
+        return math.prod(self._shape) * self._numpy_dtype().itemsize
 
     @property
     def stype(self) -> str:
@@ -215,12 +223,12 @@ class Array:
         """The array as `np.save` writes it (new bytes on each call; a stored array
         is read first). `Array(a.dtype, a.shape, a.stype, a.data) == a`."""
         raw = arrays.encode(self.numpy(), "").data
-        return b"".join([npy_header(np.dtype(self.dtype), self.shape), raw])
+        return b"".join([npy_header(self._numpy_dtype(), self.shape), raw])
 
     @property
     def data_nbytes(self) -> int:
         """`len(self.data)`, without building it or reading a stored array."""
-        return len(npy_header(np.dtype(self.dtype), self.shape)) + self.nbytes
+        return len(npy_header(self._numpy_dtype(), self.shape)) + self.nbytes
 
     @property
     def source(self) -> ArraySource | None:
@@ -244,10 +252,11 @@ class Array:
         return self._array
 
     def __eq__(self, other: object) -> bool:
-        """Equal iff dtype, shape and raw bytes are equal (NaNs compare by bytes)."""
+        """Equal iff dtype (byte order included), shape and raw bytes are equal
+        (NaNs compare by bytes)."""
         if not isinstance(other, Array):
             return NotImplemented
-        if self.dtype != other.dtype or self.shape != other.shape:
+        if self._numpy_dtype() != other._numpy_dtype() or self.shape != other.shape:
             return False
         mine = self.numpy().reshape(-1).view(np.uint8)
         theirs = other.numpy().reshape(-1).view(np.uint8)

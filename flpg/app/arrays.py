@@ -1,7 +1,9 @@
 """The one place where numpy arrays become bytes and bytes become numpy arrays.
 
-Wire format: the raw C-order, little-endian element bytes of the array, plus
-the canonical dtype string (`dtype_str`) and the shape. No pickle, no headers.
+Wire format: the raw C-order element bytes of the array in its own byte order,
+plus its stored dtype string (`dtype_str`: byte order explicit, '<f4', '>f4',
+'|u1') and the shape. No pickle, no headers. Apps see dtypes spelled as numpy's
+`str(dtype)` ('float32', '>f4' for a big-endian one; `dtype_name`), as Flower's do.
 
 Supported dtypes: bool, signed and unsigned integers, float16/32/64 and
 complex64/128. Everything else (object, structured/void, str/bytes,
@@ -28,10 +30,12 @@ __all__ = [
     "check_dtype",
     "decode",
     "digest",
+    "dtype_name",
     "dtype_str",
     "encode",
     "iter_chunks",
     "parse_dtype",
+    "same_dtype",
     "to_storable",
 ]
 
@@ -62,38 +66,44 @@ def check_dtype(dtype: np.dtype[Any], name: str) -> None:
 
 
 def dtype_str(dtype: np.dtype[Any]) -> str:
-    """Return the canonical little-endian dtype string, e.g. '<f4', '|b1', '|u1'.
+    """The stored dtype string, byte order explicit: '<f4', '>f4', '|b1', '|u1'
+    (the `arrays.dtype` column; native order is written out, never '=')."""
+    return dtype.str
 
-    Byte order of the input is ignored: '>f4' and '<f4' both give '<f4'.
-    """
-    return dtype.newbyteorder("<").str
+
+def dtype_name(dtype: np.dtype[Any]) -> str:
+    """The dtype as apps see it, spelled as Flower's `Array.dtype` (numpy's
+    `str(dtype)`): 'float32', 'bool', 'uint8', and '>f4' for a big-endian float32."""
+    return str(dtype)
 
 
 def parse_dtype(dtype: str, name: str) -> np.dtype[Any]:
-    """Turn a stored dtype string back into a dtype; `PayloadCorrupt` if unsupported.
-
-    The result is little-endian, matching the stored bytes.
-    """
+    """A dtype string (stored '<f4'/'>f4' or Flower's 'float32') as a dtype in that
+    byte order; `PayloadCorrupt` if unreadable or not storable."""
     try:
         parsed = np.dtype(dtype)
     except (TypeError, ValueError) as exc:
         raise PayloadCorrupt(f"array {name!r} has an unreadable dtype {dtype!r}") from exc
-    if not _is_supported(parsed) or parsed.byteorder == ">":
+    if not _is_supported(parsed):
         raise PayloadCorrupt(f"array {name!r} has unsupported stored dtype {dtype!r}")
-    return parsed.newbyteorder("<")
+    return parsed
+
+
+def same_dtype(a: str | np.dtype[Any], b: str | np.dtype[Any]) -> bool:
+    """Whether two dtypes hold the same values, whatever their byte order."""
+    return np.dtype(a).newbyteorder("<") == np.dtype(b).newbyteorder("<")
 
 
 def to_storable(arr: npt.NDArray[Any], name: str) -> npt.NDArray[Any]:
-    """Return `arr` as a C-contiguous little-endian array.
+    """Return `arr` as a C-contiguous array of the same dtype (byte order kept).
 
     Validates the dtype (`RecordError`). Returns `arr` itself when it already
-    qualifies; copies only if it is non-contiguous or not little-endian.
+    qualifies; copies only if it is not C-contiguous.
     """
     check_dtype(arr.dtype, name)
-    little = arr.dtype.newbyteorder("<")
-    if arr.dtype != little or not arr.flags.c_contiguous:
+    if not arr.flags.c_contiguous:
         # astype (unlike ascontiguousarray) keeps 0-d arrays 0-d.
-        return arr.astype(little, order="C", copy=True)
+        return arr.astype(arr.dtype, order="C", copy=True)
     return arr
 
 
@@ -106,7 +116,7 @@ def _byte_view(arr: npt.NDArray[Any]) -> memoryview:
 
 @dataclass(frozen=True)
 class EncodedArray:
-    """An array as stored: canonical dtype, shape, and flat bytes (format 'B').
+    """An array as stored: dtype string (`dtype_str`), shape, and flat bytes (format 'B').
 
     `data` is read-only but may share memory with the encoded array: do not
     mutate the array while `data` is in use.
@@ -119,10 +129,10 @@ class EncodedArray:
 
 
 def encode(arr: npt.NDArray[Any], name: str) -> EncodedArray:
-    """Encode `arr` as C-order little-endian bytes.
+    """Encode `arr` as C-order bytes in its own byte order.
 
-    Zero-copy (`data` views `arr`'s buffer) when `arr` is already C-contiguous
-    and little-endian; otherwise one copy. `RecordError` for unsupported dtypes.
+    Zero-copy (`data` views `arr`'s buffer) when `arr` is already C-contiguous;
+    otherwise one copy. `RecordError` for unsupported dtypes.
     """
     storable = to_storable(arr, name)
     data = _byte_view(storable)

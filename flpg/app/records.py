@@ -161,6 +161,12 @@ class MetricRecord(_ScalarRecord[MetricValue]):
     _what = "metric record"
     _allowed = "use int, float, list[int] or list[float]"
 
+    def __init__(
+        self, metric_dict: Mapping[str, Any] | None = None, keep_input: bool = True
+    ) -> None:
+        """Insert `metric_dict`; `keep_input=False` then empties it (as in Flower)."""
+        super().__init__(metric_dict, keep_input)
+
     @staticmethod
     def _scalar(value: object) -> MetricScalar | None:
         return _number(value)
@@ -182,6 +188,12 @@ class ConfigRecord(_ScalarRecord[ConfigValue]):
 
     _what = "config record"
     _allowed = "use int, float, str, bool, bytes or a list of one of those"
+
+    def __init__(
+        self, config_dict: Mapping[str, Any] | None = None, keep_input: bool = True
+    ) -> None:
+        """Insert `config_dict`; `keep_input=False` then empties it (as in Flower)."""
+        super().__init__(config_dict, keep_input)
 
     @staticmethod
     def _scalar(value: object) -> ConfigScalar | None:
@@ -230,9 +242,19 @@ class RecordDict(Keyed[Record]):
     compares names (any order) and records.
     """
 
-    def __init__(self, records: Mapping[str, Record] | None = None) -> None:
+    def __init__(
+        self,
+        records: Mapping[str, Record] | None = None,
+        *,
+        parameters_records: Mapping[str, ArrayRecord] | None = None,
+        metrics_records: Mapping[str, MetricRecord] | None = None,
+        configs_records: Mapping[str, ConfigRecord] | None = None,
+    ) -> None:
+        """`records`, then Flower's deprecated per-type keywords (their entries after)."""
         super().__init__()
         self._insert_all(records, "RecordDict")
+        for legacy in (parameters_records, metrics_records, configs_records):
+            self._insert_all(legacy, "RecordDict")
 
     def _of_type(self, kind: type[_R]) -> dict[str, _R]:
         return {k: v for k, v in self._data.items() if isinstance(v, kind)}

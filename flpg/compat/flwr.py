@@ -37,6 +37,7 @@ MODULES: dict[str, str | None] = {
     "flwr.clientapp.mod": "flpg.clientapp.mod",
     "flwr.common": "flpg.common",
     "flwr.common.config": "flpg.common.config",
+    "flwr.common.constant": "flpg.common.constant",
     "flwr.common.logger": "flpg.common.logger",
     "flwr.common.typing": "flpg.common.typing",
     "flwr.serverapp": "flpg.serverapp",

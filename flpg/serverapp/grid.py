@@ -1,6 +1,6 @@
 """Grid: the ServerApp's handle on the federation, backed by the database.
 
-Mirrors Flower's Grid: `get_node_ids`, `create_message`, `push_messages`,
+Mirrors Flower's Grid: `run`, `get_node_ids`, `create_message`, `push_messages`,
 `pull_messages`, `send_and_receive`; adds `receive` (replies one at a time as
 they arrive, for streaming aggregation) and `wait_for_nodes`.
 """
@@ -17,6 +17,7 @@ from flpg import bus
 from flpg.app.message import DEFAULT_TTL, Message
 from flpg.app.records import Array, ArrayRecord, MetricRecord, RecordDict
 from flpg.errors import FlpgError
+from flpg.serverapp.runinfo import Run, from_stored
 from flpg.states import run_channel
 from flpg.store import checkpoints as store_checkpoints
 from flpg.store import messages as store_messages
@@ -72,6 +73,12 @@ class Grid:
         return self._run_id
 
     @property
+    def run(self) -> Run:
+        """The run's details as Flower's `Grid.run` gives them (read now: its status
+        and times are current)."""
+        return from_stored(self._session.call(lambda c: store_runs.get(c, self._run_id)))
+
+    @property
     def attempt(self) -> int:
         """1 on the run's first launch; one more after each restart or resume."""
         return self._attempt
@@ -105,14 +112,17 @@ class Grid:
         group_id: str,
         ttl: float | None = None,
     ) -> Message:
-        """A new instruction for `dst_node_id` (not sent until pushed)."""
-        return Message(
+        """A new instruction of this run for `dst_node_id` (not sent until pushed);
+        `ttl` None is `DEFAULT_TTL`, as in Flower."""
+        message = Message(
             content,
             dst_node_id=dst_node_id,
             message_type=message_type,
             ttl=ttl if ttl is not None else DEFAULT_TTL,
             group_id=group_id,
         )
+        message.metadata.run_id = self._run_id
+        return message
 
     def push_messages(self, messages: Iterable[Message]) -> list[int]:
         """Send instructions; returns their ids. Raises SelectionError (nothing sent)

@@ -10,6 +10,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from flpg.app import arrays
+from flpg.app.message import error_code_to_stored
 from flpg.errors import SelectionError
 from flpg.states import SELECTION_FKS
 from flpg.store._exec import one, rows, run
@@ -239,8 +240,8 @@ def reply_batch(conn: Connection, *, worker: str, replies: Sequence[NewReply]) -
             "reply_to": r.reply_to,
             "metrics": r.metrics,
             "configs": r.configs,
-            "error_code": r.error_code,
-            "error_reason": _reason(r.error_reason),
+            "error_code": None if r.error_code is None else error_code_to_stored(r.error_code),
+            "error_reason": None if r.error_code is None else _reason(r.error_reason or ""),
         }
         for r in replies
     ]
@@ -297,7 +298,7 @@ def requeue_lapsed(conn: Connection) -> int:
 def expire(conn: Connection, error_code: int) -> int:
     """Link sweep: expire instructions past their TTL, each with an error reply."""
     with conn.transaction():
-        row = one(conn, "messages_expire", {"error_code": error_code})
+        row = one(conn, "messages_expire", {"error_code": error_code_to_stored(error_code)})
     return int(row["expired"]) if row else 0
 
 
@@ -311,7 +312,8 @@ def fail_offline(conn: Connection, node_ids: list[int], error_code: int) -> int:
     if not node_ids:
         return 0
     with conn.transaction():
-        row = one(conn, "messages_fail_offline", {"node_ids": node_ids, "error_code": error_code})
+        params = {"node_ids": node_ids, "error_code": error_code_to_stored(error_code)}
+        row = one(conn, "messages_fail_offline", params)
     return int(row["expired"]) if row else 0
 
 

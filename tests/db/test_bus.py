@@ -17,7 +17,7 @@ import pytest
 from psycopg import errors
 
 from flpg import bus
-from flpg.app.message import Error, ErrorCode, Message
+from flpg.app.message import Error, ErrorCode, Message, error_code_to_stored
 from flpg.app.records import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flpg.errors import LeaseLost, PayloadCorrupt, SelectionError
 from flpg.states import node_channel
@@ -29,6 +29,9 @@ from flpg.store.messages import NewInstruction, NewReply
 from tests.db import _replies as reply_path
 
 from .conftest import Federation, instruction, scalar
+
+STORED_EXPIRED = error_code_to_stored(ErrorCode.MESSAGE_UNAVAILABLE)
+"""The expiry code as the error_code column holds it (flpg's first numbering)."""
 
 
 def _claim_all(conn: Connection, worker: str, node_ids: list[int], lease: float = 60) -> list[Any]:
@@ -181,7 +184,7 @@ def test_expire_answers_with_exactly_one_error_reply(conn: Connection, fed: Fede
         replies = _reply_rows(conn, mid)
         assert len(replies) == 1
         _, src, state, code, reason = replies[0]
-        assert (src, state, code) == (node, "queued", ErrorCode.MESSAGE_UNAVAILABLE)
+        assert (src, state, code) == (node, "queued", STORED_EXPIRED)
         assert str(mid) in reason and "TTL" in reason
         row = conn.execute(
             "SELECT state::text, finished_at IS NOT NULL, lease_until FROM messages WHERE id = %s",
@@ -370,6 +373,7 @@ DTYPE_CASES = {
     "u1-exactly-one-chunk": np.arange(1000, dtype=np.int64).astype(np.uint8),
     "f2": np.linspace(-3, 3, 999, dtype=np.float16),
     "i4-big-endian-input": np.arange(600, dtype=">i4"),
+    "f4-big-endian": np.linspace(-1, 1, 333, dtype=">f4"),
     "u8-fortran-order": np.asfortranarray(np.arange(400, dtype=np.uint64).reshape(20, 20)),
     "c16": (np.arange(100) + 1j * np.arange(100)[::-1]).astype(np.complex128),
     "c8": (np.arange(10) - 1j).astype(np.complex64),
@@ -399,7 +403,7 @@ def test_chunked_arrays_round_trip_byte_exact(conn: Connection, fed: Federation)
     for name, dtype, shape, nbytes, n_chunks, chunk_rows, biggest in stored:
         original = DTYPE_CASES[name]
         assert (tuple(shape), nbytes) == (original.shape, original.nbytes), name
-        assert dtype == original.dtype.newbyteorder("<").str, name
+        assert dtype == original.dtype.str, name  # byte order explicit: '<f4', '>f4', '|u1'
         assert n_chunks == chunk_rows == math.ceil(original.nbytes / 1000), name
         assert (biggest or 0) <= 1000, name
 
@@ -408,10 +412,11 @@ def test_chunked_arrays_round_trip_byte_exact(conn: Connection, fed: Federation)
     got = msg.content["a"]
     assert list(got) == list(DTYPE_CASES)
     for name, original in DTYPE_CASES.items():
+        assert got[name].dtype == str(original.dtype), name  # Flower's spelling: 'float32'
         arr = got[name].numpy()
-        expected = original.astype(original.dtype.newbyteorder("<"), order="C")
+        expected = np.ascontiguousarray(original)  # big-endian comes back big-endian
         assert arr.shape == original.shape, name
-        assert arr.dtype == expected.dtype, name
+        assert arr.dtype == original.dtype, name
         assert arr.tobytes() == expected.tobytes(), name
         assert np.array_equal(arr, original, equal_nan=arr.dtype.kind in "fc"), name
         assert arr.flags.writeable, name

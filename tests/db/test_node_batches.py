@@ -124,7 +124,10 @@ def test_errors_and_replies_share_a_batch(conn: Connection, fed: Federation) -> 
     ]
     got = _replies(conn, fed.run_id, sent)
     assert not got[sent[0]].has_error()
-    assert (got[sent[1]].error.code, got[sent[1]].error.reason) == (1, "ValueError: boom")
+    assert (got[sent[1]].error.code, got[sent[1]].error.reason) == (
+        ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+        "ValueError: boom",
+    )
     assert (got[sent[2]].error.code, got[sent[2]].error.reason) == (7, "own")
 
 

@@ -195,6 +195,35 @@ def test_streamed_mean_equals_the_in_memory_reference(
             np.testing.assert_array_equal(got, want)
 
 
+def test_a_big_endian_reply_is_read_in_its_own_byte_order(
+    conn: Connection, fed: Federation
+) -> None:
+    """A node replying with big-endian arrays: stored as they are ('>f4'), read chunk by
+    chunk as big-endian, and averaged with the little-endian ones."""
+    grid = open_grid(conn, fed, chunk_size=1002)
+    little = {"w": np.arange(1000, dtype="<f4"), "n": np.arange(999, dtype="<i4")}
+    try:
+        ids = broadcast(grid, fed.selected, ArrayRecord(little))
+        big = {name: a.astype(a.dtype.newbyteorder(">")) for name, a in little.items()}
+        replies = {node: (big if i == 0 else little, 1) for i, node in enumerate(fed.selected)}
+        answer(conn, fed, replies, 1002)
+        stored = scalar(
+            conn,
+            "SELECT array_agg(DISTINCT a.dtype ORDER BY a.dtype) FROM arrays a"
+            " JOIN message_arrays ma ON ma.array_id = a.id WHERE ma.message_id IN"
+            " (SELECT id FROM messages WHERE src_node_id = %s)",
+            [fed.selected[0]],
+        )
+        mean, tally = aggregate(grid, ids, ArrayRecord(little))
+    finally:
+        grid.close()
+    assert stored == [">f4", ">i4"]
+    assert (tally.received, tally.failures) == (3, 0)
+    np.testing.assert_array_equal(mean["w"].numpy(), little["w"])
+    np.testing.assert_array_equal(mean["n"].numpy(), little["n"])
+    assert mean["w"].dtype == "float32"
+
+
 @pytest.mark.parametrize("batch", [16, 2])
 def test_bad_replies_are_taken_back_out_and_the_round_goes_on(
     conn: Connection, fed5: Federation, batch: int, monkeypatch: pytest.MonkeyPatch
@@ -243,8 +272,8 @@ def test_bad_replies_are_taken_back_out_and_the_round_goes_on(
     assert "array 'w' holds NaN or Inf" in reasons[reply_ids[nan]]
     assert f"of message {reply_ids[corrupt]} fails its digest check" in reasons[reply_ids[corrupt]]
     assert f"of message {reply_ids[missing]} is missing chunk 3" in reasons[reply_ids[missing]]
-    assert "array 'w' is <f4[9999]" in reasons[reply_ids[shape]]
-    assert all(f"reply {reply_ids[shape]}" in r for r in tally.reasons if "<f4[9999]" in r)
+    assert "array 'w' is float32[9999]" in reasons[reply_ids[shape]]
+    assert all(f"reply {reply_ids[shape]}" in r for r in tally.reasons if "float32[9999]" in r)
 
 
 def test_streaming_aggregation_holds_the_sum_not_the_replies(

@@ -31,8 +31,8 @@ def test_unusable_replies_are_rejected_with_their_reason_and_the_round_goes_on(
         )
     )
     assert rejected[0] is None
-    assert rejected[1] == "array 'w' is <f8[5], the global model's is <f8[3]"
-    assert rejected[2] == "array 'w' is <f4[3], the global model's is <f8[3]"
+    assert rejected[1] == "array 'w' is float64[5], the global model's is float64[3]"
+    assert rejected[2] == "array 'w' is float32[3], the global model's is float64[3]"
     assert rejected[3] == "array 'w' holds NaN or Inf values"
     assert "num-examples" in rejected[4]
     row = fed.sql(

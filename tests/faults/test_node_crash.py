@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flpg.app.message import ErrorCode
+from flpg.app.message import ErrorCode, error_code_to_stored
 from tests.e2e.harness import Federation
 from tests.faults.support import (
     INTERVALS,
@@ -167,7 +167,7 @@ def test_a_killed_workers_message_expires_at_its_ttl_and_the_round_goes_on(
     expired = by_id[mid]
     assert expired.state == "expired"
     assert expired.attempts == 1
-    assert expired.reply_error_code == ErrorCode.MESSAGE_UNAVAILABLE
+    assert expired.reply_error_code == error_code_to_stored(ErrorCode.MESSAGE_UNAVAILABLE)
     assert expired.reply_error_reason == (
         f"message {mid} expired: node {ids['node2']} did not reply within its TTL of 8 s"
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from flpg.app.message import ErrorCode
+from flpg.app.message import ErrorCode, error_code_to_stored
 from flpg.serverapp.grid import Grid
 from tests.e2e.harness import Federation
 from tests.faults.support import (
@@ -144,7 +144,11 @@ def test_a_hung_node_goes_offline_its_messages_are_answered_at_once_and_it_comes
     )
     assert len(replies) == 2
     for mid, state, src, code, reason, _, before_deadline in replies:
-        assert (state, src, code) == ("expired", n2, ErrorCode.NODE_UNAVAILABLE)
+        assert (state, src, code) == (
+            "expired",
+            n2,
+            error_code_to_stored(ErrorCode.NODE_UNAVAILABLE),
+        )
         assert reason.startswith(f"message {mid} not delivered: node {n2} (node2) went offline")
         assert before_deadline > 3000
     assert replies[0][5] == replies[1][5]  # same transaction: the sweep that marked it offline

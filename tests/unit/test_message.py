@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -16,6 +18,9 @@ from flpg.app.message import (
     Message,
     MessageType,
     Metadata,
+    _warned,
+    error_code_from_stored,
+    error_code_to_stored,
 )
 from flpg.app.records import ArrayRecord, ConfigRecord, RecordDict
 
@@ -24,12 +29,12 @@ def content() -> RecordDict:
     return RecordDict({"arrays": ArrayRecord([np.zeros(2)]), "config": ConfigRecord({"lr": 0.1})})
 
 
-def sent_instruction(**kwargs: Any) -> Message:
-    """An instruction as the store would have it after sending."""
+def sent_instruction(created_at: float | None = None, **kwargs: Any) -> Message:
+    """An instruction as the store would have it after sending (just now by default)."""
     msg = Message(content(), 5, MessageType.TRAIN, **kwargs)
     msg.metadata.run_id = 7
     msg.metadata.message_id = 42
-    msg.metadata.created_at = 1000.0
+    msg.metadata.created_at = time.time() if created_at is None else created_at
     return msg
 
 
@@ -39,21 +44,50 @@ def test_constants() -> None:
         "evaluate",
         "query",
     )
+    assert MessageType.SYSTEM == "system"
+    # Flower's numbering (flwr.app.ErrorCode), flpg's own codes from 100 on.
     assert [
         ErrorCode.UNKNOWN,
+        ErrorCode.LOAD_CLIENT_APP_EXCEPTION,
         ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
         ErrorCode.MESSAGE_UNAVAILABLE,
+        ErrorCode.REPLY_MESSAGE_UNAVAILABLE,
         ErrorCode.NODE_UNAVAILABLE,
+        ErrorCode.MOD_FAILED_PRECONDITION,
+        ErrorCode.INVALID_FAB,
+        ErrorCode.CLIENT_APP_CRASHED,
         ErrorCode.REPLY_REJECTED,
         ErrorCode.RUN_STOPPED,
+    ] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 100, 101]
+    assert DEFAULT_TTL == 43200.0  # Flower's: 12 hours
+
+
+def test_stored_error_codes_keep_the_meaning_of_rows_written_before() -> None:
+    """The error_code column keeps flpg's first numbering (0..5); the mapping is a
+    bijection, so every code an app may choose round-trips."""
+    assert [
+        error_code_to_stored(c)
+        for c in (
+            ErrorCode.UNKNOWN,
+            ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+            ErrorCode.MESSAGE_UNAVAILABLE,
+            ErrorCode.NODE_UNAVAILABLE,
+            ErrorCode.REPLY_REJECTED,
+            ErrorCode.RUN_STOPPED,
+        )
     ] == [0, 1, 2, 3, 4, 5]
-    assert DEFAULT_TTL == 3600.0
+    codes = [*range(-3, 120), 4242]
+    stored = [error_code_to_stored(c) for c in codes]
+    assert len(set(stored)) == len(codes)
+    assert [error_code_from_stored(x) for x in stored] == codes
 
 
-def test_error_is_frozen() -> None:
+def test_error_is_frozen_and_its_reason_optional() -> None:
     err = Error(code=ErrorCode.UNKNOWN, reason="x")
     with pytest.raises(dataclasses.FrozenInstanceError):
         err.code = 1  # type: ignore[misc]
+    assert Error(ErrorCode.NODE_UNAVAILABLE).reason is None
+    assert Error(3) == Error(3, None) != Error(3, "x")
 
 
 # --- instructions -------------------------------------------------------------
@@ -61,21 +95,17 @@ def test_error_is_frozen() -> None:
 
 def test_instruction_metadata() -> None:
     body = content()
+    before = time.time()
     msg = Message(body, 5, MessageType.TRAIN)
     assert msg.content is body
     assert msg.has_content() and not msg.has_error()
-    assert msg.metadata == Metadata(
-        run_id=0,
-        message_id=None,
-        src_node_id=None,
-        dst_node_id=5,
-        reply_to_message_id=None,
-        group_id="",
-        ttl=DEFAULT_TTL,
-        message_type="train",
-        created_at=None,
-    )
-    assert msg.metadata.expires_at is None
+    created = msg.metadata.created_at
+    assert before <= created <= time.time()
+    # Flower's positional order: created_at before ttl and message_type.
+    assert msg.metadata == Metadata(0, None, None, 5, None, "", created, DEFAULT_TTL, "train")
+    assert msg.metadata.delivered_at == ""
+    assert msg.metadata.expires_at == created + DEFAULT_TTL
+    assert Message(content=body, dst_node_id=5, message_type="train").content is body
 
 
 def test_instruction_ttl_and_group_id() -> None:
@@ -86,6 +116,7 @@ def test_instruction_ttl_and_group_id() -> None:
     assert msg.metadata.message_type == "query.custom"
     msg.metadata.created_at = 100.0
     assert msg.metadata.expires_at == 130.0
+    assert Message(content(), 3, "train", group_id=None).metadata.group_id == ""
 
 
 def test_content_message_has_no_error() -> None:
@@ -125,6 +156,8 @@ def test_instruction_dst_must_be_int(dst: Any) -> None:
 def test_instruction_needs_dst_and_type() -> None:
     with pytest.raises(TypeError, match="dst_node_id and message_type"):
         Message(content())  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="at most 3"):
+        Message(content(), 1, "train", 60)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="dst_node_id and message_type"):
         Message(content(), 1)  # type: ignore[call-overload]
 
@@ -139,6 +172,8 @@ def test_instruction_content_must_be_record_dict() -> None:
 def test_instruction_cannot_carry_an_error() -> None:
     with pytest.raises(TypeError, match="reply"):
         Message(error=Error(0, "x"))  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="reply"):
+        Message(Error(0), 1, "train")  # type: ignore[call-overload]
 
 
 def test_message_passed_positionally_hints_at_reply_to() -> None:
@@ -154,20 +189,60 @@ def test_content_reply_copies_routing_from_the_instruction() -> None:
     body = RecordDict()
     reply = Message(body, reply_to=instruction)
     assert reply.content is body
-    assert reply.metadata == Metadata(
-        run_id=7,
-        message_id=None,
-        src_node_id=5,
-        dst_node_id=None,
-        reply_to_message_id=42,
-        group_id="g1",
-        ttl=60.0,
-        message_type="train",
-        created_at=None,
-    )
+    md = reply.metadata
+    assert (md.run_id, md.message_id, md.src_node_id, md.dst_node_id) == (7, None, 5, None)
+    assert (md.reply_to_message_id, md.group_id, md.message_type) == (42, "g1", "train")
+    # As in Flower: the reply lives as long as its instruction has left.
+    assert md.created_at >= instruction.metadata.created_at
+    assert md.expires_at == pytest.approx(instruction.metadata.expires_at)
     # The instruction is not changed.
     assert instruction.metadata.dst_node_id == 5
     assert instruction.metadata.message_id == 42
+
+
+def test_reply_ttl_is_capped_at_what_the_instruction_has_left(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    instruction = sent_instruction(ttl=60)
+    assert Message(RecordDict(), reply_to=instruction, ttl=10).metadata.ttl == 10.0
+    with caplog.at_level(logging.WARNING, logger="flpg.app"):
+        long = Message(RecordDict(), reply_to=instruction, ttl=600)
+    assert long.metadata.ttl == pytest.approx(60, abs=1)
+    assert "exceeds" in caplog.text
+    with pytest.raises(ValueError, match="ttl"):
+        Message(RecordDict(), reply_to=instruction, ttl=0)
+
+
+def test_error_reply_positional_and_by_keyword() -> None:
+    err = Error(ErrorCode.NODE_UNAVAILABLE)
+    reply = Message(err, reply_to=sent_instruction())
+    assert reply.error is err and reply.metadata.reply_to_message_id == 42
+
+
+def test_deprecated_reply_builders_still_work(caplog: pytest.LogCaptureFixture) -> None:
+    instruction = sent_instruction(ttl=60)
+    with caplog.at_level(logging.WARNING, logger="flpg.app"):
+        reply = instruction.create_reply(RecordDict(), ttl=5)
+        failed = instruction.create_error_reply(Error(ErrorCode.UNKNOWN, "x"))
+    assert reply.metadata.ttl == 5.0 and reply.metadata.reply_to_message_id == 42
+    assert failed.error == Error(0, "x")
+    assert "deprecated" in caplog.text or {"create_reply", "create_error_reply"} <= _warned
+
+
+def test_content_and_error_setters() -> None:
+    msg = Message(content(), 1, "train")
+    other = RecordDict()
+    msg.content = other
+    assert msg.content is other
+    with pytest.raises(ValueError, match="cannot carry an error"):
+        msg.error = Error(0)
+    with pytest.raises(TypeError, match="RecordDict"):
+        msg.content = {}  # type: ignore[assignment]
+    failed = Message(Error(2, "boom"), reply_to=sent_instruction())
+    failed.error = Error(3)
+    assert failed.error == Error(3)
+    with pytest.raises(ValueError, match="cannot have content"):
+        failed.content = RecordDict()
 
 
 def test_error_reply() -> None:
@@ -194,13 +269,9 @@ def test_reply_error_must_be_an_error() -> None:
         Message(error="boom", reply_to=sent_instruction())  # type: ignore[call-overload]
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [{"ttl": 10.0}, {"group_id": "g"}],
-)
-def test_reply_takes_ttl_and_group_from_instruction(kwargs: dict[str, Any]) -> None:
+def test_reply_takes_group_from_instruction() -> None:
     with pytest.raises(TypeError, match="from reply_to"):
-        Message(content(), reply_to=sent_instruction(), **kwargs)
+        Message(content(), reply_to=sent_instruction(), group_id="g")  # type: ignore[call-overload]
 
 
 def test_reply_takes_destination_from_instruction() -> None:
@@ -232,9 +303,9 @@ def test_from_metadata_rebuilds_a_stored_message() -> None:
         dst_node_id=None,
         reply_to_message_id=8,
         group_id="",
+        created_at=5.0,
         ttl=10.0,
         message_type="evaluate",
-        created_at=5.0,
     )
     msg = Message.from_metadata(md, error=Error(ErrorCode.MESSAGE_UNAVAILABLE, "expired"))
     assert msg.metadata is md
@@ -243,6 +314,9 @@ def test_from_metadata_rebuilds_a_stored_message() -> None:
         Message.from_metadata(md, content=RecordDict(), error=Error(0, "x"))
     with pytest.raises(TypeError):
         Message.from_metadata(md)
+    assert Message(RecordDict(), metadata=md).metadata is md
+    with pytest.raises(TypeError, match="metadata"):
+        Message(RecordDict(), 3, metadata=md)  # type: ignore[call-overload]
 
 
 def test_repr_names_type_route_and_content_keys() -> None:

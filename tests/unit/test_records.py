@@ -18,25 +18,29 @@ def test_array_wraps_contiguous_little_endian_without_copy() -> None:
     nd = np.arange(6, dtype="<f4").reshape(2, 3)
     arr = Array(nd)
     assert arr.numpy() is nd
-    assert arr.dtype == "<f4"
+    assert arr.dtype == "float32"
     assert arr.shape == (2, 3)
     assert arr.nbytes == 24
 
 
-def test_array_normalises_layout_and_byte_order() -> None:
+def test_array_makes_layout_c_order_and_keeps_byte_order() -> None:
     nd = np.arange(12, dtype=">i4").reshape(3, 4)[:, ::2]
     arr = Array(nd)
     out = arr.numpy()
     assert out.flags.c_contiguous
-    assert out.dtype == np.dtype("<i4")
-    assert arr.dtype == "<i4"
+    assert out.dtype == np.dtype(">i4")
+    assert arr.dtype == ">i4"  # as Flower: str(ndarray.dtype)
     assert out.tolist() == nd.tolist()
     assert not np.shares_memory(out, nd)
+    little = Array(np.arange(12, dtype="<i4").reshape(3, 4)[:, ::2])
+    assert little.dtype == "int32" and little.numpy().dtype == np.dtype("<i4")
 
 
 def test_array_zero_d_and_bool() -> None:
     assert Array(np.array(2.0)).shape == ()
-    assert Array(np.array([True, False])).dtype == "|b1"
+    assert Array(np.array([True, False])).dtype == "bool"
+    assert Array(np.zeros(2, "u1")).dtype == "uint8"
+    assert Array(np.zeros(2, "<c8")).dtype == "complex64"
 
 
 def test_array_equality_compares_dtype_shape_and_bytes() -> None:
@@ -46,7 +50,8 @@ def test_array_equality_compares_dtype_shape_and_bytes() -> None:
     assert Array(np.zeros(4, "<i4")) != Array(np.zeros(4, "<u4"))  # same bytes, other dtype
     assert Array(np.zeros(4, "<i4")) != Array(np.zeros((2, 2), "<i4"))
     assert Array(np.zeros(4, "<i4")) != "not an array"
-    assert Array(np.zeros(2, ">f8")) == Array(np.zeros(2, "<f8"))
+    assert Array(np.zeros(2, ">f8")) != Array(np.zeros(2, "<f8"))  # byte order differs
+    assert Array(np.zeros(2, ">f8")) == Array(np.zeros(2, ">f8"))
 
 
 @pytest.mark.parametrize(
@@ -77,7 +82,9 @@ def test_array_rejects_non_arrays_and_masked_arrays() -> None:
 
 
 def test_array_repr_is_short() -> None:
-    assert repr(Array(np.zeros((1000, 1000), "<f4"))) == "Array(dtype='<f4', shape=(1000, 1000))"
+    assert (
+        repr(Array(np.zeros((1000, 1000), "<f4"))) == "Array(dtype='float32', shape=(1000, 1000))"
+    )
 
 
 # --- ArrayRecord ------------------------------------------------------------

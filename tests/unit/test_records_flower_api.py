@@ -90,7 +90,8 @@ def test_array_fields_round_trip(nd: npt.NDArray[Any]) -> None:
 def test_array_accepts_flower_dtype_spellings_and_byte_orders() -> None:
     big = np.arange(3, dtype=">f4")
     arr = Array(str(big.dtype), big.shape, NUMPY_STYPE, _npy(big))
-    assert arr.dtype == "<f4"
+    assert arr.dtype == ">f4" == str(big.dtype)
+    assert arr.numpy().dtype == big.dtype
     assert arr.numpy().tolist() == [0.0, 1.0, 2.0]
     little = np.ones((2, 2), dtype="float32")
     # Flower's docs pass the shape as a list.

@@ -81,7 +81,7 @@ class _Sum:
         elements. On ReplyRejected or PayloadCorrupt, `added` says how many were added."""
         self.added = 0
         check = limit is None and self.dtype.kind in "fc"
-        for start, values in _slices(array, self.dtype):
+        for start, values in _slices(array, np.dtype(array.dtype)):
             if limit is not None:
                 values = values[: max(limit - start, 0)]
             self._add(start, values, weight, check)
@@ -146,14 +146,15 @@ class WeightedArrayMean:
 
     def check(self, record: ArrayRecord) -> None:
         """Raise ReplyRejected unless `record` matches the reference's names, shapes
-        and dtypes (values are checked for NaN/Inf while they are added)."""
+        and dtypes (byte order aside; values are checked for NaN/Inf while they are
+        added). Dtypes are named as apps see them ('float32')."""
         names = list(record.keys())
         expected = [name for name, _, _ in self._spec]
         if names != expected:
             raise ReplyRejected(f"array names {names} do not match the global model's {expected}")
         for name, dtype, shape in self._spec:
             arr = record[name]
-            if arr.dtype != dtype or arr.shape != shape:
+            if not arrays.same_dtype(arr.dtype, dtype) or arr.shape != shape:
                 raise ReplyRejected(
                     f"array {name!r} is {arr.dtype}{list(arr.shape)}, "
                     f"the global model's is {dtype}{list(shape)}"

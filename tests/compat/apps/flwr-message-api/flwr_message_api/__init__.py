@@ -1,0 +1,1 @@
+"""flwr-message-api: a Flower app using lifespans, Grid.run and error replies."""
