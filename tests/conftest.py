@@ -123,9 +123,19 @@ postgresql = factories.postgresql("pg_server")
 
 @pytest.fixture
 def db_url(postgresql: psycopg.Connection[Any]) -> str:
-    """URL of a fresh, migrated database for this test."""
+    """URL of a fresh, migrated database for this test (restricted as migrating made
+    its template: a copy does not inherit database privileges)."""
     info = postgresql.info
-    return url_for(info.host, info.port, info.user, info.dbname)
+    url = url_for(info.host, info.port, info.user, info.dbname)
+    restrict_database(url)
+    return url
+
+
+def restrict_database(url: str) -> None:
+    """Give a copy of the migrated template the database privileges migrating gave
+    the template (CREATE DATABASE ... TEMPLATE does not copy them)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT flpg_restrict_database()")
 
 
 _scratch_counter = itertools.count()
@@ -143,7 +153,10 @@ def scratch_database(
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"{source}')
     try:
-        yield url_for(pg_server.host, pg_server.port, pg_server.user, name)
+        url = url_for(pg_server.host, pg_server.port, pg_server.user, name)
+        if template:
+            restrict_database(url)
+        yield url
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

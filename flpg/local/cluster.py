@@ -391,6 +391,12 @@ class Cluster:
                         conn.execute(
                             sql.SQL("create database {}").format(sql.Identifier(self.dbname))
                         )
+                # Nobody but the superuser connects to the cluster's own databases (a
+                # run role could otherwise make objects in template1 that every new
+                # database would inherit).
+                conn.execute(
+                    "revoke connect, temporary on database postgres, template1 from public"
+                )
         except psycopg.Error as exc:
             raise EmbeddedDatabaseError(
                 f"cannot create database {self.dbname!r} in the cluster at {self.root}: "

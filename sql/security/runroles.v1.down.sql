@@ -12,10 +12,21 @@ BEGIN
         PERFORM flpg_drop_run_role(role);
     END LOOP;
     EXECUTE format('GRANT CONNECT, TEMPORARY ON DATABASE %I TO PUBLIC', current_database());
+    BEGIN
+        GRANT EXECUTE ON FUNCTION pg_catalog.lo_create(oid), pg_catalog.lo_creat(integer),
+            pg_catalog.lo_from_bytea(oid, bytea) TO PUBLIC;
+    EXCEPTION WHEN insufficient_privilege THEN
+        NULL;
+    END;
 END
 $$;
 
 DROP POLICY serverapp_run_arrays ON message_arrays;
+DROP POLICY own_run_arrays ON checkpoint_arrays;
+DROP POLICY drawn_ids ON messages;
+DROP POLICY drawn_ids ON arrays;
+DROP FUNCTION flpg_array_run(bigint);
+DROP FUNCTION flpg_restrict_database();
 DROP FUNCTION flpg_run_roles_collect(double precision);
 DROP FUNCTION flpg_run_role_drop(text);
 DROP FUNCTION flpg_drop_run_role(text);

@@ -143,8 +143,18 @@ BEGIN
     EXCEPTION WHEN insufficient_privilege THEN
         NULL;  -- an owner without pg_signal_backend: the sessions find no mapping row
     END;
-    EXECUTE format('DROP ROLE IF EXISTS %I', role);
-    RETURN true;
+    -- What the role may have made despite the grants (a large object, default
+    -- privileges) would block DROP ROLE: drop it first. If the drop still fails, the
+    -- role stays unmapped and NOLOGIN (this block alone rolls back), and the link's
+    -- next collection tries again.
+    BEGIN
+        EXECUTE format('DROP OWNED BY %I', role);
+        EXECUTE format('DROP ROLE IF EXISTS %I', role);
+    EXCEPTION WHEN dependent_objects_still_exist OR insufficient_privilege
+                   OR object_in_use THEN
+        RAISE WARNING 'run role % not dropped yet: %', role, SQLERRM;
+    END;
+    RETURN NOT EXISTS (SELECT FROM pg_roles WHERE rolname = role);
 END
 $$;
 
@@ -221,6 +231,32 @@ CREATE POLICY serverapp_run_arrays ON message_arrays FOR INSERT TO flpg_serverap
     WITH CHECK (flpg_message_writer(message_id) = current_user
                 AND EXISTS (SELECT 1 FROM arrays a WHERE a.id = message_arrays.array_id));
 
+-- The run an array belongs to, for a policy on a table that links arrays: SECURITY
+-- DEFINER (the caller may not see the array) and VOLATILE (it sees an array inserted
+-- by the same statement).
+CREATE FUNCTION flpg_array_run(arr bigint) RETURNS bigint
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, public
+AS $$
+    SELECT run_id FROM public.arrays WHERE id = arr
+$$;
+REVOKE ALL ON FUNCTION flpg_array_run(bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION flpg_array_run(bigint) TO flpg_serverapp;
+
+-- A checkpoint holds arrays of its own run only (a foreign key check ignores
+-- row-level security: without this a ServerApp could pin another run's array).
+CREATE POLICY own_run_arrays ON checkpoint_arrays AS RESTRICTIVE FOR INSERT
+    TO flpg_serverapp
+    WITH CHECK (flpg_array_run(array_id) = run_id);
+
+-- Ids come from the sequences, drawn by the inserting session: an id ahead of the
+-- sequence would make another run's later insert fail on the primary key.
+CREATE POLICY drawn_ids ON messages AS RESTRICTIVE FOR INSERT TO flpg_serverapp
+    WITH CHECK (id <= currval('public.messages_id_seq'));
+CREATE POLICY drawn_ids ON arrays AS RESTRICTIVE FOR INSERT
+    TO flpg_serverapp, flpg_clientapp, flpg_node
+    WITH CHECK (id <= currval('public.arrays_id_seq'));
+
 -- The run roles' audit trail: written by the functions above only; the auditor reads
 -- it all, a user the rows of their own runs.
 ALTER TABLE run_roles ENABLE ROW LEVEL SECURITY;
@@ -229,11 +265,26 @@ CREATE POLICY every_row ON run_roles FOR SELECT TO flpg_auditor USING (true);
 CREATE POLICY user_own ON run_roles FOR SELECT TO flpg_user
     USING (EXISTS (SELECT 1 FROM runs r WHERE r.id = run_roles.run_id));
 
--- Only flpg's roles (and admin) connect to this database.
-DO $$
+-- Only flpg's roles (and admin) connect to this database, and none makes temporary
+-- tables or large objects (objects a run role owned would outlive it). Database
+-- privileges are not copied by CREATE DATABASE ... TEMPLATE: admin runs
+-- `SELECT flpg_restrict_database()` in a copy. Revoking the large-object functions
+-- needs their owner (a superuser); an admin that is not is told so in a notice.
+CREATE FUNCTION flpg_restrict_database() RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, public
+AS $$
 BEGIN
     EXECUTE format('REVOKE CONNECT, TEMPORARY ON DATABASE %I FROM PUBLIC', current_database());
     EXECUTE format('GRANT CONNECT ON DATABASE %I TO flpg_node, flpg_user, flpg_serverapp,'
                    ' flpg_clientapp, flpg_link, flpg_exec, flpg_auditor', current_database());
+    BEGIN
+        REVOKE EXECUTE ON FUNCTION pg_catalog.lo_create(oid), pg_catalog.lo_creat(integer),
+            pg_catalog.lo_from_bytea(oid, bytea) FROM PUBLIC;
+    EXCEPTION WHEN insufficient_privilege THEN
+        RAISE NOTICE 'large objects stay open to PUBLIC: only their owner may revoke them';
+    END;
 END
 $$;
+REVOKE ALL ON FUNCTION flpg_restrict_database() FROM PUBLIC;
+SELECT flpg_restrict_database();

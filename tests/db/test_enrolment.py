@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from flpg.app.message import ErrorCode
+from flpg.app.message import ErrorCode, error_code_to_stored
 from flpg.cli import main
 from flpg.errors import InvalidState, NotFound
 from flpg.local.cluster import Cluster
@@ -187,7 +187,8 @@ def test_revoking_ends_sessions_drops_the_role_and_fails_its_instructions(
     replies = admin.execute(
         "SELECT reply_to, error_code FROM messages WHERE reply_to IS NOT NULL ORDER BY 1"
     ).fetchall()
-    assert replies == [(queued, ErrorCode.NODE_UNAVAILABLE), (claimed, ErrorCode.NODE_UNAVAILABLE)]
+    stored = error_code_to_stored(ErrorCode.NODE_UNAVAILABLE)
+    assert replies == [(queued, stored), (claimed, stored)]
     with pytest.raises(CredentialRefused) as info:
         connect(load_credentials(path))
     assert str(info.value) == (

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 import psycopg
+import psycopg.conninfo
 import pytest
 from psycopg import sql
 
@@ -41,10 +42,10 @@ def _no_password_from_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PGPASSFILE", "/nonexistent")
 
 
-def _as(cluster: Cluster, role: str, password: str | None = None) -> str:
-    """The cluster's socket URL of database postgres with `role` (and `password`)."""
+def _as(cluster: Cluster, role: str, password: str | None = None, db: str | None = None) -> str:
+    """The cluster's socket URL of its database (or `db`) with `role` (and `password`)."""
     login = quote(role, safe="") + (f":{quote(password, safe='')}" if password else "")
-    return cluster.url("postgres").replace(f"postgresql://{SUPERUSER}@", f"postgresql://{login}@")
+    return cluster.url(db).replace(f"postgresql://{SUPERUSER}@", f"postgresql://{login}@")
 
 
 def _current_user(url: str) -> Any:
@@ -95,15 +96,27 @@ def test_another_role_without_its_password_is_refused(
 
 
 def test_another_role_with_its_password_connects(
-    pg_cluster: Cluster, login_role: tuple[str, str]
+    pg_cluster: Cluster, login_role: tuple[str, str], empty_db_url: str
 ) -> None:
     name, password = login_role
-    assert _current_user(_as(pg_cluster, name, password)) == name
+    db = psycopg.conninfo.conninfo_to_dict(empty_db_url)["dbname"]
+    assert _current_user(_as(pg_cluster, name, password, str(db))) == name
     with psycopg.connect(pg_cluster.url("postgres")) as admin:
         stored = admin.execute(
             "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (name,)
         ).fetchone()
     assert stored is not None and stored[0].startswith("SCRAM-SHA-256$")
+
+
+@pytest.mark.parametrize("db", ["postgres", "template1"])
+def test_no_role_but_the_admin_connects_to_the_clusters_own_databases(
+    pg_cluster: Cluster, login_role: tuple[str, str], db: str
+) -> None:
+    name, password = login_role
+    with pytest.raises(psycopg.OperationalError, match="User does not have CONNECT privilege"):
+        _current_user(_as(pg_cluster, name, password, db))
+    with psycopg.connect(pg_cluster.url(db)) as admin:
+        assert admin.execute("select current_user").fetchone() == (SUPERUSER,)
 
 
 def test_only_the_admin_is_trusted_in_the_rules_the_server_loaded(pg_cluster: Cluster) -> None:

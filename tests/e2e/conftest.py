@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import TEST_ENV, url_for
+from tests.conftest import TEST_ENV, restrict_database, url_for
 from tests.e2e.harness import APPS, CliResult, Federation, FinishedRun
 
 
@@ -66,6 +66,7 @@ def finished_run(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> It
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_server.template_dbname}"')
     try:
         url = url_for(pg_server.host, pg_server.port, pg_server.user, name)
+        restrict_database(url)
         workdir = tmp_path_factory.mktemp("finished-run")
         fed = Federation(make_env(url, workdir), workdir)
         try:

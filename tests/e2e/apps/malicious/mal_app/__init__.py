@@ -1,0 +1,1 @@
+"""An app that tries forbidden SQL through every connection it can reach."""
