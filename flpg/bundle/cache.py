@@ -9,6 +9,13 @@ recently used first, beyond `max_entries` bundles or `max_bytes` on disk) takes 
 exclusive lock without waiting, so it never removes a bundle that some process is
 using. All changes to the cache happen under one cache-wide lock (`.lock`), waited
 for at most LOCK_WAIT s.
+
+A `shared` cache is one that app processes of another OS user read (`flpg node
+--app-user`, `flpg.bundle.appuser`): its directories are mode 0755 and its files 0644
+whatever the umask, and a copy with an entry that is not owned by the cache
+directory's owner, or has another mode, is not intact (it is extracted again). A
+process that may not write the cache (it cannot take the locks) reads it with
+`verified`, which checks the intact copy its worker extracted and changes nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +44,9 @@ CACHE_MAX_ENTRIES = 32
 """Default bound of the number of bundles in a cache (`FLPG_CACHE_MAX_APPS` overrides)."""
 LOCK_WAIT = 60.0
 """Seconds a process waits for the cache-wide lock before giving up."""
+READ_ONLY_ENV = "FLPG_CACHE_READ_ONLY"
+"""Set (to 1) in an app process that may only read its cache (`BundleCache.verified`):
+its worker extracted the bundle (`flpg.bundle.appuser`)."""
 
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 _held: dict[tuple[Path, str], int] = {}
@@ -64,9 +75,16 @@ class BundleCache:
     """
 
     def __init__(
-        self, directory: Path, *, max_bytes: int | None = None, max_entries: int | None = None
+        self,
+        directory: Path,
+        *,
+        max_bytes: int | None = None,
+        max_entries: int | None = None,
+        shared: bool = False,
     ) -> None:
         self.directory = directory
+        self.shared = shared
+        """Read by another OS user: explicit modes, and owner and modes are checked."""
         self.max_bytes = max_bytes or _env_int("FLPG_CACHE_MAX_MB", CACHE_MAX_BYTES, 1 << 20)
         self.max_entries = max_entries or _env_int("FLPG_CACHE_MAX_APPS", CACHE_MAX_ENTRIES)
 
@@ -97,6 +115,21 @@ class BundleCache:
             self._evict()
         return target
 
+    def verified(self, app_hash: str) -> Path:
+        """The extracted app for `app_hash`, read only: no lock is taken and nothing is
+        written, for a process that may only read the cache (its worker extracted the
+        bundle and holds it in use). AppError if the hash is malformed or the copy is
+        missing or not intact."""
+        if not _HASH.match(app_hash):
+            raise AppError(f"app hash {app_hash[:80]!r} is not a SHA-256 hex digest")
+        if not self._intact(app_hash, report=False):
+            raise AppError(
+                f"app bundle {app_hash[:12]} is missing or not intact in the read-only "
+                f"app cache {self.directory} (its worker extracts it before starting the "
+                "process)"
+            )
+        return self.directory / app_hash
+
     def release(self, app_hash: str) -> None:
         """Stop holding a bundle this process used (it becomes evictable); a process
         that ends releases all of its bundles."""
@@ -109,6 +142,8 @@ class BundleCache:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         self.directory.mkdir(parents=True, exist_ok=True)
+        if self.shared:
+            os.chmod(self.directory, 0o755)
         fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             deadline = time.monotonic() + LOCK_WAIT
@@ -149,6 +184,8 @@ class BundleCache:
             data = zip_path.read_bytes()
             if hashlib.sha256(data).hexdigest() != app_hash or not tree.is_dir():
                 return False
+            if self.shared and not self._sealed([zip_path, *_entries(tree)]):
+                return False
             if tree_matches(data, tree):
                 return True
         except (OSError, AppError, *CORRUPT):
@@ -163,14 +200,33 @@ class BundleCache:
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.directory))
         try:
             extract(data, tmp, label)
+            if self.shared:  # readable by another OS user, writable by no other
+                for path in _entries(tmp):  # (extraction writes no symlinks)
+                    os.chmod(path, 0o755 if path.is_dir() else 0o644)
             tree = self.directory / app_hash
             _remove(tree)
             zip_tmp = self.directory / f".tmp-{app_hash}.zip"
             zip_tmp.write_bytes(data)
+            if self.shared:
+                os.chmod(zip_tmp, 0o644)
             tmp.rename(tree)
             zip_tmp.replace(self.directory / f"{app_hash}.zip")
         finally:
             _remove(tmp)
+
+    def _sealed(self, paths: list[Path]) -> bool:
+        """Whether every path is owned by the cache directory's owner (the worker's
+        user) with mode 0755 (a directory) or 0644 (a regular file): readable by all,
+        writable by no other user (a symlink never is: extraction writes none)."""
+        owner = self.directory.stat().st_uid
+        for path in paths:
+            st = path.lstat()
+            mode = 0o755 if stat.S_ISDIR(st.st_mode) else 0o644
+            if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+                return False
+            if st.st_uid != owner or stat.S_IMODE(st.st_mode) != mode:
+                return False
+        return True
 
     # ---------------------------------------------------------------- eviction
 
@@ -216,6 +272,14 @@ class BundleCache:
             os.close(fd)
 
 
+def _entries(tree: Path) -> Iterator[Path]:
+    """`tree` and every directory and file under it (symlinks not followed)."""
+    yield tree
+    for root, dirs, files in os.walk(tree):
+        for name in (*dirs, *files):
+            yield Path(root, name)
+
+
 def _size(path: Path) -> int:
     if not path.is_dir() or path.is_symlink():
         with suppress(OSError):
@@ -242,6 +306,11 @@ def _remove(path: Path) -> None:
     else:
         with suppress(FileNotFoundError):
             path.unlink()
+
+
+def read_only_cache() -> bool:
+    """Whether this process may only read its cache (READ_ONLY_ENV is set)."""
+    return bool(os.environ.get(READ_ONLY_ENV))
 
 
 def default_cache_dir() -> Path:

@@ -19,8 +19,9 @@ anything an operator exported for the worker alone):
 - the names an operator lists in `FLPG_APP_ENV` (separated by spaces or commas),
   e.g. `FLPG_APP_ENV="CUDA_VISIBLE_DEVICES OMP_NUM_THREADS"`.
 
-Credentials scoped to one run are a separate matter (the process still connects
-with its worker's URL).
+The database URL the worker sets is that of a run role bound to the process's run
+(docs/security.md, "Run roles"); with `--app-user` the process also runs as another
+OS user (`flpg.bundle.appuser`, which adjusts this environment: `AppSeat.environment`).
 
 An app process started during a database blip retries its first connections with
 backoff for up to CONNECT_WITHIN s (`call_within`), as every worker does.

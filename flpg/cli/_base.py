@@ -166,6 +166,19 @@ def _credentials_url() -> str | None:
     return load_credentials(path)
 
 
+def credentials_node_name() -> str | None:
+    """The node name recorded in the command's `--credentials FILE`, if it was given
+    one of an enrolled node (CredentialError, exit 2, if the file cannot be read)."""
+    ctx = click.get_current_context(silent=True)
+    path = None if ctx is None else ctx.meta.get(_CREDENTIALS)
+    if path is None:
+        return None
+    from flpg.store.credentials import read_credentials
+
+    cred = read_credentials(path)
+    return cred.node if cred.kind == "node" else None
+
+
 def resolve_url(db: str | None) -> str:
     """The database URL to use, starting the embedded cluster if none was given."""
     return resolve_url_started(db)[0]

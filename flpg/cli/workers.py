@@ -16,6 +16,7 @@ from flpg.cli import options, principals, render
 from flpg.cli._base import (
     GROUP_DB,
     credentials_db_option,
+    credentials_node_name,
     db_option,
     format_option,
     handle_errors,
@@ -25,6 +26,25 @@ from flpg.cli._base import (
 from flpg.settings import Intervals
 from flpg.submit.config import parse_kv, parse_kv_all
 from flpg.submit.limits import check_name
+
+APP_USER_HELP = (
+    "Run the app processes as this OS user (the worker must run as root): they cannot "
+    "read the worker's files, signal it, or write the app cache. See docs/security.md."
+)
+
+
+def _app_user(name: str | None, db: str | None) -> tuple[str, Any]:
+    """The worker's URL and its `--app-user` (or None), checked before the worker
+    starts (ConfigError, exit 2): who runs it and USER first, then the database."""
+    if name is None:
+        return resolve_url(db), None
+    from flpg.bundle.appuser import app_user, check_sandbox
+    from flpg.bundle.cache import default_cache_dir
+
+    user = app_user(name)
+    url = resolve_url(db)
+    check_sandbox(user, default_cache_dir(), url)
+    return url, user
 
 
 def _serve(worker: Any, verbose: bool) -> None:
@@ -84,17 +104,21 @@ def link_cmd(ctx: click.Context, db: str | None, sweep: float | None, verbose: b
     show_default=True,
     help="ServerApps this worker runs at once.",
 )
+@click.option("--app-user", metavar="USER", default=None, help=APP_USER_HELP)
 @click.option("-v", "--verbose", is_flag=True)
 @click.pass_context
 @handle_errors
-def exec_cmd(ctx: click.Context, db: str | None, max_runs: int, verbose: bool) -> None:
+def exec_cmd(
+    ctx: click.Context, db: str | None, max_runs: int, app_user: str | None, verbose: bool
+) -> None:
     """Run a SuperExec: launch pending runs as ServerApp processes; or enrol and
     revoke exec roles (admin, subcommands)."""
     from flpg.exec.worker import ExecWorker
 
     if _admin_subcommand(ctx, db):
         return
-    _serve(ExecWorker(resolve_url(db), max_runs=max_runs), verbose)
+    url, user = _app_user(app_user, db)
+    _serve(ExecWorker(url, max_runs=max_runs, app_user=user), verbose)
 
 
 @click.group("node", invoke_without_command=True)
@@ -135,6 +159,7 @@ def exec_cmd(ctx: click.Context, db: str | None, max_runs: int, verbose: bool) -
     help="Serve N node ids NAME-0..NAME-(N-1), each with partition-id i and "
     "num-partitions N added to its node config (simulate a large federation).",
 )
+@click.option("--app-user", metavar="USER", default=None, help=APP_USER_HELP)
 @click.option("-v", "--verbose", is_flag=True)
 @click.pass_context
 @handle_errors
@@ -146,6 +171,7 @@ def node_cmd(
     labels: tuple[str, ...],
     concurrency: int,
     virtual: int | None,
+    app_user: str | None,
     verbose: bool,
 ) -> None:
     """Run a SuperNode worker: claim this node's messages and run ClientApps on them
@@ -154,8 +180,11 @@ def node_cmd(
 
     if _admin_subcommand(ctx, db):
         return
+    name = name or credentials_node_name()  # an enrolled node's file names it
     if name is None:
-        raise click.UsageError("Missing option '--name'.", ctx=ctx)
+        raise click.UsageError(
+            "Missing option '--name' (or --credentials FILE of an enrolled node).", ctx=ctx
+        )
 
     if virtual is not None:
         check_name(f"{name}-{virtual - 1}", f"--name with --virtual {virtual}, node name")
@@ -166,7 +195,8 @@ def node_cmd(
     )
     specs = [spec] if virtual is None else virtual_specs(spec, virtual)
     given = bool(spec.labels or spec.node_config)  # an enrolled node may set neither
-    worker = NodeWorker(resolve_url(db), specs, concurrency=concurrency, settings_given=given)
+    url, user = _app_user(app_user, db)
+    worker = NodeWorker(url, specs, concurrency=concurrency, settings_given=given, app_user=user)
     _serve(worker, verbose)
 
 

@@ -1,7 +1,9 @@
 """One attempt of a run's ServerApp, in its own process:
 `python -m flpg.exec.runner RUN_ID ATTEMPT`.
 
-Started by an exec worker with `FLPG_DATABASE_URL` set. Heart-beats the run while
+Started by an exec worker with `FLPG_DATABASE_URL` set (and, when it runs as another
+OS user, `FLPG_CACHE_READ_ONLY`: its exec extracted the bundle, which it only checks,
+`flpg.bundle.appuser`). Heart-beats the run while
 the ServerApp's main function runs, and records the outcome itself (`finished`, or
 `failed` with the exception's last line; fenced by the attempt), so it stands even
 if its exec is gone; the last line on stderr then starts with RESULT_PREFIX. The
@@ -37,6 +39,7 @@ from typing import TypeVar
 from flpg.app.context import Context
 from flpg.app.records import RecordDict
 from flpg.bundle.appdir import BundleCache, default_cache_dir, load_component, parse_pyproject
+from flpg.bundle.cache import read_only_cache
 from flpg.bundle.process import call_within
 from flpg.compat.flwr import install as install_flwr_alias
 from flpg.serverapp import ServerApp
@@ -169,6 +172,8 @@ def run_serverapp(url: str, run_id: int, attempt: int) -> None:
 def _load_and_run(url: str, run_id: int, attempt: int, intervals: Intervals) -> None:
     def fetch(conn: Connection) -> tuple[store_runs.Run, Path]:
         run = store_runs.get(conn, run_id)
+        if read_only_cache():  # run as another OS user: its exec extracted the bundle
+            return run, BundleCache(default_cache_dir(), shared=True).verified(run.app_hash)
         root = BundleCache(default_cache_dir()).path(
             run.app_hash, lambda: store_apps.get(conn, run.app_hash)[1]
         )

@@ -8,7 +8,8 @@ exec serving the others. Each child is reaped on its own: recording one outcome
 that fails is logged and retried (database away) or replaced by a plain reason,
 never raised out of the loop. Any exit code or signal number is named
 (`flpg.bundle.process.describe_exit`). Output is read bounded (`flpg.exec.logwriter`).
-A ServerApp gets only an allowlisted environment (`flpg.bundle.process.app_environment`).
+A ServerApp gets only an allowlisted environment (`flpg.bundle.process.app_environment`),
+and with `--app-user USER` runs as USER (`flpg.exec.launch`, `flpg.bundle.appuser`).
 One that no longer runs its run's current attempt (the link failed it for silence,
 the run was restarted or taken back) is terminated EXIT_GRACE seconds (at least two
 heartbeats) after the exec sees it, like one whose run was stopped: SIGTERM and
@@ -19,22 +20,21 @@ Processes left in its group when it exits are killed.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
-from dataclasses import dataclass, field
 
-from flpg.bundle.process import app_environment, describe_exit
+from flpg.bundle.appuser import AppSandbox, AppUser
+from flpg.bundle.cache import default_cache_dir
+from flpg.bundle.process import describe_exit
 from flpg.errors import FlpgError
+from flpg.exec.launch import Child, drop_role, release, signal_group, start_serverapp
 from flpg.exec.logwriter import LogWriter
-from flpg.exec.runner import EXEC_PID_ENV, RESULT_PREFIX
+from flpg.exec.runner import RESULT_PREFIX
 from flpg.lifecycle import worker_id
-from flpg.settings import DATABASE_URL_ENV, Intervals
+from flpg.settings import Intervals
 from flpg.states import EXEC_CHANNEL, LogStream, RunStatus
 from flpg.store import logs as store_logs
 from flpg.store import runroles as store_runroles
@@ -55,32 +55,24 @@ RECORD_TRIES = 3
 """Times the exec tries to record an exited ServerApp's outcome before it gives up."""
 
 
-@dataclass
-class Child:
-    run_id: int
-    attempt: int
-    proc: subprocess.Popen[bytes]
-    readers: list[threading.Thread]
-    last_stderr: list[str] = field(default_factory=lambda: [""])
-    last_stdout: list[str] = field(default_factory=lambda: [""])
-    terminated_at: float | None = None
-    superseded_at: float | None = None
-    """When the exec saw that its attempt no longer runs (monotonic)."""
-    exited_at: float | None = None
-    exit_logged: bool = False
-    record_failures: int = 0
-    role: str | None = None
-    """The run role its ServerApp connects as (dropped once its outcome is recorded)."""
-
-
 class ExecWorker:
     """Launches pending runs as ServerApp processes, at most `max_runs` at once."""
 
-    def __init__(self, url: str, *, max_runs: int = 4, intervals: Intervals | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_runs: int = 4,
+        intervals: Intervals | None = None,
+        app_user: AppUser | None = None,
+    ) -> None:
+        """`app_user`: the OS user its ServerApps run as (`--app-user`; None: its own)."""
         if max_runs < 1:
             raise ValueError(f"max_runs must be >= 1, got {max_runs}")
         self.url = url
         self.max_runs = max_runs
+        self.app_user = app_user
+        self.sandbox: AppSandbox | None = None
         self.intervals = intervals or Intervals.from_env()
         self.exec_id = worker_id("exec")
         self.children: dict[int, Child] = {}
@@ -92,6 +84,14 @@ class ExecWorker:
         session.conn  # noqa: B018 - connect now: fail fast on a bad URL
         listener = Listener(self.url, [EXEC_CHANNEL], application_name="flpg-exec-listen")
         logs = LogWriter(self.url)
+        if self.app_user is not None:  # ConfigError if its ServerApps cannot run as it
+            try:
+                self.sandbox = AppSandbox(self.app_user, default_cache_dir(), self.url, "exec")
+            except BaseException:
+                listener.close()
+                logs.close()
+                session.close()
+                raise
         log.info("exec %s launching up to %d run(s) at once", self.exec_id, self.max_runs)
         unconfirmed: set[int] = set()  # launched; the answer of mark_running was lost
         try:
@@ -113,6 +113,8 @@ class ExecWorker:
             listener.close()
             logs.close()
             session.close()
+            if self.sandbox is not None:
+                self.sandbox.close()
             log.info("stopped")
 
     def _claim(self, conn: Connection, logs: LogWriter, unconfirmed: set[int]) -> None:
@@ -155,33 +157,17 @@ class ExecWorker:
             reason = f"could not make the ServerApp's database role: {exc}"
             store_runs.finish(conn, run_id, RunStatus.FAILED, reason, attempt=attempt)
             return
-        env = app_environment(
-            {
-                DATABASE_URL_ENV: login.url(self.url),
-                "PYTHONUNBUFFERED": "1",
-                EXEC_PID_ENV: str(os.getpid()),
-            }
-        )
         try:
-            proc = subprocess.Popen(  # bytes: app output need not be text (logwriter)
-                [sys.executable, "-m", "flpg.exec.runner", str(run_id), str(attempt)],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            store_runs.finish(
-                conn,
-                run_id,
-                RunStatus.FAILED,
-                f"could not start the ServerApp: {exc}",
-                attempt=attempt,
-            )
-            _drop_role(conn, run_id, login.role)
+            proc, seat = start_serverapp(conn, run_id, attempt, login.url(self.url), self.sandbox)
+        except TRANSIENT:
+            raise
+        except (OSError, FlpgError) as exc:  # FlpgError: its bundle (as another OS user)
+            what = "start" if isinstance(exc, OSError) else "prepare the app bundle of"
+            reason = f"could not {what} the ServerApp: {exc}"
+            store_runs.finish(conn, run_id, RunStatus.FAILED, reason, attempt=attempt)
+            drop_role(conn, run_id, login.role)
             return
-        child = Child(run_id, attempt, proc, [], role=login.role)
+        child = Child(run_id, attempt, proc, [], role=login.role, seat=seat)
         assert proc.stdout is not None and proc.stderr is not None
         child.readers = [
             logs.follow(run_id, LogStream.STDOUT, proc.stdout, child.last_stdout),
@@ -224,7 +210,7 @@ class ExecWorker:
         code = child.proc.poll()
         if code is None:
             if child.terminated_at and now - child.terminated_at > STOP_GRACE:
-                _signal_group(child.proc.pid, signal.SIGKILL)
+                signal_group(child.proc.pid, signal.SIGKILL)
             elif (
                 child.terminated_at is None
                 and child.superseded_at is not None
@@ -240,7 +226,7 @@ class ExecWorker:
         if child.exited_at is None:
             child.exited_at = now
             # Whatever it left in its group (and holding its pipes) ends with it.
-            _signal_group(child.proc.pid, signal.SIGKILL)
+            signal_group(child.proc.pid, signal.SIGKILL)
         if any(r.is_alive() for r in child.readers) and now - child.exited_at < READERS_GRACE:
             return  # the rest of its output is still being read
         status, reason = self._outcome(conn, child, code)
@@ -253,7 +239,7 @@ class ExecWorker:
             child.exit_logged = True
         new_status = store_runs.finish(conn, child.run_id, status, reason, attempt=child.attempt)
         del self.children[child.run_id]
-        _drop_role(conn, child.run_id, child.role)
+        release(conn, child)
         if new_status == RunStatus.PENDING:
             log.info(
                 "run %d: attempt %d failed (%s); restarting", child.run_id, child.attempt, reason
@@ -279,7 +265,7 @@ class ExecWorker:
             raise
         except Exception:
             log.exception("run %d: could not record even a plain outcome", child.run_id)
-        _drop_role(conn, child.run_id, child.role)
+        release(conn, child)
 
     def _outcome(self, conn: Connection, child: Child, code: int) -> tuple[RunStatus, str | None]:
         run = store_runs.get(conn, child.run_id)
@@ -317,8 +303,8 @@ class ExecWorker:
         """SIGTERM to the ServerApp's group, then SIGCONT: a stopped process (SIGSTOP)
         handles SIGTERM only once continued. SIGKILL follows after STOP_GRACE."""
         child.terminated_at = time.monotonic()
-        _signal_group(child.proc.pid, signal.SIGTERM)
-        _signal_group(child.proc.pid, signal.SIGCONT)
+        signal_group(child.proc.pid, signal.SIGTERM)
+        signal_group(child.proc.pid, signal.SIGCONT)
 
     def _shutdown(self, conn: Connection, logs: LogWriter) -> None:
         """Terminate every ServerApp and fail its run (each recorded on its own)."""
@@ -329,9 +315,9 @@ class ExecWorker:
             try:
                 child.proc.wait(max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
-                _signal_group(child.proc.pid, signal.SIGKILL)
+                signal_group(child.proc.pid, signal.SIGKILL)
                 child.proc.wait()
-            _signal_group(child.proc.pid, signal.SIGKILL)  # what it left in its group
+            signal_group(child.proc.pid, signal.SIGKILL)  # what it left in its group
             for reader in child.readers:
                 reader.join(timeout=READERS_GRACE)
             logs.put(
@@ -351,23 +337,5 @@ class ExecWorker:
                 raise
             except Exception:
                 log.exception("run %d: could not record that it was shut down", child.run_id)
-            _drop_role(conn, child.run_id, child.role)
+            release(conn, child)
         self.children.clear()
-
-
-def _drop_role(conn: Connection, run_id: int, role: str | None) -> None:
-    """Drop a ServerApp's run role; a failure is logged (the link collects it later)."""
-    if role is None:
-        return
-    try:
-        store_runroles.drop(conn, role)
-    except TRANSIENT:
-        raise
-    except FlpgError as exc:
-        log.warning("run %d: could not drop role %s (%s); the link collects it", run_id, role, exc)
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    """Signal a ServerApp's process group; nothing if it is gone already."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)

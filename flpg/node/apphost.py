@@ -18,6 +18,10 @@ at most `protocol.LINE_LIMIT` bytes, and a line that is not a protocol answer (b
 cut, garbage the app wrote there) is logged and skipped; any exit code or signal is
 named (`flpg.bundle.process.describe_exit`); when the process ends, whatever it left in
 its process group is killed, so no leftover holds its pipes open.
+
+With `--app-user USER` (`Launch.app_user`) the processes run as USER
+(`flpg.bundle.appuser`): the worker extracts each run's bundle into its cache before
+starting the process (on a short connection of its own), which then only reads it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flpg.bundle.appuser import AppSandbox, AppSeat, AppUser
 from flpg.bundle.process import app_environment, describe_exit
 from flpg.node.logins import RunLogins
 from flpg.node.protocol import (
@@ -48,6 +53,9 @@ from flpg.node.protocol import (
     encode_batch,
 )
 from flpg.settings import DATABASE_URL_ENV
+from flpg.store import apps as store_apps
+from flpg.store import runs as store_runs
+from flpg.store.db import connect
 from flpg.store.messages import MessageRow
 
 log = logging.getLogger("flpg.node")
@@ -76,42 +84,68 @@ class Launch:
     on_exit: OnExit
     logins: RunLogins | None = None
     """The run roles its processes connect as; None: they connect with `url`."""
+    app_user: AppUser | None = None
+    """The OS user its processes run as (`--app-user`); None: the worker's."""
 
     def run_url(self, run_id: int) -> str:
         """The URL run `run_id`'s processes connect with."""
         return self.url if self.logins is None else self.logins.url(run_id)
 
-    def argv(self, run_id: int) -> list[str]:
-        """The command line of run `run_id`'s process."""
+    def argv(self, run_id: int, seat: AppSeat | None = None) -> list[str]:
+        """The command line of run `run_id`'s process (in `seat`: it reads the cache
+        through its descriptor, and only reads it)."""
+        cache = [f"--cache-dir={self.cache_dir}"]
+        if seat is not None:
+            cache = [f"--cache-dir={seat.cache_dir}", "--cache-read-only"]
         return [
-            sys.executable,
+            sys.executable if seat is None else seat.python,
             "-m",
             "flpg.node.appprocess",
             f"--run={run_id}",
             f"--worker={self.worker}",
-            f"--cache-dir={self.cache_dir}",
+            *cache,
             f"--concurrency={self.concurrency}",
             f"--grace={self.grace}",
         ]
+
+    def seat(self, sandbox: AppSandbox, run_id: int, url: str) -> AppSeat:
+        """Run `run_id`'s bundle extracted by the worker and a home for its process."""
+        with connect(self.url, application_name="flpg-node-bundles") as conn:
+            app_hash = store_runs.get(conn, run_id).app_hash
+            return sandbox.seat(
+                f"clientapp-{run_id}", app_hash, lambda: store_apps.get(conn, app_hash)[1], url
+            )
 
 
 class AppProcess:
     """One run's ClientApp process: hand it batches of claimed messages; the launch's
     `on_done` and `on_exit` report what became of them."""
 
-    def __init__(self, run_id: int, launch: Launch) -> None:
+    def __init__(self, run_id: int, launch: Launch, sandbox: AppSandbox | None = None) -> None:
         self.run_id = run_id
         url = launch.run_url(run_id)  # before the process: a refused role starts none
-        self.popen = subprocess.Popen(
-            launch.argv(run_id),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=app_environment({DATABASE_URL_ENV: url}),
-            # Its own session: a signal meant for the node worker (Ctrl-C, SIGTERM to
-            # the group) must not kill the run's app mid-message; the worker decides.
-            # If the worker dies, the process sees end of input and exits.
-            start_new_session=True,
-        )
+        self.seat = None if sandbox is None else launch.seat(sandbox, run_id, url)
+        env = app_environment({DATABASE_URL_ENV: url})
+        confined: dict[str, Any] = {}
+        if self.seat is not None:
+            env = self.seat.environment(app_environment({DATABASE_URL_ENV: self.seat.url}))
+            confined = self.seat.popen_kwargs()
+        try:
+            self.popen = subprocess.Popen(
+                launch.argv(run_id, self.seat),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=env,
+                # Its own session: a signal meant for the node worker (Ctrl-C, SIGTERM
+                # to the group) must not kill the run's app mid-message; the worker
+                # decides. If the worker dies, the process sees end of input and exits.
+                start_new_session=True,
+                **confined,
+            )
+        except BaseException:
+            if self.seat is not None:
+                self.seat.close()
+            raise
         self._launch = launch
         self._lock = threading.Lock()
         self._pending: dict[int, MessageRow] = {}
@@ -194,6 +228,8 @@ class AppProcess:
         self.popen.wait()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.popen.pid, signal.SIGKILL)
+        if self.seat is not None:
+            self.seat.close()  # its home goes; its bundle may be evicted
 
     def _read(self) -> None:
         """Report each answer line (about messages this process holds only: app code
@@ -246,7 +282,12 @@ class AppHost:
     """The live ClientApp process of each run this node worker has served."""
 
     def __init__(self, launch: Launch) -> None:
+        """With `launch.app_user`, ConfigError if the processes cannot run as that
+        user (`flpg.bundle.appuser.AppSandbox`)."""
         self._launch = launch
+        self._sandbox = None
+        if launch.app_user is not None:
+            self._sandbox = AppSandbox(launch.app_user, launch.cache_dir, launch.url, "node")
         self._lock = threading.Lock()
         self._procs: dict[int, AppProcess] = {}
         self._retired: list[AppProcess] = []
@@ -257,7 +298,7 @@ class AppHost:
         with self._lock:
             proc = self._procs.get(run_id)
             if proc is None or proc.ended:
-                proc = AppProcess(run_id, self._launch)
+                proc = AppProcess(run_id, self._launch, self._sandbox)
                 self._procs[run_id] = proc
             return proc
 
@@ -323,4 +364,6 @@ class AppHost:
                 proc.popen.wait()
         if self._launch.logins is not None:
             self._launch.logins.close()
+        if self._sandbox is not None:
+            self._sandbox.close()
         return killed

@@ -1,10 +1,11 @@
 """One run's ClientApp on one node worker, in its own process.
 
-`python -m flpg.node.appprocess --run RUN --worker WORKER --cache-dir DIR`, started
-by a node worker with `FLPG_DATABASE_URL` set (and only an allowlisted environment:
-`flpg.bundle.process.app_environment`); its first connection is retried while the database
-is away (`flpg.bundle.process.call_within`). The ClientApp is imported once and
-kept for the run's lifetime; each node id it serves has its own Context, whose
+`python -m flpg.node.appprocess --run RUN --worker WORKER --cache-dir DIR`, started by
+a node worker with `FLPG_DATABASE_URL` set and an allowlisted environment
+(`flpg.bundle.process`); its first connection is retried while the database is away
+(`call_within`). The ClientApp is imported once and kept for the run's lifetime (with
+`--cache-read-only`, as another OS user, it only checks the bundle its worker
+extracted: `BundleCache.verified`); each node id it serves has its own Context, whose
 `state` persists across the run's rounds (and lives only in this process).
 
 The node worker writes batches of claimed messages on stdin (`flpg.node.protocol`).
@@ -70,7 +71,9 @@ hundreds at a time, big models one or a few."""
 class RunApp:
     """The run's ClientApp (or the reason it could not be loaded) and its Contexts."""
 
-    def __init__(self, conn: Connection, run_id: int, cache_dir: Path) -> None:
+    def __init__(
+        self, conn: Connection, run_id: int, cache_dir: Path, read_only: bool = False
+    ) -> None:
         self.run_id = run_id
         self.app: ClientApp | None = None
         self.load_error: str | None = None
@@ -79,8 +82,11 @@ class RunApp:
         run = store_runs.get(conn, run_id)
         self.run_config = dict(run.run_config)
         try:
-            root = BundleCache(cache_dir).path(
-                run.app_hash, lambda: store_apps.get(conn, run.app_hash)[1]
+            cache, fetch = BundleCache(cache_dir, shared=read_only), store_apps.get
+            root = (
+                cache.verified(run.app_hash)
+                if read_only
+                else cache.path(run.app_hash, lambda: fetch(conn, run.app_hash)[1])
             )
             spec = parse_pyproject((root / "pyproject.toml").read_text(), f"app {run.app_name}")
             self.app = load_component(root, spec.clientapp, ClientApp)
@@ -349,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", type=int, required=True)
     parser.add_argument("--worker", required=True)
     parser.add_argument("--cache-dir", type=Path, required=True)
+    parser.add_argument("--cache-read-only", action="store_true")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--grace", type=float, default=30.0)
     args = parser.parse_args(argv)
@@ -365,24 +372,28 @@ def main(argv: list[str] | None = None) -> int:
     url = os.environ[DATABASE_URL_ENV]
     # Retried while the database is away (a process started during a blip waits).
     app = call_within(
-        url, f"flpg-clientapp-{args.run}", lambda conn: RunApp(conn, args.run, args.cache_dir)
+        url,
+        f"flpg-clientapp-{args.run}",
+        lambda conn: RunApp(conn, args.run, args.cache_dir, args.cache_read_only),
     )
     if app.load_error:
         log.warning("ClientApp did not load: %s", app.load_error)
+    options = {"autocommit": True, "application_name": f"flpg-clientapp-{args.run}"}
     pool = ConnectionPool(  # one connection loads payloads, one writes replies
         url,
         min_size=1,
         max_size=2,
-        kwargs={
-            "autocommit": True,
-            "application_name": f"flpg-clientapp-{args.run}",
-            "options": SESSION_OPTIONS,
-        },
+        kwargs={**options, "options": SESSION_OPTIONS},
         check=ConnectionPool.check_connection,
         open=True,
     )
     try:
         Server(pool, app, args.worker, out, args.concurrency).serve(sys.stdin, args.grace)
+        if app.app is not None:  # the lifespans' teardowns, once the run is done here
+            try:
+                app.app.close()
+            except Exception:
+                log.exception("a ClientApp lifespan's teardown raised")
     finally:
         pool.close()
     return 0

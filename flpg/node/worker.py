@@ -29,6 +29,7 @@ from typing import Any
 from psycopg_pool import ConnectionPool
 
 from flpg.bundle.appdir import default_cache_dir
+from flpg.bundle.appuser import AppUser
 from flpg.errors import ConfigError, PermissionDenied
 from flpg.lifecycle import worker_id
 from flpg.node.apphost import AppHost, Launch
@@ -114,9 +115,11 @@ class NodeWorker:
         intervals: Intervals | None = None,
         cache_dir: Path | None = None,
         settings_given: bool = False,
+        app_user: AppUser | None = None,
     ) -> None:
         """`settings_given`: the specs carry labels or node config the user gave,
-        which a role enrolled for its nodes may not set (admin does, at enrolment)."""
+        which a role enrolled for its nodes may not set (admin does, at enrolment).
+        `app_user`: the OS user its ClientApp processes run as (`--app-user`)."""
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if not specs:
@@ -124,6 +127,7 @@ class NodeWorker:
         self.url = url
         self.specs = specs
         self.settings_given = settings_given
+        self.app_user = app_user
         self.concurrency = concurrency
         self.intervals = intervals or Intervals.from_env()
         self.cache_dir = cache_dir or default_cache_dir()
@@ -216,6 +220,7 @@ class NodeWorker:
             on_done=reports.done,
             on_exit=reports.exited,
             logins=RunLogins(self.url, self.node_ids),
+            app_user=self.app_user,
         )
         heartbeat = Heartbeat(
             pool.connection,

@@ -145,10 +145,16 @@ def load_credentials(path: Path | str) -> str:
     return f"{cred.url}{sep}sslrootcert={quote(str(ca), safe='')}"
 
 
+def url_params(url: str) -> dict[str, Any]:
+    """The connection parameters of libpq `url` (URL or key=value string)."""
+    params: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(url)
+    return params
+
+
 def login_params(admin_url: str) -> dict[str, Any]:
     """The connection parameters of `admin_url` (URL or key=value string), without
     its user and password: what a role's credential starts from."""
-    params: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(admin_url)
+    params = url_params(admin_url)
     for key in ("user", "password", "passfile"):
         params.pop(key, None)
     return params

@@ -1,4 +1,4 @@
-"""Workers as their own enrolled roles: `flpg link --credentials FILE` and `flpg node
+"""Workers as their own enrolled roles: `flpg link`, `flpg exec --credentials FILE` and `flpg node
 --credentials FILE --name NAME [--virtual N]` connect as the login roles admin
 enrolled (`flpg link enroll`, `flpg node enroll`); the node worker attaches to the
 node ids, labels and node config admin set instead of registering.
@@ -65,7 +65,7 @@ def _connected(fed: Federation, applications: tuple[str, ...]) -> set[str]:
     return {r[0] for r in rows}
 
 
-def test_a_fedavg_run_with_an_enrolled_link_and_enrolled_nodes(
+def test_a_fedavg_run_with_an_enrolled_link_exec_and_nodes(
     roles: None, federation: Federation
 ) -> None:
     fed = federation
@@ -76,9 +76,12 @@ def test_a_fedavg_run_with_an_enrolled_link_and_enrolled_nodes(
     ]
     link = _enrol(fed, "link", "enroll", "main")
     fed.start("link", "link", "--credentials", str(link))
-    fed.exec()  # as admin: a ServerApp cannot yet run under an exec role
+    exec_cred = _enrol(fed, "exec", "enroll", "main")
+    fed.start("exec", "exec", "--credentials", str(exec_cred))
     for i, cred in enumerate(nodes):
-        fed.start(f"node{i}", "node", "--credentials", str(cred), "--name", f"node{i}")
+        # node1 is named by its credential file alone.
+        name = ("--name", f"node{i}") if i == 0 else ()
+        fed.start(f"node{i}", "node", "--credentials", str(cred), *name)
     online = fed.wait_nodes_online(2)
     assert {(n["name"], n["node_config"]["partition-id"]) for n in online} == {
         ("node0", 0),
@@ -93,6 +96,8 @@ def test_a_fedavg_run_with_an_enrolled_link_and_enrolled_nodes(
     # The link and the node workers held their own roles' sessions, no admin one.
     link_role = fed.scalar("SELECT role_name FROM principals WHERE kind = 'link'")
     assert _connected(fed, ("flpg-link",)) == {link_role}
+    exec_role = fed.scalar("SELECT role_name FROM principals WHERE kind = 'exec'")
+    assert _connected(fed, ("flpg-exec", "flpg-exec-listen")) == {exec_role}
     assert _connected(fed, ("flpg-node", "flpg-node-work")) == {
         _role(fed, "node0"),
         _role(fed, "node1"),

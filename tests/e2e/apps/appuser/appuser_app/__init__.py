@@ -1,0 +1,1 @@
+"""Reports what its processes may touch (`probe`), then runs deterministic FedAvg."""
