@@ -1,5 +1,6 @@
-"""Workers as their own enrolled roles: `flpg link`, `flpg exec --credentials FILE` and `flpg node
---credentials FILE --name NAME [--virtual N]` connect as the login roles admin
+"""Workers as their own enrolled roles: `flpg link`, `flpg exec --credentials FILE`
+and `flpg node --credentials FILE [--name NAME] [--virtual N]` connect as the login
+roles admin
 enrolled (`flpg link enroll`, `flpg node enroll`); the node worker attaches to the
 node ids, labels and node config admin set instead of registering.
 
