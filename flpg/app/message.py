@@ -4,6 +4,10 @@ Storage-agnostic: a `Message` is plain data. The store assigns `run_id`,
 `message_id` and `created_at` (by mutating `metadata`) when it is sent.
 Flower's forms are accepted as Flower takes them (`Message(content, dst, type)`,
 `Message(content_or_error, reply_to=msg, ttl=...)`, `msg.create_reply(...)`).
+A message type is Flower's: `train`, `evaluate`, `query` or `system`, optionally
+with `.<action>` (a Python identifier); a message built by an app with any other
+type is refused with one line (`check_message_type`). Stored messages are rebuilt
+as stored (`from_metadata`); a ClientApp refuses a bad type it is handed.
 """
 
 from __future__ import annotations
@@ -20,13 +24,16 @@ from flpg.app.records import RecordDict
 __all__ = [
     "DEFAULT_TTL",
     "MESSAGE_TTL_TOLERANCE",
+    "MESSAGE_TYPE_FORMS",
     "Error",
     "ErrorCode",
     "Message",
     "MessageType",
     "Metadata",
+    "check_message_type",
     "error_code_from_stored",
     "error_code_to_stored",
+    "is_valid_message_type",
 ]
 
 DEFAULT_TTL = 43200.0
@@ -77,11 +84,30 @@ class Metadata:
         return self.created_at + self.ttl
 
 
-def _check_message_type(message_type: object) -> str:
+MESSAGE_TYPE_FORMS = (
+    "'<category>' or '<category>.<action>', where <category> is 'train', 'evaluate', "
+    "'query' or 'system' and <action> is a Python identifier"
+)
+"""The message types Flower accepts (its `validate_message_type`), in words."""
+
+_CATEGORIES = frozenset(
+    (MessageType.TRAIN, MessageType.EVALUATE, MessageType.QUERY, MessageType.SYSTEM)
+)
+
+
+def is_valid_message_type(message_type: str) -> bool:
+    """Whether `message_type` has one of Flower's forms (MESSAGE_TYPE_FORMS)."""
+    category, dot, action = message_type.partition(".")
+    return category in _CATEGORIES and (not dot or action.isidentifier())
+
+
+def check_message_type(message_type: object) -> str:
+    """`message_type` if it has one of Flower's forms; TypeError for a non-str,
+    ValueError (one line, naming the valid forms) for any other string."""
     if not isinstance(message_type, str):
         raise TypeError(f"message_type must be a str, got {type(message_type).__name__}")
-    if not message_type.strip():
-        raise ValueError("message_type must be a non-empty string")
+    if not is_valid_message_type(message_type):
+        raise ValueError(f"invalid message_type {message_type!r}: expected {MESSAGE_TYPE_FORMS}")
     return message_type
 
 
@@ -177,6 +203,7 @@ class Message:
                 raise TypeError("Message(metadata=...) takes only content or an error beside it")
             if not isinstance(metadata, Metadata):
                 raise TypeError(f"metadata must be Metadata, got {type(metadata).__name__}")
+            check_message_type(metadata.message_type)
         elif reply_to is not None:
             metadata = _reply_metadata(dst, mtype, ttl, group_id, reply_to)
         else:
@@ -296,7 +323,7 @@ def _instruction_metadata(dst: object, mtype: object, ttl: object, group_id: obj
         group_id=group_id,
         created_at=time.time(),
         ttl=DEFAULT_TTL if ttl is None else _check_ttl(ttl),
-        message_type=_check_message_type(mtype),
+        message_type=check_message_type(mtype),
     )
 
 

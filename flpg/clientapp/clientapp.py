@@ -10,7 +10,7 @@ from typing import Any
 
 from flpg.app.context import Context
 from flpg.app.lifespan import LifespanFn, lifespan_of
-from flpg.app.message import Message, MessageType
+from flpg.app.message import Message, MessageType, check_message_type
 
 Handler = Callable[[Message, Context], Message]
 Mod = Callable[[Message, Context, Handler], Message]
@@ -131,9 +131,10 @@ class ClientApp:
             raise first
 
     def __call__(self, message: Message, context: Context) -> Message:
-        """Run the handler for `message`; raises LookupError if there is none,
-        TypeError if the handler does not return a reply Message."""
-        message_type = message.metadata.message_type
+        """Run the handler for `message`; raises ValueError if its type is not one of
+        Flower's forms, LookupError if no handler has it, TypeError if the handler
+        does not return a reply Message."""
+        message_type = check_message_type(message.metadata.message_type)
         handler = self._handlers.get(message_type.removesuffix(f".{DEFAULT_ACTION}"))
         if handler is None:
             raise LookupError(

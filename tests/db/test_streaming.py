@@ -289,7 +289,9 @@ def test_streaming_aggregation_holds_the_sum_not_the_replies(
         ids = broadcast(grid, nodes, ArrayRecord({"w": base}))
         for _ in range(2):  # 3 nodes x 3 sends: 9 replies
             ids += grid.push_messages(
-                grid.create_message(RecordDict({"arrays": ArrayRecord({"w": base})}), "t", n, "1")
+                grid.create_message(
+                    RecordDict({"arrays": ArrayRecord({"w": base})}), "train", n, "1"
+                )
                 for n in nodes
             )
         updates = {n: ({"w": np.full(size, i + 1, np.float32)}, 1) for i, n in enumerate(nodes)}

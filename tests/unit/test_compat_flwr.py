@@ -50,7 +50,13 @@ def test_flwr_modules_are_aliases_of_flpg_objects() -> None:
         assert FedAvg is flpg_fedavg is flwr.serverapp.strategy.FedAvg
         assert log is log2 is flpg.common.log
         assert flwr.serverapp.strategy.__flpg_target__ == "flpg.serverapp.strategy"
-        assert flwr.clientapp.mod.__all__ == []
+        assert flwr.clientapp.mod.__all__ == [
+            "LocalDpMod",
+            "adaptiveclipping_mod",
+            "arrays_size_mod",
+            "fixedclipping_mod",
+            "message_size_mod",
+        ]
         print("ok")
         """
     )
@@ -65,8 +71,9 @@ def test_flwr_modules_are_aliases_of_flpg_objects() -> None:
             "flwr.serverapp.strategy.FedProx is not supported by flpg (supported: FedAvg, ",
         ),
         (
-            "from flwr.clientapp.mod import LocalDpMod",
-            "flwr.clientapp.mod.LocalDpMod is not supported by flpg (supported: none yet)",
+            "from flwr.clientapp.mod import secaggplus_mod",
+            "flwr.clientapp.mod.secaggplus_mod is not supported by flpg (supported: "
+            "LocalDpMod, adaptiveclipping_mod, ",
         ),
         (
             "import flwr.app; flwr.app.UserConfig",

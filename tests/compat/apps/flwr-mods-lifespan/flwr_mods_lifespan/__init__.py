@@ -1,0 +1,1 @@
+"""flwr-mods-lifespan: a Flower app using mods and lifespans."""
