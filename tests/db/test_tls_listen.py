@@ -216,3 +216,45 @@ def test_db_status_shows_where_the_cluster_is_served(served: Served) -> None:
     status = flpg_cli(served.cluster.root.parent, "db", "status")
     assert status.returncode == 0, status.stderr
     assert f"served: 127.0.0.1:{served.port} (TLS, SCRAM passwords)" in status.stdout
+
+
+def _credential(tmp_path: Path, name: str, port: int, ca_pem: str, role: str) -> Path:
+    from flpg.store.credentials import Credentials, role_url, write_credentials
+
+    params = {"host": "localhost", "port": port, "dbname": "flpg", "sslmode": "verify-full"}
+    path = tmp_path / f"{name}.json"
+    write_credentials(
+        path, Credentials(role_url(params, role, PASSWORD), role, "user", ca_cert=ca_pem)
+    )
+    return path
+
+
+def test_a_credential_file_for_the_wrong_server_is_one_line(served: Served, tmp_path: Path) -> None:
+    """Made for another cluster: its CA does not sign this server, nothing listens at
+    its address, or its role does not exist here. Each: one line, non-zero exit."""
+    _, other = new_ca(dt.datetime.now(dt.UTC))
+    other_pem = other.public_bytes(serialization.Encoding.PEM).decode()
+    ca_pem = served.ca.read_text()
+    cases = {
+        "other-ca": (
+            _credential(tmp_path, "a", served.port, other_pem, "alice"),
+            3,
+            "certificate verify failed",
+        ),
+        "no-server": (
+            _credential(tmp_path, "b", free_port(), ca_pem, "alice"),
+            3,
+            "cannot connect",
+        ),
+        "no-role": (
+            _credential(tmp_path, "c", served.port, ca_pem, "bob"),
+            6,
+            "credential for role bob was refused",
+        ),
+    }
+    for case, (path, code, words) in cases.items():
+        result = flpg_cli(tmp_path, "ls", "--credentials", str(path))
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == code, (case, result.stderr)
+        assert len(lines) == 1 and lines[0].startswith("flpg: error: "), (case, lines)
+        assert words in lines[0], (case, lines)
