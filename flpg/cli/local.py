@@ -92,12 +92,19 @@ def demo_cmd(db: str | None, num_nodes: int, rounds: int | None, keep: bool) -> 
     show_default=True,
     help="Where to create the app directory.",
 )
+@click.option(
+    "--framework",
+    type=click.Choice(["numpy", "sklearn", "pytorch"], case_sensitive=False),  # scaffold.FRAMEWORKS
+    default="numpy",
+    show_default=True,
+    help="The ClientApp's framework (Flower's names; pytorch needs torch where it runs).",
+)
 @handle_errors
-def new_cmd(name: str, target: Path) -> None:
+def new_cmd(name: str, target: Path, framework: str) -> None:
     """Create a working app skeleton NAME (ServerApp with FedAvg, ClientApp)."""
     from flpg.local.scaffold import create_app
 
-    render.app_created(create_app(name, target))
+    render.app_created(create_app(name, target, framework))
 
 
 COMMANDS = (up_cmd, down_cmd, demo_cmd, new_cmd)

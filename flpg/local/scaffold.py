@@ -1,4 +1,6 @@
-"""`flpg new`: write a working app skeleton from the templates in `flpg/local/templates/app/`.
+"""`flpg new`: write a working app skeleton from the templates in
+`flpg/local/templates/<framework>/`, one directory per framework (`FRAMEWORKS`,
+named as Flower's `flwr new --framework` names them, matched case-insensitively).
 
 Template files end in `.tmpl` (so linters and type checkers leave them alone);
 `{{name}}` and `{{package}}` in their paths and contents are replaced by the
@@ -17,11 +19,19 @@ from pathlib import Path
 
 from flpg.errors import AppError
 
-__all__ = ["create_app", "package_name"]
+__all__ = ["DEFAULT_FRAMEWORK", "FRAMEWORKS", "create_app", "framework_name", "package_name"]
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 _SUFFIX = ".tmpl"
-_RESERVED = {"flpg", "numpy"}  # packages the generated app imports itself
+# Packages a generated app imports itself: a package of that name would shadow them.
+_RESERVED = {"flpg", "numpy", "sklearn", "torch"}
+
+FRAMEWORKS = ("numpy", "sklearn", "pytorch")
+"""The frameworks `flpg new` has a template for: numpy (linear regression on
+synthetic data, needs nothing else), sklearn (logistic regression on
+scikit-learn's bundled digits), pytorch (an MLP; torch is imported only when the
+app runs, so submitting it needs no torch, running it does)."""
+DEFAULT_FRAMEWORK = "numpy"
 
 
 def package_name(name: str) -> str:
@@ -48,8 +58,18 @@ def _check_name(name: str) -> str:
     return package
 
 
-def _templates() -> Traversable:
-    return resources.files("flpg.local").joinpath("templates", "app")
+def framework_name(framework: str) -> str:
+    """The template directory of `framework` ("NumPy" -> "numpy"); AppError if none."""
+    name = framework.lower()
+    if name not in FRAMEWORKS:
+        raise AppError(
+            f"no app template for framework {framework!r} (available: {', '.join(FRAMEWORKS)})"
+        )
+    return name
+
+
+def _templates(framework: str) -> Traversable:
+    return resources.files("flpg.local").joinpath("templates", framework)
 
 
 def _render(text: str, name: str, package: str) -> str:
@@ -67,13 +87,15 @@ def _write_tree(source: Traversable, target: Path, name: str, package: str) -> N
             (target / rendered.removesuffix(_SUFFIX)).write_text(text, encoding="utf-8")
 
 
-def create_app(name: str, target_dir: Path) -> Path:
+def create_app(name: str, target_dir: Path, framework: str = DEFAULT_FRAMEWORK) -> Path:
     """Write a new app `name` into `target_dir / name` and return its path.
 
     The app has a pyproject.toml, a README and a package (`package_name(name)`)
-    with a FedAvg ServerApp and a numpy ClientApp. Raises AppError if the name
-    is invalid or the target already exists; never leaves a partial app behind.
+    with a FedAvg ServerApp and a ClientApp in `framework` (one of FRAMEWORKS,
+    any case). Raises AppError if the name or framework is invalid or the target
+    already exists; never leaves a partial app behind.
     """
+    templates = _templates(framework_name(framework))
     package = _check_name(name)
     app_dir = Path(target_dir) / name
     if app_dir.exists() or app_dir.is_symlink():
@@ -84,7 +106,7 @@ def create_app(name: str, target_dir: Path) -> Path:
     except OSError as exc:
         raise AppError(f"cannot create {app_dir}: {exc.strerror or exc}") from None
     try:
-        _write_tree(_templates(), app_dir, name, package)
+        _write_tree(templates, app_dir, name, package)
     except OSError as exc:
         shutil.rmtree(app_dir, ignore_errors=True)
         raise AppError(f"cannot write {app_dir}: {exc.strerror or exc}") from None

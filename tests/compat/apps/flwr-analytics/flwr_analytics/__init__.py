@@ -1,0 +1,1 @@
+"""flwr-analytics: a Flower / federated analytics app."""

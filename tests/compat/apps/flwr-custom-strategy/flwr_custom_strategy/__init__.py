@@ -1,0 +1,1 @@
+"""flwr-custom-strategy: a Flower app with a custom strategy."""

@@ -1,0 +1,1 @@
+"""flwr-pytorch: a Flower / PyTorch app."""

@@ -1,0 +1,1 @@
+"""flwr-sklearn: a Flower / scikit-learn app."""
