@@ -42,6 +42,7 @@ MODULES: dict[str, str | None] = {
     "flwr.common.typing": "flpg.common.typing",
     "flwr.serverapp": "flpg.serverapp",
     "flwr.serverapp.strategy": "flpg.serverapp.strategy",
+    "flwr.serverapp.strategy.strategy_utils": "flpg.serverapp.strategy.strategy_utils",
 }
 """Each supported Flower module and the flpg module it aliases (`flwr` itself holds
 only its submodules)."""

@@ -1,14 +1,14 @@
 """Flower's Message API, name by name, through flpg's `flwr` import hook.
 
 FLOWER_API lists what an app written for Flower's Message API (1.23, checked against
-1.42) uses from flwr.app, flwr.serverapp, flwr.serverapp.strategy, flwr.clientapp,
-flwr.clientapp.mod and flwr.common, with Flower's parameter names (read from Flower
-with `inspect.signature`): "*args"/"**kwargs" for variadics, "kw:" before a
-keyword-only one, None for a value, type or attribute. Each must resolve through
-`flpg.compat.flwr` and take the same arguments: Flower's positional parameters at the
-same positions, its keyword ones by name, and no required parameter Flower lacks.
-LACKING names what flpg leaves out on purpose, and why; FLOWER_ALL (the modules'
-`__all__` in Flower 1.23) must be covered by the two lists.
+1.42) uses from flwr.app, flwr.serverapp, flwr.serverapp.strategy (and its
+strategy_utils), flwr.clientapp, flwr.clientapp.mod and flwr.common, with Flower's
+parameter names (read from Flower with `inspect.signature`): "*args"/"**kwargs" for
+variadics, "kw:" before a keyword-only one, None for a value, type or attribute. Each
+must resolve through `flpg.compat.flwr` and take the same arguments: Flower's
+positional parameters at the same positions, its keyword ones by name, and no required
+parameter Flower lacks. LACKING names what flpg leaves out on purpose, and why;
+FLOWER_ALL (the modules' `__all__` in Flower 1.23) must be covered by the two lists.
 
 The hook changes `sys.modules`, so the checks run in a fresh interpreter.
 """
@@ -106,9 +106,24 @@ flwr.serverapp.strategy FedAvg.configure_train server_round arrays config grid
 flwr.serverapp.strategy FedAvg.aggregate_train server_round replies
 flwr.serverapp.strategy FedAvg.configure_evaluate server_round arrays config grid
 flwr.serverapp.strategy FedAvg.aggregate_evaluate server_round replies
+flwr.serverapp.strategy FedAvg.summary
 flwr.serverapp.strategy Strategy -
 flwr.serverapp.strategy Strategy.start grid initial_arrays num_rounds timeout train_config
     evaluate_config evaluate_fn
+flwr.serverapp.strategy Strategy.configure_train server_round arrays config grid
+flwr.serverapp.strategy Strategy.aggregate_train server_round replies
+flwr.serverapp.strategy Strategy.configure_evaluate server_round arrays config grid
+flwr.serverapp.strategy Strategy.aggregate_evaluate server_round replies
+flwr.serverapp.strategy Strategy.summary
+flwr.serverapp.strategy strategy_utils -
+flwr.serverapp.strategy.strategy_utils config_to_str config
+flwr.serverapp.strategy.strategy_utils log_strategy_start_info num_rounds arrays
+    train_config evaluate_config
+flwr.serverapp.strategy.strategy_utils aggregate_arrayrecords records weighting_metric_name
+flwr.serverapp.strategy.strategy_utils aggregate_metricrecords records weighting_metric_name
+flwr.serverapp.strategy.strategy_utils sample_nodes grid min_available_nodes sample_size
+flwr.serverapp.strategy.strategy_utils validate_message_reply_consistency replies
+    weighted_by_key check_arrayrecord
 flwr.serverapp.strategy Result arrays train_metrics_clientapp evaluate_metrics_clientapp
     evaluate_metrics_serverapp
 flwr.clientapp ClientApp client_fn mods
@@ -199,7 +214,9 @@ LACKING: dict[str, str] = {
     "flwr.serverapp.Grid.set_run": (
         "Flower's runner binds a Grid to a run; flpg builds each Grid for one run"
     ),
-    "flwr.serverapp.strategy.FedAvg.summary": "flpg's FedAvg logs no summary table",
+    "flwr.serverapp.strategy.strategy_utils.aggregate_bagging": (
+        "XGBoost bagging belongs to FedXgbBagging, which flpg does not ship"
+    ),
     **{f"flwr.serverapp.strategy.{name}": _STRATEGIES for name in _STRATEGY_NAMES},
     **{f"flwr.common.{name}": _LEGACY for name in _LEGACY_NAMES},
     **{
@@ -220,6 +237,11 @@ FLOWER_ALL: dict[str, list[str]] = {
     ),
     "flwr.serverapp": _words("Grid ServerApp strategy"),
     "flwr.serverapp.strategy": sorted([*_STRATEGY_NAMES, "FedAvg", "Result", "Strategy"]),
+    # strategy_utils has no __all__: the functions it defines.
+    "flwr.serverapp.strategy.strategy_utils": _words(
+        "aggregate_arrayrecords aggregate_bagging aggregate_metricrecords config_to_str"
+        " log_strategy_start_info sample_nodes validate_message_reply_consistency"
+    ),
     "flwr.clientapp": _words("ClientApp mod"),
     "flwr.clientapp.mod": _MOD_NAMES,
     "flwr.common": sorted(
@@ -235,7 +257,7 @@ FLOWER_ALL: dict[str, list[str]] = {
     ),
 }
 
-PASSING_AT_LEAST = 116
+PASSING_AT_LEAST = 129
 """Entries of FLOWER_API that resolve and take Flower's arguments (all of them now)."""
 
 

@@ -8,8 +8,14 @@ from collections.abc import Callable, Iterable
 from flpg.app.message import Message, MessageType
 from flpg.app.records import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flpg.serverapp.grid import Grid
-from flpg.serverapp.strategy.aggregate import ReplyRejected, WeightedArrayMean, WeightedMetricMean
+from flpg.serverapp.strategy.aggregate import ReplyRejected, WeightedArrayMean
 from flpg.serverapp.strategy.strategy import ReplyTally, Strategy
+from flpg.serverapp.strategy.strategy_utils import (
+    aggregate_metricrecords,
+    log,
+    only_arrays,
+    record_weight,
+)
 
 MetricsAggrFn = Callable[[list[RecordDict], str], MetricRecord]
 
@@ -21,7 +27,11 @@ class FedAvg(Strategy):
     that carries an error, lacks the weight, or whose arrays do not match the
     global model (names, shapes, dtypes, finite values) is counted as a failure
     and left out; the round continues with the others, as long as it keeps its
-    minimum (below, and the `Strategy` docstring).
+    minimum (below, and the `Strategy` docstring). `aggregate_train` and
+    `aggregate_evaluate` take the ReplyTally `start` gives them or, as Flower's do,
+    any iterable of replies (a list from `grid.send_and_receive`), leaving out error
+    replies and unusable ones alike; Flower's raise InconsistentMessageReplies for
+    an unusable reply, flpg's aggregate the others.
 
     Parameters (Flower's, with Flower's meaning unless said otherwise):
 
@@ -42,7 +52,9 @@ class FedAvg(Strategy):
     - `arrayrecord_key` ("arrays"), `configrecord_key` ("config"): where the
       arrays and the config go in each instruction (and the arrays in each reply).
     - `train_metrics_aggr_fn`, `evaluate_metrics_aggr_fn` (None): `(replies'
-      metric RecordDicts, weighted_by_key) -> MetricRecord`; None is the weighted mean.
+      metric RecordDicts, weighted_by_key) -> MetricRecord`; None is the weighted mean,
+      `strategy_utils.aggregate_metricrecords` (the attribute holds it, as in Flower).
+      flpg passes each usable reply's MetricRecords only, not its arrays.
     - `seed` (None: the run id): node sampling depends only on (seed, round,
       phase), so a resumed run samples as the original would (flpg's addition).
 
@@ -85,10 +97,26 @@ class FedAvg(Strategy):
         self.weighted_by_key = weighted_by_key
         self.arrayrecord_key = arrayrecord_key
         self.configrecord_key = configrecord_key
-        self.train_metrics_aggr_fn = train_metrics_aggr_fn
-        self.evaluate_metrics_aggr_fn = evaluate_metrics_aggr_fn
+        self.train_metrics_aggr_fn = train_metrics_aggr_fn or aggregate_metricrecords
+        self.evaluate_metrics_aggr_fn = evaluate_metrics_aggr_fn or aggregate_metricrecords
         self.seed = seed
         self._reference: ArrayRecord | None = None
+
+    def summary(self) -> None:
+        """Log the sampling parameters and record keys, in Flower's FedAvg lines."""
+        for line in (
+            "\t├──> Sampling:",
+            f"\t│\t├──Fraction: train ({self.fraction_train:.2f}) | "
+            f"evaluate ( {self.fraction_evaluate:.2f})",
+            f"\t│\t├──Minimum nodes: train ({self.min_train_nodes}) | "
+            f"evaluate ({self.min_evaluate_nodes})",
+            f"\t│\t└──Minimum available nodes: {self.min_available_nodes}",
+            "\t└──> Keys in records:",
+            f"\t\t├── Weighted by: '{self.weighted_by_key}'",
+            f"\t\t├── ArrayRecord key: '{self.arrayrecord_key}'",
+            f"\t\t└── ConfigRecord key: '{self.configrecord_key}'",
+        ):
+            log(line)
 
     def _sample(
         self, grid: Grid, server_round: int, phase: str, fraction: float, minimum: int
@@ -125,75 +153,83 @@ class FedAvg(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """One `train` message per sampled node, all carrying the same arrays (stored once)."""
+        """One `train` message per sampled node, all carrying the same arrays (stored
+        once) and `config`, into which it sets `server-round` (as Flower's does)."""
         self._reference = arrays
+        config["server-round"] = server_round
         node_ids = self._sample(
             grid, server_round, "train", self.fraction_train, self.min_train_nodes
         )
         return self._messages(grid, node_ids, arrays, config, MessageType.TRAIN, server_round)
 
-    def _weight(self, reply: Message) -> tuple[float, MetricRecord]:
-        metrics = reply.content.metric_records
-        for record in metrics.values():
-            if self.weighted_by_key in record:
-                value = record[self.weighted_by_key]
-                if isinstance(value, (int, float)):
-                    return float(value), record
-        raise ReplyRejected(f"reply has no numeric metric {self.weighted_by_key!r} to weight it by")
+    def _tally(self, replies: Iterable[Message]) -> tuple[ReplyTally, bool]:
+        """The replies as a tally, and whether this method's caller logs its outcome:
+        `start`'s tally as it is; any other iterable wrapped in a new tally, which
+        passes rejections on to the round's tally while `start` aggregates one (it
+        logs them) and otherwise is logged by the caller, as Flower logs replies."""
+        if isinstance(replies, ReplyTally):
+            return replies, False
+        return ReplyTally(replies, parent=self._round_tally), self._round_tally is None
+
+    @staticmethod
+    def _report(phase: str, tally: ReplyTally) -> None:
+        log(f"{phase}: Received {tally.usable} results and {tally.failures} failures")
+        for reason in tally.reasons:
+            log(f"\t> {reason}")
 
     def aggregate_train(
-        self, server_round: int, replies: ReplyTally
+        self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Streamed weighted mean of arrays and metrics; None if no reply was usable."""
-        assert self._reference is not None, "configure_train must run first"
-        arrays = WeightedArrayMean(self._reference)
-        metrics = WeightedMetricMean(self.weighted_by_key)
+        """Streamed weighted mean of arrays and metrics; (None, None) if no reply was
+        usable. The arrays must match those of the last `configure_train` (without
+        one, the first usable reply's)."""
+        tally, report = self._tally(replies)
+        reference = self._reference
+        arrays = WeightedArrayMean(reference) if reference is not None else None
         kept: list[RecordDict] = []
-        for reply in replies:
+        for reply in tally:
             try:
-                weight, record = self._weight(reply)
-                arrays.add(reply.content[self.arrayrecord_key], weight)  # type: ignore[arg-type]
+                weight = record_weight(reply.content, self.weighted_by_key)
+                record = only_arrays(reply.content, self.arrayrecord_key)
+                if arrays is None or (reference is None and not arrays.count):
+                    arrays = WeightedArrayMean(record)
+                arrays.add(record, weight)
             except (ReplyRejected, KeyError, TypeError) as exc:
-                replies.reject(reply, str(exc))
+                tally.reject(reply, str(exc))
                 continue
-            metrics.add(record, weight)
-            if self.train_metrics_aggr_fn is not None:
-                kept.append(
-                    RecordDict(
-                        {k: v for k, v in reply.content.items() if isinstance(v, MetricRecord)}
-                    )
-                )
-        if not arrays.count:
+            kept.append(RecordDict(reply.content.metric_records))
+        if report:
+            self._report("aggregate_train", tally)
+        if arrays is None or not arrays.count:
             return None, None
-        if self.train_metrics_aggr_fn is not None:
-            return arrays.result(), self.train_metrics_aggr_fn(kept, self.weighted_by_key)
-        return arrays.result(), metrics.result()
+        return arrays.result(), self.train_metrics_aggr_fn(kept, self.weighted_by_key)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """One `evaluate` message per sampled node (none when fraction_evaluate is 0)."""
+        """One `evaluate` message per sampled node (none when fraction_evaluate is 0),
+        each with `config`, into which it sets `server-round` (as Flower's does)."""
+        config["server-round"] = server_round
         node_ids = self._sample(
             grid, server_round, "evaluate", self.fraction_evaluate, self.min_evaluate_nodes
         )
         return self._messages(grid, node_ids, arrays, config, MessageType.EVALUATE, server_round)
 
-    def aggregate_evaluate(self, server_round: int, replies: ReplyTally) -> MetricRecord | None:
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
         """Weighted mean of the evaluation metrics; None if no reply was usable."""
-        metrics = WeightedMetricMean(self.weighted_by_key)
+        tally, report = self._tally(replies)
         kept: list[RecordDict] = []
-        for reply in replies:
+        for reply in tally:
             try:
-                weight, record = self._weight(reply)
+                record_weight(reply.content, self.weighted_by_key)
             except ReplyRejected as exc:
-                replies.reject(reply, str(exc))
+                tally.reject(reply, str(exc))
                 continue
-            metrics.add(record, weight)
-            kept.append(
-                RecordDict({k: v for k, v in reply.content.items() if isinstance(v, MetricRecord)})
-            )
+            kept.append(RecordDict(reply.content.metric_records))
+        if report:
+            self._report("aggregate_evaluate", tally)
         if not kept:
             return None
-        if self.evaluate_metrics_aggr_fn is not None:
-            return self.evaluate_metrics_aggr_fn(kept, self.weighted_by_key)
-        return metrics.result()
+        return self.evaluate_metrics_aggr_fn(kept, self.weighted_by_key)

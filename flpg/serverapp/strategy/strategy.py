@@ -11,6 +11,7 @@ from flpg.app.records import ArrayRecord, ConfigRecord, MetricRecord
 from flpg.errors import FlpgError
 from flpg.serverapp.grid import Grid
 from flpg.serverapp.strategy.result import Result
+from flpg.serverapp.strategy.strategy_utils import log, log_strategy_start_info
 
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 
@@ -20,10 +21,16 @@ class TooFewReplies(FlpgError):
 
 
 class ReplyTally:
-    """Wraps a reply stream and counts error replies and rejected replies."""
+    """Wraps a reply stream and counts error replies and rejected replies.
 
-    def __init__(self, replies: Iterable[Message]) -> None:
+    Iterating yields the replies that carry no error, one at a time as they arrive
+    (nothing is held). A tally with a `parent` (a strategy given a plain list of a
+    round's replies) passes each rejection on to it as well.
+    """
+
+    def __init__(self, replies: Iterable[Message], parent: ReplyTally | None = None) -> None:
         self._replies = replies
+        self.parent = parent
         self.received = 0
         self.failures = 0
         self.reasons: list[str] = []
@@ -51,11 +58,13 @@ class ReplyTally:
         )
         if reply.metadata.message_id is not None:
             self.rejected.append((reply.metadata.message_id, reason))
+        if self.parent is not None:
+            self.parent.reject(reply, reason)
 
-
-def log(message: str) -> None:
-    """A progress line on the ServerApp's stdout (which lands in the run's log)."""
-    print(message, flush=True)
+    @property
+    def usable(self) -> int:
+        """Replies received that carried no error and were not rejected."""
+        return self.received - self.failures
 
 
 class Strategy(ABC):
@@ -75,6 +84,8 @@ class Strategy(ABC):
     min_available_nodes: int = 1
     min_train_nodes: int = 0
     min_evaluate_nodes: int = 0
+    _round_tally: ReplyTally | None = None
+    """The tally of the replies `start` is aggregating, while it aggregates them."""
 
     @abstractmethod
     def configure_train(
@@ -84,9 +95,11 @@ class Strategy(ABC):
 
     @abstractmethod
     def aggregate_train(
-        self, server_round: int, replies: ReplyTally
+        self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Fold training replies (streamed) into new arrays and metrics."""
+        """Fold training replies into new arrays and metrics. `start` passes a
+        ReplyTally (error replies already left out, the rest streamed as they
+        arrive); a caller of its own may pass any iterable of replies."""
 
     @abstractmethod
     def configure_evaluate(
@@ -95,8 +108,15 @@ class Strategy(ABC):
         """The federated-evaluation instructions of one round (may be empty)."""
 
     @abstractmethod
-    def aggregate_evaluate(self, server_round: int, replies: ReplyTally) -> MetricRecord | None:
-        """Fold evaluation replies (streamed) into metrics."""
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Fold evaluation replies into metrics (`replies` as for `aggregate_train`)."""
+
+    def summary(self) -> None:
+        """Log the strategy's configuration; `start` calls it first. Flower's is
+        abstract; flpg's logs nothing, so a strategy need not define it."""
+        return None
 
     def start(
         self,
@@ -126,7 +146,10 @@ class Strategy(ABC):
         """
         if num_rounds < 1:
             raise ValueError(f"num_rounds must be >= 1, got {num_rounds}")
-        result, first_round = self._begin(grid, initial_arrays, num_rounds, timeout, evaluate_fn)
+        configs = (train_config, evaluate_config)
+        result, first_round = self._begin(
+            grid, initial_arrays, (num_rounds, timeout), configs, evaluate_fn
+        )
         # From here on the global model lives in the database, written once per
         # round: messages and checkpoints reference it, memory does not hold it.
         del initial_arrays
@@ -147,13 +170,15 @@ class Strategy(ABC):
         self,
         grid: Grid,
         initial_arrays: ArrayRecord,
-        num_rounds: int,
-        timeout: float,
+        limits: tuple[int, float],
+        configs: tuple[ConfigRecord | None, ConfigRecord | None],
         evaluate_fn: EvaluateFn | None,
     ) -> tuple[Result, int]:
         """The result to continue and the first round to train: from the run's
         checkpoint if it has one, else from `initial_arrays` (server-evaluated as
-        round 0 and saved as checkpoint 0). The result's arrays are stored ones."""
+        round 0 and saved as checkpoint 0). The result's arrays are stored ones.
+        Logs a first line, then Flower's start information and `summary()`."""
+        num_rounds, timeout = limits
         checkpoint = grid.load_checkpoint()
         if checkpoint is not None:
             result = Result.from_checkpoint(checkpoint.arrays, checkpoint.metrics)
@@ -161,15 +186,27 @@ class Strategy(ABC):
                 f"resuming {type(self).__name__} after round {checkpoint.round} of "
                 f"{num_rounds}, run {grid.run_id} attempt {grid.attempt}"
             )
+            self._announce(num_rounds, checkpoint.arrays, configs)
             result.arrays = checkpoint.arrays
             return result, checkpoint.round + 1
         result = Result(arrays=initial_arrays)
         log(f"starting {type(self).__name__}: {num_rounds} rounds, run {grid.run_id}")
+        self._announce(num_rounds, initial_arrays, configs)
         self._wait(grid, self.min_train_nodes, timeout)
         if evaluate_fn is not None:
             self._server_evaluate(grid, 0, initial_arrays, evaluate_fn, result)
         result.arrays = grid.save_checkpoint(0, initial_arrays, result.metrics_to_json())
         return result, 1
+
+    def _announce(
+        self,
+        num_rounds: int,
+        arrays: ArrayRecord,
+        configs: tuple[ConfigRecord | None, ConfigRecord | None],
+    ) -> None:
+        """Flower's start lines: rounds, model size, configs, then `summary()`."""
+        log_strategy_start_info(num_rounds, arrays, *configs)
+        self.summary()
 
     def _wait(self, grid: Grid, minimum: int, timeout: float) -> None:
         """Wait for `max(min_available_nodes, minimum)` online nodes (NodesUnavailable)."""
@@ -195,11 +232,15 @@ class Strategy(ABC):
         server_round = rounds[0]
         started = time.monotonic()
         self._wait(grid, self.min_train_nodes, timeout)
-        config = ConfigRecord(dict(train_config or {}))
-        config["server-round"] = server_round
-        messages = self.configure_train(server_round, result.arrays, config, grid)
+        messages = self.configure_train(
+            server_round, result.arrays, _round_config(train_config, server_round), grid
+        )
         ids, tally = self._collect(grid, messages, timeout)
-        new_arrays, metrics = self.aggregate_train(server_round, tally)
+        self._round_tally = tally
+        try:
+            new_arrays, metrics = self.aggregate_train(server_round, tally)
+        finally:
+            self._round_tally = None
         took = f" ({time.monotonic() - started:.2f} s)"
         ok = self._conclude(grid, rounds, "train", (ids, tally, metrics), timeout, took)
         self._require(server_round, ok, "training", "min_train_nodes", self.min_train_nodes)
@@ -223,12 +264,15 @@ class Strategy(ABC):
         server_round = rounds[0]
         if self.min_evaluate_nodes > 0:
             self._wait(grid, self.min_evaluate_nodes, timeout)
-        config = ConfigRecord(dict(evaluate_config or {}))
-        config["server-round"] = server_round
+        config = _round_config(evaluate_config, server_round)
         messages = list(self.configure_evaluate(server_round, result.arrays, config, grid))
         if messages:
             ids, tally = self._collect(grid, messages, timeout)
-            metrics = self.aggregate_evaluate(server_round, tally)
+            self._round_tally = tally
+            try:
+                metrics = self.aggregate_evaluate(server_round, tally)
+            finally:
+                self._round_tally = None
             ok = self._conclude(grid, rounds, "evaluate", (ids, tally, metrics), timeout)
             result.evaluate_metrics_clientapp[server_round] = metrics or MetricRecord()
         else:
@@ -284,6 +328,16 @@ class Strategy(ABC):
         result.evaluate_metrics_serverapp[server_round] = metrics
         grid.record_round(server_round, "server_evaluate", metrics)
         log(f"round {server_round} server evaluate{_fmt(metrics)}")
+
+
+def _round_config(config: ConfigRecord | None, server_round: int) -> ConfigRecord:
+    """A copy of `config` for one round (the caller's record is never changed) with
+    its `server-round`. FedAvg's configure methods set it too, as Flower's do, so a
+    strategy that calls them from a `start` of its own sends it; any strategy run by
+    this `start` gets it, whether or not its configure methods set it (same value)."""
+    out = ConfigRecord(dict(config or {}))
+    out["server-round"] = server_round
+    return out
 
 
 def _fmt(metrics: MetricRecord | None) -> str:
