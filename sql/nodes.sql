@@ -2,14 +2,15 @@
 
 -- name: nodes_register
 -- Registers a node by name or re-attaches to the existing id (several workers may
--- serve one node); the node is online from now.
+-- serve one node); the node is online from now (a removed one is back).
 INSERT INTO nodes (name, node_config, labels)
 VALUES (%(name)s, %(node_config)s, %(labels)s)
 ON CONFLICT (name) DO UPDATE
     SET node_config = EXCLUDED.node_config,
         labels = EXCLUDED.labels,
         status = 'online',
-        last_seen_at = now()
+        last_seen_at = now(),
+        removed_at = NULL
 RETURNING id, name, node_config, labels, status, registered_at, last_seen_at;
 
 -- name: nodes_enrolled
@@ -31,17 +32,28 @@ WHERE id = ANY(flpg_my_node_ids())
 RETURNING id, name, node_config, labels, status, registered_at, last_seen_at;
 
 -- name: nodes_heartbeat
+-- A removed node's old worker stays out: it comes back by registering again.
 UPDATE nodes SET last_seen_at = now(), status = 'online'
-WHERE id = ANY(%(node_ids)s);
+WHERE id = ANY(%(node_ids)s) AND removed_at IS NULL;
 
 -- name: nodes_set_offline
 UPDATE nodes SET status = 'offline'
 WHERE id = ANY(%(node_ids)s);
 
 -- name: nodes_list
+-- The nodes of the federation (removed ones are left out).
 SELECT id, name, node_config, labels, status, registered_at, last_seen_at
 FROM nodes
+WHERE removed_at IS NULL
 ORDER BY id;
+
+-- name: nodes_remove
+-- Takes offline node `node_id` out of the federation, its row and history kept; no
+-- row unless it is offline, not removed yet, and not enrolled (revoke that first).
+UPDATE nodes SET removed_at = now()
+WHERE id = %(node_id)s AND status = 'offline' AND removed_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM principal_nodes pn WHERE pn.node_id = nodes.id)
+RETURNING id, name, removed_at;
 
 -- name: nodes_mark_silent_offline
 -- Link sweep: nodes whose workers stopped heart-beating go offline.

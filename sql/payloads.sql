@@ -88,3 +88,72 @@ WITH input AS MATERIALIZED (
 SELECT i.id, (SELECT count(*) FROM stored) AS arrays, (SELECT count(*) FROM chunks) AS chunks
 FROM input i
 ORDER BY i.ord;
+
+-- name: arrays_collect_retired
+-- `flpg gc` (admin): delete the chunks of up to `limit` arrays (NULL: all) of retired
+-- runs, marking them collected; the `arrays` rows (dtype, shape, digest) and every
+-- other row stay. Retired: ended (finished, failed, stopped) `older_than` seconds ago
+-- or more, and not among the `keep_last` most recently ended runs. A run being
+-- changed right now (e.g. resumed) is skipped (SKIP LOCKED), and its row is held
+-- (FOR SHARE) so it cannot be resumed meanwhile. With `keep_model`, an array in a
+-- checkpoint (a run's final model) is kept; whatever the flag, an array a run that
+-- is not retired carries or checkpoints is kept. With `dry_run` nothing is deleted
+-- and the same numbers are returned. Returns what was (or would be) freed, the runs
+-- it touched, and how many runs were left alone and why; nothing is done unless the
+-- role is admin (a member of the tables' owner), which `admin` says.
+WITH admin AS MATERIALIZED (
+    SELECT pg_has_role(current_user, c.relowner, 'MEMBER') AS ok
+    FROM pg_class c WHERE c.oid = 'arrays'::regclass
+), ended AS MATERIALIZED (
+    SELECT id, finished_at,
+           finished_at > now() - make_interval(secs => %(older_than)s) AS recent,
+           row_number() OVER (ORDER BY finished_at DESC, id DESC) <= %(keep_last)s AS kept
+    FROM runs
+    WHERE status IN ('finished', 'failed', 'stopped')
+), retired AS MATERIALIZED (
+    SELECT r.id
+    FROM runs r
+    WHERE r.id IN (SELECT id FROM ended WHERE NOT recent AND NOT kept)
+      AND r.status IN ('finished', 'failed', 'stopped')
+      AND (SELECT ok FROM admin)
+    FOR SHARE OF r SKIP LOCKED
+), dead AS MATERIALIZED (
+    SELECT a.id, a.run_id
+    FROM arrays a
+    WHERE a.run_id IN (SELECT id FROM retired)
+      AND a.collected_at IS NULL
+      AND NOT EXISTS (
+          SELECT 1 FROM checkpoint_arrays ca
+          WHERE ca.array_id = a.id
+            AND (%(keep_model)s OR ca.run_id NOT IN (SELECT id FROM retired))
+      )
+      AND NOT EXISTS (
+          SELECT 1
+          FROM message_arrays ma
+          JOIN messages m ON m.id = ma.message_id
+          WHERE ma.array_id = a.id AND m.run_id NOT IN (SELECT id FROM retired)
+      )
+    ORDER BY a.id
+    LIMIT %(limit)s
+    FOR UPDATE OF a SKIP LOCKED
+), freed AS MATERIALIZED (
+    -- The same snapshot as the deletion below: the rows it deletes.
+    SELECT c.array_id, octet_length(c.data) AS nbytes
+    FROM array_chunks c JOIN dead ON dead.id = c.array_id
+), deleted AS (
+    DELETE FROM array_chunks c USING dead
+    WHERE c.array_id = dead.id AND NOT %(dry_run)s
+), marked AS (
+    UPDATE arrays a SET collected_at = now()
+    FROM dead
+    WHERE a.id = dead.id AND NOT %(dry_run)s
+)
+SELECT (SELECT ok FROM admin) AS admin,
+       (SELECT count(*) FROM dead) AS arrays,
+       (SELECT count(*) FROM freed) AS chunks,
+       (SELECT coalesce(sum(nbytes), 0) FROM freed)::bigint AS bytes,
+       ARRAY(SELECT DISTINCT run_id FROM dead ORDER BY run_id) AS run_ids,
+       (SELECT count(*) FROM runs WHERE status NOT IN ('finished', 'failed', 'stopped'))
+           AS active,
+       (SELECT count(*) FROM ended WHERE recent) AS recent,
+       (SELECT count(*) FROM ended WHERE kept AND NOT recent) AS kept;

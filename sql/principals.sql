@@ -33,14 +33,16 @@ VALUES (%(role_name)s, %(kind)s, %(user_name)s);
 -- name: principal_nodes_enrol
 -- Maps `role_name` to node `name`: the node row is adopted if registered, else
 -- created offline (its worker brings it online); a node config or labels given
--- (not null) replace the row's, else an adopted row keeps its own. Returns the id.
+-- (not null) replace the row's, else an adopted row keeps its own; a removed node is
+-- back. Returns the id.
 WITH node AS (
     INSERT INTO nodes (name, status, node_config, labels)
     VALUES (%(name)s, 'offline', coalesce(%(node_config)s::jsonb, '{}'),
             coalesce(%(labels)s::jsonb, '{}'))
     ON CONFLICT (name) DO UPDATE
         SET node_config = coalesce(%(node_config)s::jsonb, nodes.node_config),
-            labels = coalesce(%(labels)s::jsonb, nodes.labels)
+            labels = coalesce(%(labels)s::jsonb, nodes.labels),
+            removed_at = NULL
     RETURNING id
 )
 INSERT INTO principal_nodes (role_name, node_id)

@@ -23,3 +23,14 @@ WHERE t.typnamespace = current_schema()::regnamespace
   AND t.typtype IN ('e', 'd')
   AND t.typname = ANY(%(names)s)
 ORDER BY 1;
+
+-- name: schema_list_table_sizes
+-- `flpg db status`: the database's size, and its `limit` largest tables in the
+-- current schema by total relation size (heap, TOAST, indexes), largest first.
+SELECT c.relname AS name, pg_total_relation_size(c.oid)::bigint AS bytes,
+       pg_database_size(current_database())::bigint AS database_bytes
+FROM pg_class c
+WHERE c.relnamespace = current_schema()::regnamespace
+  AND c.relkind IN ('r', 'p', 'm')
+ORDER BY bytes DESC, name
+LIMIT %(limit)s;

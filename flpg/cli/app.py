@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from flpg.cli import db, local, principals, runs, workers
+from flpg.cli import db, gc, local, nodes, principals, runs, workers
 from flpg.cli._base import FlpgGroup
 
 
@@ -23,8 +23,10 @@ def main() -> None:
 for _command in (
     *runs.COMMANDS,
     *workers.COMMANDS,
+    *nodes.COMMANDS,
     *principals.COMMANDS,
     *local.COMMANDS,
+    *gc.COMMANDS,
     db.db,
 ):
     main.add_command(_command)

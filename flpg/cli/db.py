@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -55,6 +56,7 @@ def db_status(db: str | None) -> None:
     url = explicit_database_url(db)
     if url:
         render.database_status(redact(url), DATABASE_URL_ENV, _revision(current_revision(url)))
+        _table_sizes(url)
         return
     from flpg.local.datadir import served_address
 
@@ -65,6 +67,29 @@ def db_status(db: str | None) -> None:
     render.cluster_status(
         status.root, status.running, status.pid, status.initialised, status.url, schema, served
     )
+    _binaries_status(status.bindir)
+    if status.running:
+        _table_sizes(status.url)
+
+
+def _binaries_status(bindir: Path | None) -> None:
+    """The ``binaries:`` line of `flpg db status` (flpg.local.binaries.describe)."""
+    from flpg.local.binaries import describe
+
+    if bindir is None:
+        render.binaries_status(None, None, "")
+        return
+    found = describe(bindir)
+    render.binaries_status(found.bindir, found.major, found.source)
+
+
+def _table_sizes(url: str) -> None:
+    """The database's size and its largest tables (`flpg.store.retention.table_sizes`)."""
+    from flpg.store.retention import table_sizes
+
+    with connect(url, application_name="flpg-cli") as conn:
+        total, tables = table_sizes(conn)
+    render.table_sizes(total, [(t.name, t.bytes) for t in tables])
 
 
 def _revision(revision: str | None) -> str:

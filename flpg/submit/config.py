@@ -1,10 +1,15 @@
-"""User-supplied configuration: `k=v` strings and an app's config defaults.
+"""User-supplied configuration: `k=v` strings, TOML files, and an app's config defaults.
 
-The syntax is Flower's `--run-config`: items are separated by spaces, each
-`key=value` with a TOML value whose quotes are kept (`lr=0.1`, `name="a b"`,
-`flag=true`, `sizes=[64, 32]`, `path='C:\\x'`). Unlike Flower, a bare word without
-quotes is taken as a string (`mode=fast`). Keys may contain letters, digits, `-`,
-`_` and `.`. A key given twice is refused, as Flower's TOML parse refuses it.
+The syntax is Flower's `--run-config` / `-c` (`flwr.common.config.parse_config_args`):
+items are separated by spaces, each `key=value` with a TOML value whose quotes are
+kept (`lr=0.1`, `name="a b"`, `flag=true`, `sizes=[64, 32]`, `cols='age,bmi'`,
+`path='C:\\x'`; `'5'` is the string "5"). Unlike Flower, a bare word without quotes
+is taken as a string (`mode=fast`). Keys may contain letters, digits, `-`, `_` and
+`.`. A key given twice in one string is refused, as Flower's TOML parse refuses it.
+A value that is a path ending in `.toml` is read as a TOML file instead, its tables
+flattened to dotted keys (`[model] lr = 0.1` is `model.lr`), as Flower does. The
+option is repeatable and a later value wins a key over an earlier one, as in Flower
+(which, unlike flpg, refuses a file beside `k=v` strings).
 
 Every value must be storable as jsonb (see `flpg.submit.limits`): a bool, a 64-bit int, a
 finite float, text without NUL, or a list of those.
@@ -15,7 +20,9 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from flpg.errors import ConfigError
@@ -125,6 +132,70 @@ def parse_kv_all(texts: Iterable[str], what: str) -> dict[str, ConfigValue]:
     return out
 
 
+TOML_SUFFIX = ".toml"
+
+
+def is_config_file(text: str) -> bool:
+    """Whether a config option's value names a TOML file rather than `k=v` items: it
+    ends in `.toml` and holds no `=` (or is an existing file, `dir=a/x.toml`)."""
+    path = text.strip()
+    return path.endswith(TOML_SUFFIX) and ("=" not in path or Path(path).is_file())
+
+
+def read_config_file(path: str, what: str) -> dict[str, ConfigValue]:
+    """The TOML file at `path` as flat config: its tables flattened to dotted keys,
+    each value one jsonb can store. ConfigError (or BadValue) as one line naming the
+    file: unreadable, not UTF-8, not TOML (with the parser's reason and position)."""
+    where = f"{what} file {path}"
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read it: {exc.strerror or exc}") from None
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where} is not UTF-8 text (byte offset {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where} is not valid TOML: {exc}") from None
+    return check_config(flatten(doc, where=where), where)
+
+
+def parse_config_arg(text: str, what: str) -> dict[str, ConfigValue]:
+    """One value of a config option: a TOML file (see `is_config_file`) or `k=v` items."""
+    if is_config_file(text):
+        return read_config_file(text.strip(), what)
+    return parse_kv(text, what)
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Config overrides from a repeatable option, each key with the argument or file
+    that set it last (named in errors about its value)."""
+
+    values: dict[str, ConfigValue] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def parse_overrides(texts: str | Sequence[str] | None, what: str = "--run-config") -> Overrides:
+    """The values of a repeatable config option (`-c A -c B`), each `k=v` items or a
+    TOML file; a key set by a later value wins, as in Flower. A `k=v` value is named
+    `what` in errors when it is the only one, else `what argument N`; a file is named
+    `what file PATH`."""
+    given = [texts] if isinstance(texts, str) else list(texts or ())
+    out = Overrides()
+    for number, text in enumerate(given, 1):
+        if is_config_file(text):
+            source = f"{what} file {text.strip()}"
+            parsed = read_config_file(text.strip(), what)
+        else:
+            source = what if len(given) == 1 else f"{what} argument {number}"
+            parsed = parse_kv(text, source)
+        for key, value in parsed.items():
+            out.values[key] = value
+            out.sources[key] = source
+    return out
+
+
 def flatten(config: Mapping[str, Any], prefix: str = "", where: str = "config") -> dict[str, Any]:
     """Nested tables as dotted keys, as Flower flattens an app's config:
     `[tool.flpg.app.config.model] lr = 0.1` (or `[tool.flwr.app.config.model]`) is the
@@ -157,9 +228,10 @@ def _kind(value: Any) -> str:
     return next(name for t, name in _KINDS if isinstance(value, t))
 
 
-def _typed(key: str, default: Any, value: Any, where: str) -> Any:
+def _typed(key: str, default: Any, value: Any, where: str, source: str) -> Any:
     """`value` as the type of `default`: an int is accepted for a float default (and
-    becomes that float); any other mismatch is a ConfigError naming key, type, value."""
+    becomes that float); any other mismatch is a ConfigError naming the `source` of the
+    value, key, type and value."""
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     expected = next(t for t, _ in _KINDS if isinstance(default, t))
@@ -167,28 +239,36 @@ def _typed(key: str, default: Any, value: Any, where: str) -> Any:
         return value
     shown = json.dumps(value, ensure_ascii=True)  # TOML spells these alike: "x", 1.5, true
     raise ConfigError(
-        f"--run-config: {key} must be {_kind(default)} like its default "
+        f"{source}: {key} must be {_kind(default)} like its default "
         f"{json.dumps(default)} in {where}, got {shown}"
     )
 
 
 def merge_run_config(
     defaults: Mapping[str, Any],
-    overrides: Mapping[str, Any],
+    overrides: Mapping[str, Any] | Overrides,
     app_name: str,
     table: str = "[tool.flpg.app.config]",
 ) -> dict[str, Any]:
     """The app's defaults (flattened) with `overrides` applied, each override of the
     type of its default. As Flower's `fuse_dicts` (check_keys=True), a key that is not
     in the defaults is refused. Defaults that jsonb cannot store are refused too.
-    `table` is the pyproject table the defaults came from (for messages)."""
+    `table` is the pyproject table the defaults came from (for messages); errors about
+    an override name its source (`Overrides.sources`, else `--run-config`)."""
+    values, sources = (
+        (overrides.values, overrides.sources)
+        if isinstance(overrides, Overrides)
+        else (overrides, {})
+    )
     where = f"{table} of {app_name}"
     flat = check_config(flatten(defaults, where=where), where)
-    unknown = sorted(set(overrides) - set(flat))
+    unknown = sorted(set(values) - set(flat))
     if unknown:
         known = ", ".join(sorted(flat)) or "none"
-        raise ConfigError(
-            f"--run-config: key {unknown[0]!r} is not in {where} (known keys: {known})"
-        )
-    typed = {key: _typed(key, flat[key], value, where) for key, value in overrides.items()}
+        source = sources.get(unknown[0], "--run-config")
+        raise ConfigError(f"{source}: key {unknown[0]!r} is not in {where} (known keys: {known})")
+    typed = {
+        key: _typed(key, flat[key], value, where, sources.get(key, "--run-config"))
+        for key, value in values.items()
+    }
     return {**flat, **typed}

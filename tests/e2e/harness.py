@@ -384,8 +384,8 @@ class Federation:
             time.sleep(0.25)
 
     def log_of(self, run_id: int) -> str:
-        """`flpg log RUN` (stdout)."""
-        return self.cli("log", str(run_id), check=False).stdout
+        """`flpg log RUN --show` (stdout): what is stored now, even of a running run."""
+        return self.cli("log", str(run_id), "--show", check=False).stdout
 
     # ------------------------------------------------------------ SQL
 

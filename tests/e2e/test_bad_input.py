@@ -390,6 +390,11 @@ def test_objects_flpg_did_not_create_are_refused(
 
 def test_a_role_without_privileges_is_told_so(fed: Federation, role: str) -> None:
     url = url_as(fed.url, role)
+    # Not a member of any flpg group: it may not even connect (migration 0008).
+    refused(fed, ["ls", "--db", url], 6, f"role {role!r}", "may not connect", "not an flpg role")
+    # Allowed to connect, but with no privilege on flpg's tables.
+    database = fed.scalar("SELECT current_database()")
+    fed.sql(f'GRANT CONNECT ON DATABASE "{database}" TO "{role}"')
     for args in (["ls"], ["nodes"], ["run", DETERMINISTIC]):
         refused(fed, [*args, "--db", url], 6, f"role {role!r}", "permission denied")
 
