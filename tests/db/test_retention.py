@@ -8,10 +8,7 @@ only their age is set by hand.
 
 from __future__ import annotations
 
-import os
 import secrets
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +31,7 @@ from flpg.store.db import Connection, connect
 from flpg.store.errors import translated
 
 from . import _replies as reply_path
+from ._served import flpg_cli
 from .conftest import create_run, instruction, register, scalar
 
 DAY = 86400.0
@@ -305,17 +303,7 @@ def test_refused_unless_admin(conn: Connection, nodes: list[int], db_url: str) -
 # ------------------------------------------------------------------------ the CLI
 
 
-def flpg(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "FLPG_HOME": str(tmp_path)}
-    env.pop("FLPG_DATABASE_URL", None)
-    return subprocess.run(
-        [sys.executable, "-m", "flpg.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+flpg = flpg_cli  # `flpg ARGS` with FLPG_HOME=tmp_path and no FLPG_DATABASE_URL
 
 
 @pytest.mark.parametrize(
