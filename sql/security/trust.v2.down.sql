@@ -1,0 +1,85 @@
+-- Undoes trust.v2.sql (migration 0010's downgrade): the policies and functions it
+-- replaced get their trust.v1 definitions back (copied from trust.v1.sql).
+
+DROP POLICY node_own ON nodes;
+CREATE POLICY node_own ON nodes TO flpg_node USING (id = ANY(flpg_my_node_ids()));
+DROP POLICY node_selected ON run_nodes;
+CREATE POLICY node_selected ON run_nodes TO flpg_node
+    USING (node_id = ANY(flpg_my_node_ids()));
+DROP POLICY node_messages ON messages;
+CREATE POLICY node_messages ON messages FOR SELECT TO flpg_node
+    USING (dst_node_id = ANY(flpg_my_node_ids()) OR src_node_id = ANY(flpg_my_node_ids()));
+DROP POLICY node_replies ON messages;
+CREATE POLICY node_replies ON messages FOR INSERT TO flpg_node
+    WITH CHECK (reply_to IS NOT NULL AND src_node_id = ANY(flpg_my_node_ids())
+                AND src_node_id = flpg_claimed_destination(reply_to, run_id));
+DROP POLICY clientapp_run ON runs;
+CREATE POLICY clientapp_run ON runs FOR SELECT TO flpg_clientapp
+    USING (id = flpg_my_run_id());
+DROP POLICY clientapp_selected ON run_nodes;
+CREATE POLICY clientapp_selected ON run_nodes TO flpg_clientapp
+    USING (run_id = flpg_my_run_id() AND node_id = ANY(flpg_my_node_ids()));
+DROP POLICY clientapp_messages ON messages;
+CREATE POLICY clientapp_messages ON messages FOR SELECT TO flpg_clientapp
+    USING (run_id = flpg_my_run_id()
+           AND (dst_node_id = ANY(flpg_my_node_ids()) OR src_node_id = ANY(flpg_my_node_ids())));
+DROP POLICY clientapp_replies ON messages;
+CREATE POLICY clientapp_replies ON messages FOR INSERT TO flpg_clientapp
+    WITH CHECK (run_id = flpg_my_run_id() AND reply_to IS NOT NULL
+                AND src_node_id = ANY(flpg_my_node_ids())
+                AND src_node_id = flpg_claimed_destination(reply_to, run_id));
+DROP POLICY clientapp_writes ON arrays;
+CREATE POLICY clientapp_writes ON arrays FOR INSERT TO flpg_clientapp
+    WITH CHECK (run_id = flpg_my_run_id());
+DROP POLICY serverapp_run ON runs;
+CREATE POLICY serverapp_run ON runs TO flpg_serverapp USING (id = flpg_my_run_id());
+DROP POLICY serverapp_run ON run_nodes;
+CREATE POLICY serverapp_run ON run_nodes FOR SELECT TO flpg_serverapp
+    USING (run_id = flpg_my_run_id());
+DROP POLICY serverapp_run ON messages;
+CREATE POLICY serverapp_run ON messages TO flpg_serverapp
+    USING (run_id = flpg_my_run_id());
+DROP POLICY serverapp_run ON arrays;
+CREATE POLICY serverapp_run ON arrays TO flpg_serverapp USING (run_id = flpg_my_run_id());
+DROP POLICY serverapp_run ON checkpoints;
+CREATE POLICY serverapp_run ON checkpoints TO flpg_serverapp USING (run_id = flpg_my_run_id());
+DROP POLICY serverapp_run ON checkpoint_arrays;
+CREATE POLICY serverapp_run ON checkpoint_arrays TO flpg_serverapp
+    USING (run_id = flpg_my_run_id());
+DROP POLICY serverapp_run ON round_metrics;
+CREATE POLICY serverapp_run ON round_metrics TO flpg_serverapp
+    USING (run_id = flpg_my_run_id());
+DROP POLICY serverapp_run ON run_logs;
+CREATE POLICY serverapp_run ON run_logs TO flpg_serverapp USING (run_id = flpg_my_run_id());
+DROP POLICY node_claims ON messages;
+CREATE POLICY node_claims ON messages FOR UPDATE TO flpg_node
+    USING (reply_to IS NULL AND dst_node_id = ANY(flpg_my_node_ids()))
+    WITH CHECK (reply_to IS NULL AND dst_node_id = ANY(flpg_my_node_ids())
+                AND state IN ('queued', 'claimed', 'done'));
+DROP POLICY clientapp_claims ON messages;
+CREATE POLICY clientapp_claims ON messages FOR UPDATE TO flpg_clientapp
+    USING (run_id = flpg_my_run_id() AND reply_to IS NULL
+           AND dst_node_id = ANY(flpg_my_node_ids()))
+    WITH CHECK (run_id = flpg_my_run_id() AND reply_to IS NULL
+                AND dst_node_id = ANY(flpg_my_node_ids())
+                AND state IN ('queued', 'claimed', 'done'));
+CREATE OR REPLACE FUNCTION flpg_my_node_ids() RETURNS bigint[]
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, public
+AS $$
+    SELECT coalesce(array_agg(node_id ORDER BY node_id), '{}')
+    FROM public.principal_nodes WHERE role_name = current_user
+$$;
+CREATE OR REPLACE FUNCTION flpg_my_run_id() RETURNS bigint
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, public
+AS $$
+    SELECT run_id FROM public.principals WHERE role_name = current_user
+$$;
+CREATE OR REPLACE FUNCTION flpg_claimed_destination(instruction bigint, run bigint) RETURNS bigint
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, public
+AS $$
+    SELECT dst_node_id FROM public.messages
+    WHERE id = instruction AND run_id = run AND reply_to IS NULL AND state = 'claimed'
+$$;
