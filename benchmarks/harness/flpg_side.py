@@ -22,6 +22,10 @@ PostgreSQL cluster, PSS).
 
 Default bus intervals are used (production settings); any `FLPG_HEARTBEAT`,
 `FLPG_POLL`, ... in the caller's environment is passed on.
+
+`security` (`fedavg`, `throughput`) chooses how the workers connect: as admin (the
+default), as their own enrolled roles, or as admin with row-level security disabled
+(see `security.py`). The roles a database made are dropped with it.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from harness.cluster import BenchCluster
 from harness.procs import HarnessError, Proc, ProcessSet, is_ours
 from harness.results import Config, Outcome, model_floats
 from harness.rss import TreeSampler, children_map, descendants, memory_low, tree_kib
+from harness.security import WorkerSecurity, database_roles, drop_roles
 
 BENCH_DIR = Path(__file__).resolve().parent.parent
 APP_DIR = BENCH_DIR / "apps" / "bench_flpg"
@@ -105,7 +110,14 @@ class Deadline:
 class FlpgFederation:
     """The workers of one configuration, on database `url`."""
 
-    def __init__(self, name: str, url: str, workdir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        workdir: Path,
+        security: str = "admin",
+        policy_sql: str | None = None,
+    ) -> None:
         self.flpg = flpg_executable()
         self.url = url
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLPG_") or k in PASS_ON}
@@ -113,6 +125,9 @@ class FlpgFederation:
         env["FLPG_CACHE_DIR"] = str(workdir / "cache")
         env["FLPG_HOME"] = str(workdir / "home")
         self.procs = ProcessSet(name, workdir / "logs", env, workdir)
+        self.security = WorkerSecurity(
+            security, self.flpg, url, self.procs, workdir / "creds", policy_sql
+        )
         self.link: Proc | None = None
         self.exec: Proc | None = None
         self.nodes: list[Proc] = []
@@ -121,23 +136,18 @@ class FlpgFederation:
         done = self.procs.run([self.flpg, "db", "upgrade", "--db", self.url], timeout=120)
         if done.returncode != 0:
             raise HarnessError(f"flpg db upgrade exited {done.returncode}: {done.stderr.strip()}")
+        self.security.after_migrate()
 
     def start_control(self) -> None:
-        self.link = self.procs.start("link", [self.flpg, "link"])
-        self.exec = self.procs.start("exec", [self.flpg, "exec", "--max-runs", "1"])
+        link_args = self.security.worker_args("link")
+        exec_args = self.security.worker_args("exec")
+        self.link = self.procs.start("link", [self.flpg, "link", *link_args])
+        self.exec = self.procs.start("exec", [self.flpg, "exec", "--max-runs", "1", *exec_args])
 
     def start_node(self, name: str, partition: int, partitions: int, log_name: str) -> Proc:
-        proc = self.procs.start(
-            log_name,
-            [
-                self.flpg,
-                "node",
-                "--name",
-                name,
-                "--node-config",
-                f"partition-id={partition} num-partitions={partitions}",
-            ],
-        )
+        config = f"partition-id={partition} num-partitions={partitions}"
+        argv = [self.flpg, "node", "--name", name, *self.security.node_args(name, config)]
+        proc = self.procs.start(log_name, argv)
         self.nodes.append(proc)
         return proc
 
@@ -299,6 +309,8 @@ class FlpgSide:
         self.workdir = workdir
         self.progress = progress
         self.counter = 0
+        self.policy_sql: str | None = None
+        """SQL run as admin in each new database right after migrating (see security.py)."""
 
     def _database(self, slug: str) -> tuple[str, str]:
         self.counter += 1
@@ -314,7 +326,15 @@ class FlpgSide:
         killed = fed.stop()
         if killed:
             self.progress(f"flpg {outcome.config.label}: had to kill: " + "; ".join(killed))
+        try:
+            roles = database_roles(fed.url)
+        except psycopg.Error as exc:
+            roles = []
+            self.progress(f"flpg {outcome.config.label}: could not list its roles: {exc}")
         self.cluster.drop_database(db)
+        failed = drop_roles(self.cluster.admin_url, roles) if roles else []
+        if failed:
+            self.progress(f"flpg {outcome.config.label}: roles left: " + "; ".join(failed))
 
     def fedavg(
         self,
@@ -323,13 +343,17 @@ class FlpgSide:
         *,
         virtual: bool = False,
         virtual_concurrency: int = 8,
+        security: str = "admin",
     ) -> Outcome:
-        """One FedAvg configuration; `virtual` serves all nodes from one worker process."""
+        """One FedAvg configuration; `virtual` serves all nodes from one worker process
+        (as admin, whatever `security` says)."""
         outcome = Outcome("flpg", config)
         began = time.monotonic()
         deadline = Deadline(timeout)
         db, url = self._database(config.slug + ("_virtual" if virtual else ""))
-        fed = FlpgFederation(f"flpg-{config.slug}", url, self.workdir / db)
+        fed = FlpgFederation(
+            f"flpg-{config.slug}", url, self.workdir / db, security, self.policy_sql
+        )
         sampler: TreeSampler | None = None
         try:
             fed.migrate()
@@ -368,14 +392,16 @@ class FlpgSide:
             outcome.wall = time.monotonic() - began
         return outcome
 
-    def throughput(self, workers: int, messages: int, timeout: float) -> Outcome:
+    def throughput(
+        self, workers: int, messages: int, timeout: float, *, security: str = "admin"
+    ) -> Outcome:
         """`messages` tiny query messages to one node id served by `workers` workers."""
         config = Config(1, 0, 1)
         outcome = Outcome("flpg", config)
         began = time.monotonic()
         deadline = Deadline(timeout)
         db, url = self._database(f"throughput_w{workers}")
-        fed = FlpgFederation(f"flpg-tp{workers}", url, self.workdir / db)
+        fed = FlpgFederation(f"flpg-tp{workers}", url, self.workdir / db, security, self.policy_sql)
         sampler: TreeSampler | None = None
         try:
             fed.migrate()
