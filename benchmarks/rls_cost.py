@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -64,7 +63,7 @@ from types import FrameType
 
 from harness.cluster import BenchCluster
 from harness.flpg_side import FlpgSide
-from harness.procs import RUN_TAG, RUN_TAG_ENV, Interrupted, kill_tagged, uninterruptible
+from harness.procs import Interrupted, run_guarded
 from harness.results import Config, Outcome, format_size, parse_size
 from harness.table import DASH, detail_table, render, secs
 
@@ -306,25 +305,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.chmod(workdir, 0o711)  # the cluster may run as an unprivileged account
     began = time.monotonic()
     bench = RlsCost(args, workdir)
-    code, notes = 0, ""
-    try:
+    notes = ""
+
+    def body() -> None:
+        nonlocal notes
         bench.setup()
         notes = machine_notes(bench.cluster)
         progress(notes)
         bench.run_all()
-    except (KeyboardInterrupt, Interrupted):
-        progress("interrupted: stopping everything; the tables show what finished")
-        code = 130
-    finally:
-        with uninterruptible():
-            killed = kill_tagged(RUN_TAG_ENV, RUN_TAG)
-            if killed:
-                progress("killed leftover processes: " + "; ".join(killed))
-            bench.teardown()
-            if args.keep_logs:
-                progress(f"logs kept in {workdir}")
-            else:
-                shutil.rmtree(workdir, ignore_errors=True)
+
+    code = run_guarded(body, bench.teardown, workdir, keep_logs=args.keep_logs, progress=progress)
     print(f"## Row-level security cost ({notes})\n")
     print(bench.report())
     print(f"\n(harness wall time {time.monotonic() - began:.0f} s)")

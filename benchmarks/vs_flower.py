@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import sys
 import tempfile
@@ -71,7 +70,7 @@ from harness.cluster import BenchCluster
 from harness.floor import FloorSide
 from harness.flower_side import FlowerSide
 from harness.flpg_side import FlpgSide
-from harness.procs import RUN_TAG, RUN_TAG_ENV, Interrupted, kill_tagged, uninterruptible
+from harness.procs import Interrupted, run_guarded
 from harness.results import Config, Outcome, format_size, parse_size
 from harness.table import (
     detail_table,
@@ -331,25 +330,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.chmod(workdir, 0o711)
     began = time.monotonic()
     bench = Bench(args, workdir)
-    code = 0
-    try:
+
+    def body() -> None:
         bench.setup()
         bench.matrix()
         if args.extras:
             bench.extras()
-    except (KeyboardInterrupt, Interrupted):
-        progress("interrupted: stopping everything; the tables show what finished")
-        code = 130
-    finally:
-        with uninterruptible():
-            killed = kill_tagged(RUN_TAG_ENV, RUN_TAG)
-            if killed:
-                progress("killed leftover processes: " + "; ".join(killed))
-            bench.teardown()
-            if args.keep_logs:
-                progress(f"logs kept in {workdir}")
-            else:
-                shutil.rmtree(workdir, ignore_errors=True)
+
+    code = run_guarded(body, bench.teardown, workdir, keep_logs=args.keep_logs, progress=progress)
     print(bench.report())
     print(f"\n(harness wall time {time.monotonic() - began:.0f} s)")
     return code

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -252,3 +253,33 @@ def wait_port(port: int, timeout: float, alive: Proc) -> None:
         if time.monotonic() > deadline:
             raise HarnessError(f"{alive.name} not listening on {port} after {timeout:g} s")
         time.sleep(0.1)
+
+
+def run_guarded(
+    body: Callable[[], None],
+    teardown: Callable[[], None],
+    workdir: Path,
+    *,
+    keep_logs: bool,
+    progress: Callable[[str], None],
+) -> int:
+    """Run a benchmark's `body`; on Ctrl-C (or SIGTERM) stop it, and in any case kill
+    tagged leftovers, `teardown()` and remove `workdir` (unless `keep_logs`), without
+    being interrupted. Returns the exit code: 0, or 130 when interrupted."""
+    code = 0
+    try:
+        body()
+    except (KeyboardInterrupt, Interrupted):
+        progress("interrupted: stopping everything; the tables show what finished")
+        code = 130
+    finally:
+        with uninterruptible():
+            killed = kill_tagged(RUN_TAG_ENV, RUN_TAG)
+            if killed:
+                progress("killed leftover processes: " + "; ".join(killed))
+            teardown()
+            if keep_logs:
+                progress(f"logs kept in {workdir}")
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
+    return code
