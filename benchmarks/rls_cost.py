@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -59,11 +58,10 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 
 from harness.cluster import BenchCluster
 from harness.flpg_side import FlpgSide
-from harness.procs import Interrupted, run_guarded
+from harness.procs import interrupt_on_signals, run_guarded
 from harness.results import Config, Outcome, format_size, parse_size
 from harness.table import DASH, detail_table, render, secs
 
@@ -292,15 +290,9 @@ def machine_notes(cluster: BenchCluster | None) -> str:
     return f"{os.cpu_count()} CPUs; PostgreSQL {pg}; commit {head or '?'}; load average {load}"
 
 
-def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
-    raise Interrupted(signal.Signals(signum).name)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _raise_interrupted)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    interrupt_on_signals()
     workdir = Path(tempfile.mkdtemp(prefix="rls-cost-"))
     os.chmod(workdir, 0o711)  # the cluster may run as an unprivileged account
     began = time.monotonic()

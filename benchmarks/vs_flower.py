@@ -58,19 +58,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 
 from harness.cluster import BenchCluster
 from harness.floor import FloorSide
 from harness.flower_side import FlowerSide
 from harness.flpg_side import FlpgSide
-from harness.procs import Interrupted, run_guarded
+from harness.procs import interrupt_on_signals, run_guarded
 from harness.results import Config, Outcome, format_size, parse_size
 from harness.table import (
     detail_table,
@@ -313,17 +311,11 @@ def _mem_gib() -> float:
     return 0.0
 
 
-def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
-    raise Interrupted(signal.Signals(signum).name)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _raise_interrupted)
     # Ctrl-C raises KeyboardInterrupt even when started with SIGINT ignored (as a
     # background job of a non-interactive shell is), so cleanup always runs.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    interrupt_on_signals()
     workdir = Path(tempfile.mkdtemp(prefix="vs-flower-"))
     # The cluster may run as an unprivileged account (when we are root): let it
     # traverse the directory (still unreadable to others).

@@ -283,3 +283,15 @@ def run_guarded(
             else:
                 shutil.rmtree(workdir, ignore_errors=True)
     return code
+
+
+def _raise_interrupted(signum: int, _frame: object) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def interrupt_on_signals() -> None:
+    """SIGTERM and SIGHUP raise Interrupted and SIGINT KeyboardInterrupt, so a
+    benchmark stopped by any of them cleans up (see `run_guarded`)."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupted)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
