@@ -64,4 +64,6 @@ class Heartbeat:
             try:
                 self.beat()
             except Exception:
+                if self._stop.is_set():  # the worker stopped during the beat (its pool closed)
+                    return
                 log.exception("heartbeat failed; retrying")

@@ -10,6 +10,8 @@ import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
+from psycopg_pool import PoolClosed
+
 from flpg.node.apphost import AppProcess
 from flpg.node.dispatch import Dispatcher
 from flpg.node.protocol import Outcome, Settled
@@ -92,8 +94,13 @@ class Reports:
                                 written.message_id,
                                 written.detail,
                             )
+        except PoolClosed:  # the worker stopped meanwhile: the claims lapse
+            log.info("run %d: error replies not written: the worker has stopped", run_id)
         except Exception:
-            log.exception("run %d: could not write error replies", run_id)
+            if self.stopping.is_set():
+                log.info("run %d: error replies not written while stopping", run_id)
+            else:
+                log.exception("run %d: could not write error replies", run_id)
         finally:
             self._dispatcher.settle(row for row, _ in failed)
             self._wake()
