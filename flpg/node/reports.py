@@ -10,8 +10,6 @@ import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
-from psycopg_pool import PoolClosed
-
 from flpg.node.apphost import AppProcess
 from flpg.node.dispatch import Dispatcher
 from flpg.node.protocol import Outcome, Settled
@@ -94,10 +92,8 @@ class Reports:
                                 written.message_id,
                                 written.detail,
                             )
-        except PoolClosed:  # the worker stopped meanwhile: the claims lapse
-            log.info("run %d: error replies not written: the worker has stopped", run_id)
         except Exception:
-            if self.stopping.is_set():
+            if self.stopping.is_set():  # e.g. its pool closed meanwhile: the claims lapse
                 log.info("run %d: error replies not written while stopping", run_id)
             else:
                 log.exception("run %d: could not write error replies", run_id)
