@@ -165,7 +165,7 @@ def _stamp(
     """Record each stored `(id, created_at)` in its message's metadata; the ids."""
     for m, (message_id, created_at) in zip(messages, created, strict=True):
         m.metadata.run_id = run_id
-        m.metadata.message_id = message_id
+        m.metadata.message_id = str(message_id)  # Flower types message ids as str
         m.metadata.created_at = created_at
     return [message_id for message_id, _ in created]
 
@@ -219,10 +219,10 @@ def _message(r: MessageRow, array_records: dict[str, ArrayRecord]) -> Message:
     """The Message of a stored row, with its array records."""
     metadata = Metadata(
         run_id=r.run_id,
-        message_id=r.id,
+        message_id=str(r.id),
         src_node_id=r.src_node_id,
         dst_node_id=r.dst_node_id,
-        reply_to_message_id=r.reply_to,
+        reply_to_message_id=None if r.reply_to is None else str(r.reply_to),
         group_id=r.group_id,
         ttl=r.ttl_seconds,
         message_type=r.message_type,

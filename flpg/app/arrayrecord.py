@@ -11,7 +11,7 @@ import numpy.typing as npt
 
 from flpg.app.array import Array
 from flpg.app.keyed import Keyed, check_key, type_name
-from flpg.app.tensors import is_tensor, require_torch
+from flpg.app.tensors import is_tensor, numpy_for_torch, require_torch
 from flpg.errors import RecordError
 
 __all__ = ["ArrayLike", "ArrayRecord"]
@@ -113,11 +113,13 @@ class ArrayRecord(Keyed[Array]):
 
     def to_torch_state_dict(self, *, keep_input: bool = True) -> OrderedDict[str, Any]:
         """The arrays as tensors (`torch.from_numpy`, sharing memory with the
-        arrays), in insertion order; `keep_input=False` empties the record.
+        arrays, or with a native-endian, writable copy of one that is not), in
+        insertion order; `keep_input=False` empties the record.
         `RuntimeError` if PyTorch is not installed."""
         torch = require_torch("to_torch_state_dict")
         out: OrderedDict[str, Any] = OrderedDict(
-            (name, torch.from_numpy(array.numpy())) for name, array in self._data.items()
+            (name, torch.from_numpy(numpy_for_torch(array.numpy())))
+            for name, array in self._data.items()
         )
         if not keep_input:
             self._data.clear()

@@ -15,10 +15,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Any, overload
 
 from flpg.app.error import Error, ErrorCode, error_code_from_stored, error_code_to_stored
+from flpg.app.metadata import Metadata, message_id_str
 from flpg.app.records import RecordDict
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "error_code_from_stored",
     "error_code_to_stored",
     "is_valid_message_type",
+    "message_id_str",
 ]
 
 DEFAULT_TTL = 43200.0
@@ -53,35 +54,6 @@ class MessageType:
     EVALUATE = "evaluate"
     QUERY = "query"
     SYSTEM = "system"
-
-
-@dataclass
-class Metadata:
-    """Routing data of a message, with Flower's fields in Flower's order.
-
-    `src_node_id`/`dst_node_id` are None for the ServerApp (flpg's node ids start
-    at 1, so no number is set aside for it). `message_id` is None until the message
-    is stored (Flower's ""), `reply_to_message_id` None for an instruction; ids are
-    the database's integers. `created_at` is epoch seconds
-    (the database's clock once sent), `ttl` seconds; `delivered_at` is kept for
-    Flower's sake and stays "".
-    """
-
-    run_id: int
-    message_id: int | None
-    src_node_id: int | None
-    dst_node_id: int | None
-    reply_to_message_id: int | None
-    group_id: str
-    created_at: float
-    ttl: float
-    message_type: str
-    delivered_at: str = field(default="", compare=False)
-
-    @property
-    def expires_at(self) -> float:
-        """`created_at + ttl`."""
-        return self.created_at + self.ttl
 
 
 MESSAGE_TYPE_FORMS = (
@@ -182,6 +154,9 @@ class Message:
 
     @overload
     def __init__(self, *, error: Error, reply_to: Message, ttl: float | None = None) -> None: ...
+
+    @overload
+    def __init__(self, content_or_error: RecordDict | Error, /, *, metadata: Metadata) -> None: ...
 
     def __init__(
         self,

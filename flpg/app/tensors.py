@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["is_tensor", "require_torch", "tensor_to_numpy"]
+__all__ = ["is_tensor", "numpy_for_torch", "require_torch", "tensor_to_numpy"]
 
 
 def is_tensor(value: object) -> bool:
@@ -24,8 +24,26 @@ def is_tensor(value: object) -> bool:
 
 def tensor_to_numpy(tensor: Any) -> npt.NDArray[Any]:
     """A new ndarray holding the tensor's values (detached and moved to the CPU
-    first), so later changes to the tensor do not show in it."""
-    return np.array(tensor.detach().cpu().numpy(), copy=True)
+    first), so later changes to the tensor do not show in it. TypeError (one line)
+    for a dtype numpy lacks, such as torch.bfloat16."""
+    try:
+        values = tensor.detach().cpu().numpy()
+    except TypeError as exc:
+        raise TypeError(
+            f"a {tensor.dtype} tensor has no numpy dtype, so no Array can hold it; "
+            f"convert it first (e.g. tensor.float()): {exc}"
+        ) from None
+    return np.array(values, copy=True)
+
+
+def numpy_for_torch(values: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """`values` as `torch.from_numpy` takes it: the array itself when it is in native
+    byte order and writable (the tensor then shares its memory), else a copy that is."""
+    if not values.dtype.isnative:
+        return values.astype(values.dtype.newbyteorder("="))
+    if not values.flags.writeable:
+        return values.copy()
+    return values
 
 
 def require_torch(what: str) -> ModuleType:

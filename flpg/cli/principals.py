@@ -53,9 +53,10 @@ def _name(ctx: click.Context, param: click.Parameter, value: str) -> str:
 )
 @click.option(
     "--node-config",
-    type=options.KEY_VALUES,
+    type=options.CONFIG_ARG,
     default=None,
-    help='e.g. "partition-id=0 num-partitions=2" (default: a registered node keeps its own).',
+    help='e.g. "partition-id=0 num-partitions=2", or a TOML file whose tables become '
+    "dotted keys, as in Flower (default: a registered node keeps its own).",
 )
 @click.option(
     "--virtual",
@@ -83,11 +84,13 @@ def node_enroll_cmd(
     file."""
     from flpg.node.worker import NodeSpec, virtual_specs
     from flpg.store import principals as store_principals
-    from flpg.submit.config import parse_kv, parse_kv_all
+    from flpg.submit.config import parse_config_arg, parse_kv_all
     from flpg.submit.limits import check_name
 
     db = _group_db(db)
-    base = NodeSpec(name, parse_kv(node_config, "--node-config"), parse_kv_all(labels, "--label"))
+    base = NodeSpec(
+        name, parse_config_arg(node_config or "", "--node-config"), parse_kv_all(labels, "--label")
+    )
     if virtual is not None:
         check_name(f"{name}-{virtual - 1}", f"NAME with --virtual {virtual}, node name")
     specs = [base] if virtual is None else virtual_specs(base, virtual)

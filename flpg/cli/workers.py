@@ -21,7 +21,7 @@ from flpg.cli._base import (
     resolve_url,
 )
 from flpg.settings import Intervals
-from flpg.submit.config import parse_kv, parse_kv_all
+from flpg.submit.config import parse_config_arg, parse_kv_all
 from flpg.submit.limits import check_name
 
 APP_USER_HELP = (
@@ -129,9 +129,10 @@ def exec_cmd(
 )
 @click.option(
     "--node-config",
-    type=options.KEY_VALUES,
+    type=options.CONFIG_ARG,
     default="",
-    help='e.g. "partition-id=0 num-partitions=2" (an enrolled node\'s is set at enrolment).',
+    help='e.g. "partition-id=0 num-partitions=2", or a TOML file whose tables become '
+    "dotted keys, as in Flower (an enrolled node's is set at enrolment).",
 )
 @click.option(
     "--label",
@@ -187,7 +188,7 @@ def node_cmd(
         check_name(f"{name}-{virtual - 1}", f"--name with --virtual {virtual}, node name")
     spec = NodeSpec(
         name=name,
-        node_config=parse_kv(node_config, "--node-config"),
+        node_config=parse_config_arg(node_config, "--node-config"),
         labels=parse_kv_all(labels, "--label"),
     )
     specs = [spec] if virtual is None else virtual_specs(spec, virtual)

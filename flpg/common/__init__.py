@@ -18,8 +18,7 @@ from flpg.app import (
     MetricRecord,
     RecordDict,
 )
-from flpg.app.records import ConfigValue as ConfigRecordValues
-from flpg.app.records import MetricValue as MetricRecordValues
+from flpg.app.typing import ConfigRecordValues, MetricRecordValues
 from flpg.common.logger import log
 from flpg.common.parameter import array_from_numpy, bytes_to_ndarray, ndarray_to_bytes, now
 from flpg.common.typing import Config, Metrics, NDArray, NDArrays, Properties, Scalar

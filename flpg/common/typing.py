@@ -6,6 +6,8 @@ from typing import Any, TypeAlias
 
 import numpy.typing as npt
 
+from flpg.app.user_config import UserConfig, UserConfigValue
+
 __all__ = [
     "Config",
     "Metrics",
@@ -23,5 +25,3 @@ Scalar: TypeAlias = bool | bytes | float | int | str
 Metrics: TypeAlias = dict[str, Scalar]
 Config: TypeAlias = dict[str, Scalar]
 Properties: TypeAlias = dict[str, Scalar]
-UserConfigValue: TypeAlias = bool | float | int | str
-UserConfig: TypeAlias = dict[str, UserConfigValue]

@@ -2,11 +2,13 @@
 
 `install()` puts a finder first on `sys.meta_path` that answers every import of
 `flwr` or `flwr.*` itself, so an app written for Flower's Message API runs with no
-edit. Each supported Flower module is an alias of an flpg module (MODULES): it
-holds the very objects of that module's `__all__` (`flwr.app.Message is
-flpg.app.Message`). Anything else fails at once with one line naming it:
+edit. Every public module path of Flower's Message API (MODULES, from
+`flpg.compat.flwr_modules`) imports, as an alias holding the very flpg objects
+for the Flower names flpg has (`flwr.app.Message is flpg.app.Message`,
+`flwr.serverapp.strategy.strategy_utils.aggregate_arrayrecords` where Flower has
+it). Anything else fails at once with one line naming it:
 
-    flwr.app.UserConfig is not supported by flpg (supported: Array, ArrayRecord, ...)
+    flwr.serverapp.strategy.fedprox.FedProx is not supported by flpg (supported: none yet)
     flwr.server is not supported by flpg (supported: flwr, flwr.app, ...)
 
 (`FlwrUnsupported`, an ImportError; a module also a ModuleNotFoundError.) An
@@ -23,29 +25,19 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import sys
 import types
 from collections.abc import Sequence
 from typing import Any
 
+from flpg.compat.flwr_modules import FLOWER_MODULES
+
 __all__ = ["MODULES", "FlwrFinder", "FlwrUnsupported", "FlwrUnsupportedModule", "install"]
 
-MODULES: dict[str, str | None] = {
-    "flwr": None,
-    "flwr.app": "flpg.app",
-    "flwr.clientapp": "flpg.clientapp",
-    "flwr.clientapp.mod": "flpg.clientapp.mod",
-    "flwr.common": "flpg.common",
-    "flwr.common.config": "flpg.common.config",
-    "flwr.common.constant": "flpg.common.constant",
-    "flwr.common.logger": "flpg.common.logger",
-    "flwr.common.typing": "flpg.common.typing",
-    "flwr.serverapp": "flpg.serverapp",
-    "flwr.serverapp.strategy": "flpg.serverapp.strategy",
-    "flwr.serverapp.strategy.strategy_utils": "flpg.serverapp.strategy.strategy_utils",
-}
-"""Each supported Flower module and the flpg module it aliases (`flwr` itself holds
-only its submodules)."""
+MODULES = FLOWER_MODULES
+"""Each Flower module path flpg serves: `(flpg modules, Flower's names)` (see
+`flpg.compat.flwr_modules`)."""
 
 _ROOT = "flwr"
 
@@ -70,19 +62,78 @@ def _unsupported(what: str, supported: Sequence[str]) -> str:
     return f"{what} is not supported by flpg (supported: {', '.join(supported) or 'none yet'})"
 
 
-class FlwrModule(types.ModuleType):
-    """The alias of one flpg module under its Flower name: the target's `__all__`
-    names, the supported submodules (imported on first access), nothing else."""
+def _unsupported_module(name: str) -> str:
+    """The one line for a Flower module flpg lacks: it lists the nearest supported
+    package above it and the supported modules under that package."""
+    parent = name.rpartition(".")[0]
+    while parent not in MODULES:
+        parent = parent.rpartition(".")[0]
+    under = [m for m in sorted(MODULES) if m == parent or m.startswith(parent + ".")]
+    return _unsupported(name, under)
 
-    def __init__(self, name: str, target: types.ModuleType | None) -> None:
-        super().__init__(
-            name, target.__doc__ if target is not None else "Flower's names, flpg's code."
-        )
-        exported = [str(n) for n in getattr(target, "__all__", ())]
-        for attr in exported:
-            setattr(self, attr, getattr(target, attr))
-        self.__all__ = sorted({*exported, *_children(name)})
-        self.__flpg_target__ = target.__name__ if target is not None else None
+
+def _own_targets(name: str) -> list[str]:
+    """The flpg modules of `name` itself: the ones its entry names, else the flpg
+    module at the same path if there is one."""
+    if name == _ROOT:
+        return []
+    explicit = MODULES[name][0]
+    if explicit is not None:
+        return explicit.split()
+    same = "flpg" + name[len(_ROOT) :]
+    try:
+        found = importlib.util.find_spec(same)
+    except ImportError:  # a parent is a module, not a package
+        found = None
+    return [same] if found is not None else []
+
+
+def _chain(name: str) -> list[str]:
+    """Where the Flower names of `name` are looked up: its own flpg modules, then its
+    ancestors', nearest first."""
+    chain: list[str] = []
+    while name:
+        chain += [t for t in _own_targets(name) if t not in chain]
+        name = name.rpartition(".")[0]
+    return chain
+
+
+def _lookup(chain: Sequence[str], attr: str) -> tuple[bool, object]:
+    """`(True, value)` of `attr` in the first module of `chain` that has it."""
+    for target in chain:
+        module = importlib.import_module(target)
+        if hasattr(module, attr):
+            return True, getattr(module, attr)
+    return False, None
+
+
+class FlwrModule(types.ModuleType):
+    """The alias of one Flower module: the names of Flower's that flpg has (found along
+    `_chain`), the flpg module's `__all__` where its entry says `*`, and the
+    supported submodules (imported on first access). Nothing else."""
+
+    def __init__(self, name: str) -> None:
+        own = [importlib.import_module(t) for t in _own_targets(name)]
+        super().__init__(name, own[0].__doc__ if own else "Flower's names, flpg's code.")
+        names = MODULES[name][1].split()
+        children = _children(name)
+        exported: dict[str, object] = {}
+        if "*" in names:
+            for module in own:
+                exported.update(
+                    {str(n): getattr(module, n) for n in getattr(module, "__all__", ())}
+                )
+        chain = _chain(name)
+        for attr in names:
+            if attr == "*" or attr in exported or attr in children:
+                continue
+            found, value = _lookup(chain, attr)
+            if found:
+                exported[attr] = value
+        for attr, value in exported.items():
+            setattr(self, attr, value)
+        self.__all__ = sorted({*exported, *(n for n in names if n in children)})
+        self.__flpg_target__ = own[0].__name__ if own else None
 
     def __getattr__(self, attr: str) -> Any:
         if attr.startswith("__"):
@@ -96,8 +147,7 @@ class FlwrModule(types.ModuleType):
 
 class _Loader(importlib.abc.Loader):
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
-        target = MODULES[spec.name]
-        return FlwrModule(spec.name, importlib.import_module(target) if target else None)
+        return FlwrModule(spec.name)
 
     def exec_module(self, module: types.ModuleType) -> None:
         """Nothing to run: the alias is complete when created."""
@@ -118,7 +168,7 @@ class FlwrFinder(importlib.abc.MetaPathFinder):
         if fullname != _ROOT and not fullname.startswith(_ROOT + "."):
             return None
         if fullname not in MODULES:
-            raise FlwrUnsupportedModule(_unsupported(fullname, sorted(MODULES)), name=fullname)
+            raise FlwrUnsupportedModule(_unsupported_module(fullname), name=fullname)
         return importlib.machinery.ModuleSpec(fullname, self._loader, is_package=True)
 
 

@@ -271,7 +271,7 @@ class Server:
         try:
             assert self.app.app is not None
             reply = self.app.app(message, self.app.context(row.dst_node_id, node_config))
-            if reply.metadata.reply_to_message_id != row.id:
+            if reply.metadata.reply_to_message_id != str(row.id):
                 raise TypeError(
                     "the handler's reply does not answer this message; "
                     "build it with Message(content, reply_to=msg)"

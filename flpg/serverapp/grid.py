@@ -2,7 +2,9 @@
 
 Mirrors Flower's Grid: `run`, `get_node_ids`, `create_message`, `push_messages`,
 `pull_messages`, `send_and_receive`; adds `receive` (replies one at a time as
-they arrive, for streaming aggregation) and `wait_for_nodes`.
+they arrive, for streaming aggregation) and `wait_for_nodes`. Message ids are str
+outward, as Flower types them (the row's integer id in decimal), and taken back
+as str (or int) by every method that accepts ids.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 from flpg import bus
 from flpg.app.message import DEFAULT_TTL, Message
 from flpg.app.records import Array, ArrayRecord, MetricRecord, RecordDict
-from flpg.errors import FlpgError
+from flpg.errors import FlpgError, NotFound
 from flpg.serverapp.runinfo import Run, from_stored
 from flpg.states import run_channel
 from flpg.store import checkpoints as store_checkpoints
@@ -29,6 +31,28 @@ from flpg.store.recordjson import records_to_json
 
 class NodesUnavailable(FlpgError):
     """Fewer nodes than required came online within the timeout."""
+
+
+MessageId = str | int
+"""A message id as a Grid takes it: Flower's str (what `push_messages` returns) or
+the row's int."""
+
+
+def row_ids(message_ids: Iterable[MessageId], run_id: int) -> list[int]:
+    """The row ids of `message_ids`; NotFound (one line) for one that cannot be a
+    message of run `run_id` (not a positive decimal integer)."""
+    out = []
+    for value in message_ids:
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            out.append(value)
+        elif isinstance(value, str) and value.isascii() and value.isdecimal() and int(value) > 0:
+            out.append(int(value))
+        else:
+            raise NotFound(
+                f"message id {value!r} is not one of run {run_id}'s messages "
+                "(ids are the strings push_messages returns)"
+            )
+    return out
 
 
 @dataclass(frozen=True)
@@ -124,19 +148,23 @@ class Grid:
         message.metadata.run_id = self._run_id
         return message
 
-    def push_messages(self, messages: Iterable[Message]) -> list[int]:
-        """Send instructions; returns their ids. Raises SelectionError (nothing sent)
-        if any destination is outside the run's node selection. Sent once, even when
-        the connection drops and the send is retried (one send key for all tries)."""
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        """Send instructions; returns their ids (str, as each `metadata.message_id`).
+        Raises SelectionError (nothing sent) if any destination is outside the run's
+        node selection. Sent once, even when the connection drops and the send is
+        retried (one send key for all tries)."""
         batch = list(messages)
         key = uuid.uuid4().hex
-        return self._session.call(
+        sent = self._session.call(
             lambda c: bus.send(c, self._run_id, batch, self._chunk_size, send_key=key)
         )
+        return [str(message_id) for message_id in sent]
 
-    def pull_messages(self, message_ids: Iterable[int]) -> list[Message]:
-        """The replies that have arrived for the given instructions (each returned once)."""
-        return self._pull(list(message_ids), again=False)
+    def pull_messages(self, message_ids: Iterable[MessageId]) -> list[Message]:
+        """The replies that have arrived for the given instructions (each returned once).
+        NotFound for an id that cannot be one of the run's messages; the id of another
+        run's message returns nothing."""
+        return self._pull(row_ids(message_ids, self._run_id), again=False)
 
     def _pull(self, ids: list[int], *, again: bool, stored: bool = False) -> list[Message]:
         """Take the replies to `ids`; with `again`, also those taken before, so that a
@@ -159,7 +187,7 @@ class Grid:
         )
 
     def receive(
-        self, message_ids: Sequence[int], *, timeout: float | None = None
+        self, message_ids: Iterable[MessageId], *, timeout: float | None = None
     ) -> Iterator[Message]:
         """Yield replies to `message_ids` as they arrive, until all arrived or `timeout` s.
 
@@ -171,13 +199,14 @@ class Grid:
         FLPG_PAYLOAD_GRACE seconds (default 60) of receiving them.
         Each reply to `message_ids` is yielded once, even one an earlier
         `pull_messages` returned, and none is lost if the database connection drops
-        (the grid reconnects and asks again).
+        (the grid reconnects and asks again). NotFound (before anything is read) for
+        an id that cannot be one of the run's messages.
         """
-        pending = set(message_ids)
+        pending = set(row_ids(message_ids, self._run_id))
         deadline = None if timeout is None else time.monotonic() + timeout
         while pending:
             for reply in self._pull(sorted(pending), again=True, stored=True):
-                pending.discard(reply.metadata.reply_to_message_id or -1)
+                pending.discard(int(reply.metadata.reply_to_message_id or 0))
                 yield reply
             if not pending:
                 return
@@ -197,10 +226,13 @@ class Grid:
         ids = self.push_messages(messages)
         return list(self.receive(ids, timeout=timeout))
 
-    def reject_replies(self, rejections: Sequence[tuple[int, str]]) -> None:
-        """Record on each reply `(message id, reason)` why it was left out of a round."""
+    def reject_replies(self, rejections: Sequence[tuple[MessageId, str]]) -> None:
+        """Record on each reply `(message id, reason)` why it was left out of a round
+        (ids as `metadata.message_id` gives them; NotFound, nothing recorded, for an id
+        that cannot be one of the run's messages)."""
         if rejections:
-            batch = list(rejections)
+            ids = row_ids([message_id for message_id, _ in rejections], self._run_id)
+            batch = [(i, reason) for i, (_, reason) in zip(ids, rejections, strict=True)]
             self._session.call(lambda c: store_messages.reject_replies(c, self._run_id, batch))
 
     def record_round(

@@ -15,14 +15,15 @@ federation of real processes, with its result checked:
 
 The quickstart-numpy shape is covered by test_flwr_apps.py (apps/flwr-numpy).
 
-On the same federation, the apps `flpg new --framework numpy|sklearn` generates run
-unchanged; the pytorch one (torch is not installed here) passes `flpg run`'s
-submit-time check, since it imports torch only when it runs, and its run then fails
-naming the missing module."""
+On the same federation, the apps `flpg new --framework numpy|sklearn|pytorch`
+generates run unchanged. Where torch is not installed, the pytorch one passes `flpg
+run`'s submit-time check, since it imports torch only when it runs, and its run then
+fails naming the missing module; where it is, the run finishes and its model learns."""
 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import subprocess
 import time
@@ -151,6 +152,17 @@ def check_sklearn_template(log: str) -> None:
     assert "round 3/3 evaluate: 2 ok, 0 failed" in log, log
 
 
+def check_pytorch_template(log: str) -> None:
+    prefix = "final federated evaluation: "
+    (line,) = [x for x in log.splitlines() if x.startswith(prefix)]
+    final = ast.literal_eval(line[len(prefix) :])
+    assert final["eval-accuracy"] > 0.6, log  # 4 classes: chance is 0.25
+    assert "round 3/3 evaluate: 2 ok, 0 failed" in log, log
+
+
+TORCH = importlib.util.find_spec("torch") is not None
+
+
 def generate(federation: Federation, target: Path, framework: str) -> Path:
     """`flpg new my-FRAMEWORK --framework FRAMEWORK --dir TARGET`; the app's path."""
     federation.cli("new", f"my-{framework}", "--framework", framework, "--dir", str(target))
@@ -180,8 +192,11 @@ def test_flower_style_apps_and_templates_run_unchanged(
         check(result_of(finished(name)))
     check_numpy_template(finished("my-numpy"))
     check_sklearn_template(finished("my-sklearn"))
-    # torch is not installed here: the app passed `flpg run`'s check (it imports torch
-    # only when it runs), and its ServerApp then failed naming the missing module.
+    if TORCH:
+        check_pytorch_template(finished("my-pytorch"))
+        return
+    # Without torch the app passed `flpg run`'s check (it imports torch only when it
+    # runs), and its ServerApp then failed naming the missing module.
     status, reason = ended[runs["my-pytorch"]]
     assert status == "failed" and "No module named 'torch'" in reason, (reason, logs["my-pytorch"])
 

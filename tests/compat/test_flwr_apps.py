@@ -3,7 +3,8 @@ unchanged to the real `flpg run` on a local federation of real processes.
 
 apps/flwr-numpy is a quickstart-numpy style FedAvg app made deterministic: node with
 partition-id p returns arrays + (p + 1) with num-examples 10 * (p + 1), so the result
-is exactly computable. apps/flwr-unsupported imports a strategy flpg lacks (FedProx)."""
+is exactly computable. apps/flwr-unsupported imports a name of Flower's legacy API flpg lacks
+(`flwr.common.ndarrays_to_parameters`)."""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def test_a_flower_name_flpg_lacks_is_refused_at_submit(federation: Federation) -
         result,
         "app flwr-unsupported",
         "component 'flwr_unsupported.server_app:app' does not import: "
-        "flwr.serverapp.strategy.FedProx is not supported by flpg (supported: FedAvg, ",
+        "flwr.common.ndarrays_to_parameters is not supported by flpg (supported: Array, ",
     )
     assert result.returncode == 2, result
     assert "Traceback" not in line

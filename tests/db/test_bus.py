@@ -199,7 +199,9 @@ def test_expire_answers_with_exactly_one_error_reply(conn: Connection, fed: Fede
         reply_path.reply_new(conn, worker="w", new=NewReply(claimed, {}, {}, []))
     # The ServerApp receives the error replies as Messages carrying an Error.
     pulled = bus.load(conn, store_messages.pull_replies(conn, fed.run_id, [queued, claimed, fresh]))
-    assert sorted(m.metadata.reply_to_message_id for m in pulled) == sorted([queued, claimed])
+    assert sorted(m.metadata.reply_to_message_id or "" for m in pulled) == sorted(
+        [str(queued), str(claimed)]
+    )
     assert all(m.has_error() and m.error.code == ErrorCode.MESSAGE_UNAVAILABLE for m in pulled)
     assert store_messages.pull_replies(conn, fed.run_id, [queued, claimed]) == []
 
@@ -311,7 +313,7 @@ def test_error_reply_round_trips(conn: Connection, fed: Federation) -> None:
     reply_path.error_reply(conn, "w", mid, Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, "boom"))
     (msg,) = bus.load(conn, store_messages.pull_replies(conn, fed.run_id, [mid]))
     assert msg.error == Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, "boom")
-    assert (msg.metadata.src_node_id, msg.metadata.reply_to_message_id) == (node, mid)
+    assert (msg.metadata.src_node_id, msg.metadata.reply_to_message_id) == (node, str(mid))
 
 
 # --------------------------------------------------------------------------- payloads
@@ -336,7 +338,7 @@ def test_broadcast_stores_each_array_once(
         for node in fed.selected
     ]
     ids = bus.send(conn, fed.run_id, messages, chunk_size=4096)
-    assert [m.metadata.message_id for m in messages] == ids
+    assert [m.metadata.message_id for m in messages] == [str(i) for i in ids]
     assert conn.execute("SELECT id, dst_node_id FROM messages ORDER BY id").fetchall() == list(
         zip(ids, fed.selected, strict=True)
     )
@@ -351,7 +353,7 @@ def test_broadcast_stores_each_array_once(
 
     rows = _claim_all(conn, "w", fed.selected)
     loaded = bus.load(conn, rows)
-    assert [m.metadata.message_id for m in loaded] == ids
+    assert [m.metadata.message_id for m in loaded] == [str(i) for i in ids]
     for m in loaded:
         assert list(m.content["model"]) == ["w", "b"]
         for name, original in model.items():

@@ -41,7 +41,7 @@ def _answer(message: Message, value: float, **arrays: np.ndarray[Any, Any]) -> M
 def _replies(conn: Connection, run_id: int, ids: list[int]) -> dict[int, Message]:
     """The replies to `ids` (taken like run `run_id`'s ServerApp does), by instruction id."""
     pulled = store_messages.pull_replies(conn, run_id, ids)
-    return {m.metadata.reply_to_message_id or 0: m for m in bus.load(conn, pulled)}
+    return {int(m.metadata.reply_to_message_id or 0): m for m in bus.load(conn, pulled)}
 
 
 def test_a_batch_answers_every_message_with_its_own_reply_and_arrays(
@@ -260,7 +260,7 @@ def test_batch_insert_keeps_order_links_and_selection(conn: Connection, fed: Fed
     ]
     sent = bus.send(conn, fed.run_id, messages)
     assert sent == sorted(sent) and len(set(sent)) == 7
-    assert [m.metadata.message_id for m in messages] == sent
+    assert [m.metadata.message_id for m in messages] == [str(i) for i in sent]
     assert (
         scalar(
             conn,

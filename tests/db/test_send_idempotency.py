@@ -77,8 +77,8 @@ def test_a_send_whose_commit_was_not_acknowledged_is_not_repeated(
 
     stored = _instructions(conn, fed.run_id)
     assert len(stored) == 2 * len(fed.selected), stored
-    assert [i for i, _, _ in stored] == sorted(ids + again)
-    assert [(d, g) for i, d, g in stored if i in ids] == [(n, "1") for n in fed.selected]
+    assert [i for i, _, _ in stored] == sorted(int(i) for i in ids + again)
+    assert [(d, g) for i, d, g in stored if str(i) in ids] == [(n, "1") for n in fed.selected]
     assert [m.metadata.message_id for m in first] == ids
     # Each instruction carries its array once; the arrays of the retry were not linked.
     assert scalar(

@@ -267,7 +267,7 @@ def test_bad_replies_are_taken_back_out_and_the_round_goes_on(
         grid.close()
     np.testing.assert_allclose(mean["w"].numpy(), base + 1, rtol=1e-6, atol=1e-6)
     assert (tally.received, tally.failures) == (5, 4)
-    reasons = dict(tally.rejected)
+    reasons = {int(message_id): why for message_id, why in tally.rejected}
     assert set(reasons) == {reply_ids[n] for n in (nan, corrupt, missing, shape)}
     assert "array 'w' holds NaN or Inf" in reasons[reply_ids[nan]]
     assert f"of message {reply_ids[corrupt]} fails its digest check" in reasons[reply_ids[corrupt]]
@@ -342,7 +342,7 @@ def test_small_arrays_come_with_the_reply_and_are_checked_when_used(
             f" WHERE array_id = ({array_of})",
             [reply_ids[second], "s"],
         )
-        replies = {r.metadata.message_id: r for r in grid.receive(ids, timeout=10)}
+        replies = {int(r.metadata.message_id or 0): r for r in grid.receive(ids, timeout=10)}
         # Now the chunks go away: only what came with the reply rows is still readable.
         conn.execute(
             "DELETE FROM array_chunks WHERE array_id IN (SELECT array_id FROM "

@@ -224,6 +224,13 @@ def test_list_is_ls_and_ls_carries_flowers_keys(fed: Federation) -> None:
     assert FLOWER_TIME.match(run["created-at"]) and run["created-at"] == submitted
     assert (run["running-at"], run["finished-at"]) == ("N/A", "N/A")
     assert run["app"] == "e2e-deterministic" and run["submitted_at"]  # flpg's keys stay
+    app_hash = fed.scalar("SELECT app_hash FROM runs WHERE id = %s", [second])
+    assert (run["app_hash"], run["fab-hash"]) == (app_hash, app_hash[:8])
+    assert (run["fab-id"], run["fab-version"], run["status-details"]) == (
+        "e2e-deterministic",
+        "",
+        "",
+    )
 
 
 def test_ls_run_id_shows_one_run(fed: Federation) -> None:

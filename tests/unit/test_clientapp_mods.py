@@ -248,7 +248,7 @@ def test_what_a_mod_cannot_work_with_is_answered_with_a_precondition_error(
     reply = mod(msg, context(), handler)
     assert reply.error.code == ErrorCode.MOD_FAILED_PRECONDITION
     assert reason in (reply.error.reason or "")
-    assert reply.metadata.reply_to_message_id == 9
+    assert reply.metadata.reply_to_message_id == "9"
     assert any(line.startswith("ERROR ") and reason in line for line in logged)
 
 

@@ -67,8 +67,8 @@ def test_flwr_modules_are_aliases_of_flpg_objects() -> None:
     ("statement", "line"),
     [
         (
-            "from flwr.serverapp.strategy import FedProx",
-            "flwr.serverapp.strategy.FedProx is not supported by flpg (supported: FedAvg, ",
+            "from flwr.common import FitIns",
+            "flwr.common.FitIns is not supported by flpg (supported: ",
         ),
         (
             "from flwr.clientapp.mod import secaggplus_mod",
@@ -76,8 +76,8 @@ def test_flwr_modules_are_aliases_of_flpg_objects() -> None:
             "LocalDpMod, adaptiveclipping_mod, ",
         ),
         (
-            "import flwr.app; flwr.app.UserConfig",
-            "flwr.app.UserConfig is not supported by flpg (supported: Array, ArrayRecord, ",
+            "import flwr.app; flwr.app.make_message",
+            "flwr.app.make_message is not supported by flpg (supported: Array, ArrayRecord, ",
         ),
         ("import flwr.server", "flwr.server is not supported by flpg (supported: flwr, flwr.app, "),
         (

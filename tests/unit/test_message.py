@@ -33,7 +33,7 @@ def sent_instruction(created_at: float | None = None, **kwargs: Any) -> Message:
     """An instruction as the store would have it after sending (just now by default)."""
     msg = Message(content(), 5, MessageType.TRAIN, **kwargs)
     msg.metadata.run_id = 7
-    msg.metadata.message_id = 42
+    msg.metadata.message_id = "42"
     msg.metadata.created_at = time.time() if created_at is None else created_at
     return msg
 
@@ -191,13 +191,13 @@ def test_content_reply_copies_routing_from_the_instruction() -> None:
     assert reply.content is body
     md = reply.metadata
     assert (md.run_id, md.message_id, md.src_node_id, md.dst_node_id) == (7, None, 5, None)
-    assert (md.reply_to_message_id, md.group_id, md.message_type) == (42, "g1", "train")
+    assert (md.reply_to_message_id, md.group_id, md.message_type) == ("42", "g1", "train")
     # As in Flower: the reply lives as long as its instruction has left.
     assert md.created_at >= instruction.metadata.created_at
     assert md.expires_at == pytest.approx(instruction.metadata.expires_at)
     # The instruction is not changed.
     assert instruction.metadata.dst_node_id == 5
-    assert instruction.metadata.message_id == 42
+    assert instruction.metadata.message_id == "42"
 
 
 def test_reply_ttl_is_capped_at_what_the_instruction_has_left(
@@ -216,7 +216,7 @@ def test_reply_ttl_is_capped_at_what_the_instruction_has_left(
 def test_error_reply_positional_and_by_keyword() -> None:
     err = Error(ErrorCode.NODE_UNAVAILABLE)
     reply = Message(err, reply_to=sent_instruction())
-    assert reply.error is err and reply.metadata.reply_to_message_id == 42
+    assert reply.error is err and reply.metadata.reply_to_message_id == "42"
 
 
 def test_deprecated_reply_builders_still_work(caplog: pytest.LogCaptureFixture) -> None:
@@ -224,7 +224,7 @@ def test_deprecated_reply_builders_still_work(caplog: pytest.LogCaptureFixture) 
     with caplog.at_level(logging.WARNING, logger="flpg.app"):
         reply = instruction.create_reply(RecordDict(), ttl=5)
         failed = instruction.create_error_reply(Error(ErrorCode.UNKNOWN, "x"))
-    assert reply.metadata.ttl == 5.0 and reply.metadata.reply_to_message_id == 42
+    assert reply.metadata.ttl == 5.0 and reply.metadata.reply_to_message_id == "42"
     assert failed.error == Error(0, "x")
     assert "deprecated" in caplog.text or {"create_reply", "create_error_reply"} <= _warned
 
@@ -251,7 +251,7 @@ def test_error_reply() -> None:
     assert reply.has_error() and not reply.has_content()
     assert reply.error is err
     assert reply.metadata.src_node_id == 5
-    assert reply.metadata.reply_to_message_id == 42
+    assert reply.metadata.reply_to_message_id == "42"
     with pytest.raises(ValueError, match="not content: ZeroDivisionError: boom"):
         _ = reply.content
 
@@ -298,10 +298,10 @@ def test_reply_to_must_be_a_message() -> None:
 def test_from_metadata_rebuilds_a_stored_message() -> None:
     md = Metadata(
         run_id=1,
-        message_id=9,
+        message_id="9",
         src_node_id=4,
         dst_node_id=None,
-        reply_to_message_id=8,
+        reply_to_message_id="8",
         group_id="",
         created_at=5.0,
         ttl=10.0,
@@ -326,3 +326,19 @@ def test_repr_names_type_route_and_content_keys() -> None:
     assert "['arrays', 'config']" in text
     err = repr(Message(error=Error(3, "gone"), reply_to=sent_instruction()))
     assert "gone" in err
+
+
+def test_message_ids_are_str_as_flower_types_them() -> None:
+    """The store's integer ids are carried as their decimal str, set or built."""
+    msg = Message(content(), 5, MessageType.TRAIN)
+    assert msg.metadata.message_id is None and msg.metadata.reply_to_message_id is None
+    msg.metadata.message_id = 17  # type: ignore[assignment]  # what the store assigns
+    assert msg.metadata.message_id == "17"
+    reply = Message(RecordDict(), reply_to=msg)
+    assert reply.metadata.reply_to_message_id == "17"
+    md = dataclasses.replace(msg.metadata, message_id=3)  # type: ignore[arg-type]
+    assert md.message_id == "3"
+    with pytest.raises(TypeError, match="message_id must be a str, got float"):
+        msg.metadata.message_id = 1.5  # type: ignore[assignment]
+    with pytest.raises(TypeError, match="reply_to_message_id must be a str, got bool"):
+        msg.metadata.reply_to_message_id = True  # type: ignore[assignment]

@@ -286,12 +286,44 @@ def test_real_torch_state_dict_round_trip() -> None:
     model = torch.nn.Linear(3, 2)
     record = ArrayRecord(model.state_dict())
     assert list(record) == ["weight", "bias"]
-    assert record["weight"].shape == (2, 3) and record["weight"].dtype == "<f4"
+    assert record["weight"].shape == (2, 3) and record["weight"].dtype == "float32"
     state = record.to_torch_state_dict()
     assert list(state) == ["weight", "bias"]
     for name, tensor in model.state_dict().items():
         assert torch.equal(state[name], tensor)
     assert Array(model.weight) == record["weight"]
+
+
+def test_real_torch_model_round_trips_and_edge_tensors() -> None:
+    """A model with integer buffers loads back; a transposed view, a tensor changed
+    after conversion, arrays that are big-endian or read-only, and bfloat16."""
+    torch = pytest.importorskip("torch")
+
+    def net() -> Any:
+        return torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+
+    model, other = net(), net()
+    record = ArrayRecord(model.state_dict())
+    assert record["1.num_batches_tracked"].dtype == "int64"
+    assert record["1.num_batches_tracked"].shape == ()
+    other.load_state_dict(record.to_torch_state_dict())
+    for mine, theirs in zip(model.state_dict().values(), other.state_dict().values(), strict=True):
+        assert torch.equal(mine, theirs)
+    view = torch.arange(6.0).reshape(2, 3).t()
+    np.testing.assert_array_equal(Array(view).numpy(), view.numpy())
+    tensor = torch.zeros(3)
+    array = Array(tensor)
+    tensor += 1
+    np.testing.assert_array_equal(array.numpy(), np.zeros(3))
+    read_only = np.arange(3, dtype="float32")
+    read_only.flags.writeable = False
+    odd = ArrayRecord({"be": np.arange(3, dtype=">f4"), "ro": read_only})
+    state = odd.to_torch_state_dict()
+    assert torch.equal(state["be"], torch.arange(3.0)) and torch.equal(
+        state["ro"], torch.arange(3.0)
+    )
+    with pytest.raises(TypeError, match=r"torch.bfloat16 tensor has no numpy dtype"):
+        Array(torch.zeros(2, dtype=torch.bfloat16))
 
 
 # --- copy() and count_bytes() ---------------------------------------------------------

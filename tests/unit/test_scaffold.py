@@ -66,7 +66,7 @@ def test_train_handler_replies_with_arrays_of_the_same_shapes(tmp_path: Path) ->
     reply = client_app(msg, context)
 
     assert not reply.has_error()
-    assert reply.metadata.reply_to_message_id == 1
+    assert reply.metadata.reply_to_message_id == "1"
     arrays = reply.content.array_records["arrays"]
     assert list(arrays.keys()) == list(initial.keys())
     assert [a.shape for a in arrays.values()] == [a.shape for a in initial.values()]

@@ -28,7 +28,7 @@ def _own(cfg: Any, msg: Message) -> list[Attack]:
     """What only a ClientApp may try: answer for another run or another node, take
     another node's instruction, write what only a ServerApp or user may."""
     me = msg.metadata.dst_node_id
-    mine = msg.metadata.message_id
+    mine = int(msg.metadata.message_id or 0)
     run_id = msg.metadata.run_id
     assert me is not None and mine is not None
     nodes = [int(n) for n in str(msg.content["config"]["nodes"]).split(",")]

@@ -10,7 +10,7 @@ from flpg import ArrayRecord, ClientApp, Context, Message, MetricRecord, RecordD
 app = ClientApp()
 
 
-def _first_attempt(marker_dir: str, message_id: int | None) -> bool:
+def _first_attempt(marker_dir: str, message_id: str | None) -> bool:
     """Record that a handler started on this message; True the first time."""
     if not marker_dir:
         return True
