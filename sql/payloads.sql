@@ -157,3 +157,25 @@ SELECT (SELECT ok FROM admin) AS admin,
            AS active,
        (SELECT count(*) FROM ended WHERE recent) AS recent,
        (SELECT count(*) FROM ended WHERE kept AND NOT recent) AS kept;
+
+-- name: array_chunks_byte_ranges
+-- Bytes [start, stop) of several arrays in one statement: the same slice of many
+-- replies' arrays for the chunk-wise robust aggregators. Each chunk overlapping a
+-- range yields only its overlapping part (`at` is that part's offset in the array),
+-- so a reader holds the slice, never whole chunks; data is stored EXTERNAL
+-- (uncompressed), so substring reads only the TOAST pieces it needs.
+SELECT w.array_id, c.seq, c.seq::bigint * a.chunk_size + s.lo AS at,
+       substring(c.data FROM s.lo + 1 FOR s.hi - s.lo) AS data
+FROM unnest(%(array_ids)s::bigint[], %(starts)s::bigint[], %(stops)s::bigint[])
+    AS w(array_id, start, stop)
+JOIN arrays a ON a.id = w.array_id
+JOIN array_chunks c
+    ON c.array_id = w.array_id
+   AND c.seq >= w.start / a.chunk_size
+   AND c.seq <= (w.stop - 1) / a.chunk_size
+CROSS JOIN LATERAL (
+    SELECT greatest(w.start - c.seq::bigint * a.chunk_size, 0)::int AS lo,
+           least(w.stop - c.seq::bigint * a.chunk_size, a.chunk_size)::int AS hi
+) s
+WHERE w.stop > w.start
+ORDER BY w.array_id, c.seq;

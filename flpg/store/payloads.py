@@ -269,3 +269,61 @@ def collect(conn: Connection, *, grace: float, limit: int = 1000) -> tuple[int, 
         row = one(conn, "arrays_collect", {"grace": grace, "limit": limit})
     assert row is not None
     return int(row["arrays"]), int(row["bytes"])
+
+
+Part = tuple[int, int, bytes]
+"""`(seq, at, data)`: bytes of chunk `seq` starting at byte `at` of the array."""
+
+
+def byte_ranges(conn: Connection, wanted: Sequence[tuple[int, int, int]]) -> dict[int, list[Part]]:
+    """Bytes [start, stop) of each `(array_id, start, stop)`, in one query, as the
+    parts of the chunks they overlap, in order, by array id. Unchecked: a missing
+    chunk shows as a gap in `at`, which the caller must detect. An array id given
+    more than once is read once, for the first range given."""
+    first: dict[int, tuple[int, int]] = {}
+    for array_id, start, stop in wanted:
+        first.setdefault(array_id, (start, stop))
+    out: dict[int, list[Part]] = {array_id: [] for array_id in first}
+    if not first:
+        return out
+    params = {
+        "array_ids": list(first),
+        "starts": [start for start, _ in first.values()],
+        "stops": [stop for _, stop in first.values()],
+    }
+    with conn.cursor(binary=True) as cur:
+        for array_id, seq, at, data in cur.execute(query("array_chunks_byte_ranges"), params):
+            out[array_id].append((seq, at, data))
+    return out
+
+
+def _parts_in_memory(rows: Chunks, start: int, stop: int) -> list[Part]:
+    """The parts of already-read chunk rows that hold bytes [start, stop)."""
+    parts: list[Part] = []
+    at = 0
+    for seq, data in rows:
+        lo, hi = max(start - at, 0), min(stop - at, len(data))
+        if lo < hi:
+            parts.append((seq, at + lo, bytes(data[lo:hi])))
+        at += len(data)
+    return parts
+
+
+def read_byte_ranges(wanted: Sequence[tuple[StoredArray, int, int]]) -> list[list[Part]]:
+    """Bytes [start, stop) of each stored array, as `byte_ranges` gives them, in the
+    order asked: one query per session for all arrays whose rows were not read with
+    their message (those are sliced in memory), retried after a lost connection.
+    Unchecked, as `byte_ranges`; a collected array yields no parts."""
+    out: list[list[Part]] = [[] for _ in wanted]
+    by_session: dict[int, tuple[Session, list[int]]] = {}
+    for index, (source, start, stop) in enumerate(wanted):
+        if source._read is not None:
+            out[index] = _parts_in_memory(source._read, start, stop)
+        elif not source.ref.collected:
+            by_session.setdefault(id(source._session), (source._session, []))[1].append(index)
+    for session, indices in by_session.values():
+        asked = [(wanted[i][0].array_id, wanted[i][1], wanted[i][2]) for i in indices]
+        found: dict[int, list[Part]] = session.call(partial(byte_ranges, wanted=asked))
+        for index in indices:
+            out[index] = found[wanted[index][0].array_id]
+    return out

@@ -2,6 +2,56 @@
 
 from __future__ import annotations
 
-from flpg.serverapp.strategy import FedAvg, Result, Strategy, TooFewReplies
+from flpg.serverapp.strategy import (
+    Bulyan,
+    DifferentialPrivacyClientSideAdaptiveClipping,
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideAdaptiveClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedBuff,
+    FedMedian,
+    FedOpt,
+    FedProx,
+    FedTrimmedAvg,
+    FedXgbBagging,
+    FedXgbCyclic,
+    FedYogi,
+    Krum,
+    MultiKrum,
+    QFedAvg,
+    Result,
+    Strategy,
+    StrategyState,
+    TooFewReplies,
+)
 
-__all__ = ["FedAvg", "Result", "Strategy", "TooFewReplies"]
+__all__ = [
+    "Bulyan",
+    "DifferentialPrivacyClientSideAdaptiveClipping",
+    "DifferentialPrivacyClientSideFixedClipping",
+    "DifferentialPrivacyServerSideAdaptiveClipping",
+    "DifferentialPrivacyServerSideFixedClipping",
+    "FedAdagrad",
+    "FedAdam",
+    "FedAvg",
+    "FedAvgM",
+    "FedBuff",
+    "FedMedian",
+    "FedOpt",
+    "FedProx",
+    "FedTrimmedAvg",
+    "FedXgbBagging",
+    "FedXgbCyclic",
+    "FedYogi",
+    "Krum",
+    "MultiKrum",
+    "QFedAvg",
+    "Result",
+    "Strategy",
+    "StrategyState",
+    "TooFewReplies",
+]

@@ -15,7 +15,7 @@ the mean frees the sum block by block: the peak stays near twice the model.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -230,3 +230,85 @@ class WeightedMetricMean:
             mean = total / self._weights[key]
             out[key] = mean.tolist() if np.ndim(mean) else float(mean)
         return out
+
+
+def array_slices(array: Array) -> Iterator[tuple[int, npt.NDArray[Any]]]:
+    """`(first element, 1-d values)` covering `array` in order; a stored array not yet
+    read is read chunk by chunk (never whole, and it stays stored)."""
+    return _slices(array, np.dtype(array.dtype))
+
+
+def read_array(array: Array) -> npt.NDArray[Any]:
+    """The array's values, writeable; a stored array not yet read is read as a copy
+    the `Array` does not keep (it stays stored: saving it again writes nothing)."""
+    source = array.source
+    if array.in_memory or source is None:
+        return array.numpy()
+    values = source.load()
+    return values if values.flags.writeable else values.copy()
+
+
+def work_dtype(dtype: str | np.dtype[Any]) -> np.dtype[Any]:
+    """What a server update computes an array of `dtype` in: complex128 or float64."""
+    return np.dtype(np.complex128 if np.dtype(dtype).kind == "c" else np.float64)
+
+
+def state_dtype(dtype: str | np.dtype[Any]) -> np.dtype[Any]:
+    """The dtype of server state (momentum, moments) kept for a model array of
+    `dtype`: floats of at least 32 bits, float64 for integers, as numpy promotes."""
+    return np.dtype(np.result_type(np.dtype(dtype).newbyteorder("="), np.float32))
+
+
+def cast_into(values: npt.NDArray[Any], out: npt.NDArray[Any]) -> None:
+    """Write computed `values` into `out` in its dtype, as a mean is stored: rounded to
+    the nearest integer for integer dtypes, `>= 0.5` for bool."""
+    if out.dtype.kind in "iu":
+        out[...] = np.rint(values.real)
+    elif out.dtype.kind == "b":
+        out[...] = values.real >= 0.5
+    else:
+        out[...] = values
+
+
+UPDATE_STEP = 1 << 16
+"""Elements a server update handles at once (it makes several float64 temporaries)."""
+
+UpdateStep = Callable[[str, slice, npt.NDArray[Any], npt.NDArray[Any]], npt.NDArray[Any]]
+"""`(array name, slice of the flattened array, current values, mean values) -> new
+values` of a server-side update, values in `work_dtype`."""
+
+
+def server_update(current: ArrayRecord, mean: ArrayRecord, step: UpdateStep) -> ArrayRecord:
+    """The new global arrays: `step` applied to each array of `mean` (in memory, as
+    WeightedArrayMean gives it) with the same array of `current`, UPDATE_STEP elements at a
+    time (temporaries stay small), in the arrays' order.
+
+    The new values are written over `mean`'s (do not use it afterwards) in the model's
+    dtypes (`cast_into`); each current array is read only while its update runs (a
+    stored one is not kept). ValueError if the two records' names or shapes differ.
+    """
+    if list(current.keys()) != list(mean.keys()):
+        raise ValueError(
+            f"aggregated array names {list(mean.keys())} differ from the global model's "
+            f"{list(current.keys())}"
+        )
+    out = ArrayRecord()
+    for name, array in mean.items():
+        if current[name].shape != array.shape:
+            raise ValueError(
+                f"aggregated array {name!r} has shape {list(array.shape)}, the global "
+                f"model's {list(current[name].shape)}"
+            )
+        x = read_array(current[name]).reshape(-1)
+        target = array.numpy()
+        if not target.flags.writeable:
+            target = target.copy()
+        flat = target.reshape(-1)
+        kind = work_dtype(target.dtype)
+        for start in range(0, flat.size, UPDATE_STEP):
+            part = slice(start, start + UPDATE_STEP)
+            new = step(name, part, x[part].astype(kind), flat[part].astype(kind))
+            cast_into(new, flat[part])
+        del x
+        out[name] = target
+    return out

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flpg.app.records import ArrayRecord, MetricRecord
+from flpg.serverapp.strategy.state import model_only
 from flpg.store.recordjson import metric_records_from_json, records_to_json
 
 _PHASES = ("train_metrics_clientapp", "evaluate_metrics_clientapp", "evaluate_metrics_serverapp")
@@ -29,8 +30,11 @@ class Result:
 
     @classmethod
     def from_checkpoint(cls, arrays: ArrayRecord, metrics: dict[str, Any]) -> Result:
-        """The result as it stood when the checkpoint was saved."""
-        result = cls(arrays=arrays)
+        """The result as it stood when the checkpoint was saved: its arrays are the
+        global model's, without the strategy state the checkpoint also holds
+        (`state.STATE_PREFIX`), and keys of `metrics` other than the phases (the
+        state's `state.STATE_KEY`) are ignored."""
+        result = cls(arrays=model_only(arrays))
         for phase in _PHASES:
             target: dict[int, MetricRecord] = getattr(result, phase)
             for r, record in metric_records_from_json(metrics.get(phase)).items():

@@ -11,6 +11,7 @@ from flpg.app.records import ArrayRecord, ConfigRecord, MetricRecord
 from flpg.errors import FlpgError
 from flpg.serverapp.grid import Grid
 from flpg.serverapp.strategy.result import Result
+from flpg.serverapp.strategy.state import StateSaver, StrategyState, check_model_names, split
 from flpg.serverapp.strategy.strategy_utils import log, log_strategy_start_info
 
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
@@ -18,6 +19,16 @@ EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 
 class TooFewReplies(FlpgError):
     """A round aggregated fewer replies than the strategy's minimum; the run fails."""
+
+
+class AggregationError(FlpgError):
+    """A strategy cannot aggregate as asked (Flower's `flwr.serverapp.exception`
+    AggregationError): e.g. `aggregate_train` before the `configure_train` that
+    gives it the arrays its server-side update starts from."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class ReplyTally:
@@ -34,8 +45,9 @@ class ReplyTally:
         self.received = 0
         self.failures = 0
         self.reasons: list[str] = []
-        self.rejected: list[tuple[int, str]] = []
-        """`(reply message id, reason)` of replies the strategy could not use."""
+        self.rejected: list[tuple[str, str]] = []
+        """`(reply message id, reason)` of replies the strategy could not use; the id
+        as `metadata.message_id` gives it (str), which `Grid.reject_replies` takes."""
 
     def __iter__(self) -> Iterator[Message]:
         for reply in self._replies:
@@ -79,6 +91,11 @@ class Strategy(ABC):
     arrived in time, carries no error and was not rejected. The failed round's tally
     is recorded (`round_history`) and the checkpoint stays at the round before it, so
     `flpg run --max-restarts` or `flpg resume` retries that round.
+
+    A strategy with state of its own (server momentum, optimizer moments, a clipping
+    norm) exposes it through `state` and `load_state`; `start` keeps it in the run's
+    checkpoint beside the global model, so a restarted or resumed run continues
+    exactly as an uninterrupted one would.
     """
 
     min_available_nodes: int = 1
@@ -86,6 +103,8 @@ class Strategy(ABC):
     min_evaluate_nodes: int = 0
     _round_tally: ReplyTally | None = None
     """The tally of the replies `start` is aggregating, while it aggregates them."""
+    _saver: StateSaver | None = None
+    """What `start` last checkpointed of the strategy's state."""
 
     @abstractmethod
     def configure_train(
@@ -118,6 +137,39 @@ class Strategy(ABC):
         abstract; flpg's logs nothing, so a strategy need not define it."""
         return None
 
+    def state(self) -> StrategyState:
+        """The strategy's state besides the global model, saved with every checkpoint
+        (the default: an empty state).
+
+        - Return what a later round needs that the model and the round number do not
+          give (momentum, moments, a clipping norm, a counter; see `StrategyState`).
+        - `start` calls it for every checkpoint it saves (round 0, right after each
+          round's `aggregate_train`, and at the end of a round whose evaluation added
+          metrics), maybe more than once per save: keep it cheap and side-effect free.
+        - An `Array` object returned again (`is`) must hold the values it held when
+          first returned: it is taken as unchanged and linked to its stored bytes,
+          not written again (so is a stored array from `load_state` returned as is).
+          When values change, return a new `Array` (it may wrap the same ndarray,
+          updated in place).
+        - A wrapper includes its wrapped strategy's state under names of its own.
+        """
+        return StrategyState()
+
+    def load_state(self, state: StrategyState) -> None:
+        """Continue from `state` (the default ignores it).
+
+        - `start` calls it once, before the first round it runs, whenever it
+          continues from a checkpoint (a restarted or resumed run), with the state
+          `state()` returned for that checkpoint, even an empty one: the state after
+          that round's `aggregate_train`. Never on a fresh run, nor for a checkpoint
+          without a state section (saved by an flpg that kept none).
+        - Arrays come back with their record and array names, order, dtypes, shapes
+          and bytes, stored (`numpy()` reads and keeps one, `Array.source.load()`
+          reads a copy); values with their JSON types, in any order.
+        - Raise ValueError (one line) if the state cannot be used by this strategy.
+        """
+        del state
+
     def start(
         self,
         grid: Grid,
@@ -138,7 +190,11 @@ class Strategy(ABC):
         the end of every round the checkpoint gets all metrics so far (saved again
         only if evaluation added some, or the round produced no new arrays). If the run
         has a checkpoint (it was restarted or resumed), training continues after its
-        round from its arrays. The returned result's arrays are stored
+        round from its arrays, and with the strategy's state saved with it (see
+        `state` and `load_state`; every checkpoint holds it, in arrays whose names
+        start with `state.STATE_PREFIX`, never in the result's arrays). Raises
+        ValueError for a model array named with that prefix. The returned result's
+        arrays are the global model's only, stored
         (`Array.stored`): `numpy()` reads them.
         Raises NodesUnavailable if the nodes a round needs (see the class docstring)
         are not online in time, and TooFewReplies if a round got fewer replies than
@@ -155,14 +211,14 @@ class Strategy(ABC):
         del initial_arrays
         for server_round in range(first_round, num_rounds + 1):
             rounds = (server_round, num_rounds)
-            saved_metrics = self._train_round(grid, rounds, result, timeout, train_config)
+            saved = self._train_round(grid, rounds, result, timeout, train_config)
             arrays = result.arrays
             self._evaluate_round(grid, rounds, result, timeout, evaluate_config)
             if evaluate_fn is not None:
                 self._server_evaluate(grid, server_round, arrays, evaluate_fn, result)
-            round_metrics = result.metrics_to_json()
-            if round_metrics != saved_metrics:  # evaluation added metrics, or no new arrays
-                result.arrays = grid.save_checkpoint(server_round, arrays, round_metrics)
+            # Saved again if evaluation added metrics, or training produced no new arrays.
+            if not saved or not self._checkpoint_current(result):
+                self._save(grid, server_round, arrays, result)
         log(f"finished {num_rounds} rounds")
         return result
 
@@ -179,24 +235,42 @@ class Strategy(ABC):
         round 0 and saved as checkpoint 0). The result's arrays are stored ones.
         Logs a first line, then Flower's start information and `summary()`."""
         num_rounds, timeout = limits
+        self._saver = StateSaver()
         checkpoint = grid.load_checkpoint()
         if checkpoint is not None:
-            result = Result.from_checkpoint(checkpoint.arrays, checkpoint.metrics)
+            model, state = split(checkpoint.arrays, checkpoint.metrics)
+            result = Result.from_checkpoint(model, checkpoint.metrics)
             log(
                 f"resuming {type(self).__name__} after round {checkpoint.round} of "
                 f"{num_rounds}, run {grid.run_id} attempt {grid.attempt}"
             )
-            self._announce(num_rounds, checkpoint.arrays, configs)
-            result.arrays = checkpoint.arrays
+            self._announce(num_rounds, model, configs)
+            if state is not None:
+                self.load_state(state)
             return result, checkpoint.round + 1
+        check_model_names(initial_arrays)
         result = Result(arrays=initial_arrays)
         log(f"starting {type(self).__name__}: {num_rounds} rounds, run {grid.run_id}")
         self._announce(num_rounds, initial_arrays, configs)
         self._wait(grid, self.min_train_nodes, timeout)
         if evaluate_fn is not None:
             self._server_evaluate(grid, 0, initial_arrays, evaluate_fn, result)
-        result.arrays = grid.save_checkpoint(0, initial_arrays, result.metrics_to_json())
+        self._save(grid, 0, initial_arrays, result)
         return result, 1
+
+    def _save(self, grid: Grid, server_round: int, arrays: ArrayRecord, result: Result) -> None:
+        """Checkpoint `arrays`, every metric of `result` and the strategy's state as
+        the run's state after `server_round`; `result.arrays` becomes the stored model."""
+        saver = self._saver = self._saver or StateSaver()
+        state = self.state()
+        content, doc = saver.content(arrays, state, result.metrics_to_json())
+        stored = grid.save_checkpoint(server_round, content, doc)
+        result.arrays = saver.saved(state, doc, stored)
+
+    def _checkpoint_current(self, result: Result) -> bool:
+        """Whether the last checkpoint already holds `result`'s metrics and the state."""
+        saver = self._saver
+        return saver is not None and saver.unchanged(self.state(), result.metrics_to_json())
 
     def _announce(
         self,
@@ -214,7 +288,7 @@ class Strategy(ABC):
 
     def _collect(
         self, grid: Grid, messages: Iterable[Message], timeout: float
-    ) -> tuple[list[int], ReplyTally]:
+    ) -> tuple[list[str], ReplyTally]:
         """Send `messages`; a tally over their replies as they arrive (until `timeout`)."""
         ids = grid.push_messages(messages)
         return ids, ReplyTally(grid.receive(ids, timeout=timeout))
@@ -226,9 +300,9 @@ class Strategy(ABC):
         result: Result,
         timeout: float,
         train_config: ConfigRecord | None,
-    ) -> dict[str, object] | None:
-        """Train one round into `result`; returns the metrics checkpointed with its
-        arrays (None if it produced none). TooFewReplies below `min_train_nodes`."""
+    ) -> bool:
+        """Train one round into `result`; whether it checkpointed new arrays (not if
+        it produced none). TooFewReplies below `min_train_nodes`."""
         server_round = rounds[0]
         started = time.monotonic()
         self._wait(grid, self.min_train_nodes, timeout)
@@ -246,10 +320,9 @@ class Strategy(ABC):
         self._require(server_round, ok, "training", "min_train_nodes", self.min_train_nodes)
         result.train_metrics_clientapp[server_round] = metrics or MetricRecord()
         if new_arrays is None:
-            return None
-        saved_metrics = result.metrics_to_json()
-        result.arrays = grid.save_checkpoint(server_round, new_arrays, saved_metrics)
-        return saved_metrics
+            return False
+        self._save(grid, server_round, new_arrays, result)
+        return True
 
     def _evaluate_round(
         self,
@@ -284,7 +357,7 @@ class Strategy(ABC):
         grid: Grid,
         rounds: tuple[int, int],
         phase: str,
-        outcome: tuple[list[int], ReplyTally, MetricRecord | None],
+        outcome: tuple[list[str], ReplyTally, MetricRecord | None],
         timeout: float,
         took: str = "",
     ) -> int:

@@ -16,10 +16,12 @@ from flpg.app.records import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flpg.errors import FlpgError
 from flpg.serverapp.grid import Grid, NodesUnavailable
 from flpg.serverapp.strategy.aggregate import ReplyRejected, WeightedArrayMean, WeightedMetricMean
+from flpg.serverapp.strategy.xgb_trees import aggregate_bagging
 
 __all__ = [
     "InconsistentMessageReplies",
     "aggregate_arrayrecords",
+    "aggregate_bagging",
     "aggregate_metricrecords",
     "config_to_str",
     "log_strategy_start_info",
