@@ -17,7 +17,7 @@ FROM runs
 WHERE id = %(run_id)s;
 
 -- name: runs_list
-SELECT run_id, app_name, status, reason, num_nodes, rounds_completed,
+SELECT run_id, app_name, app_hash, status, reason, num_nodes, rounds_completed,
        submitted_at, started_at, finished_at
 FROM run_history
 ORDER BY run_id DESC
@@ -223,3 +223,18 @@ WHERE r.id = ANY(%(run_ids)s) AND r.status IN ('pending', 'starting', 'running')
       SELECT 1 FROM run_nodes rn WHERE rn.run_id = r.id AND rn.node_id = ANY(%(node_ids)s)
   )
 ORDER BY r.id;
+
+-- name: runs_accounting_get
+-- One run's accounting (the run_accounting view; a role sees only the runs it may read).
+SELECT run_id, instructions, replies, messages, bytes_sent, bytes_received,
+       clientapp_seconds, wait_seconds, launches, serverapp_seconds, queue_seconds
+FROM run_accounting
+WHERE run_id = %(run_id)s;
+
+-- name: run_nodes_accounting_list
+-- One run's accounting per selected node (the node_accounting view), by node id.
+SELECT node_id, node_name, instructions, replies, messages, bytes_received, bytes_sent,
+       clientapp_seconds, wait_seconds
+FROM node_accounting
+WHERE run_id = %(run_id)s
+ORDER BY node_id;

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
+    from flpg.store.accounting import RunAccounting
     from flpg.store.logs import LogLine
     from flpg.store.nodes import Node
     from flpg.store.runs import Run, RunDetails, RunSummary
@@ -136,6 +137,7 @@ def _run_summary_doc(r: RunSummary) -> dict[str, Any]:
     return {
         "run_id": r.run_id,
         "app": r.app_name,
+        "app_hash": r.app_hash,
         "status": r.status,
         "reason": r.reason,
         "nodes": r.num_nodes,
@@ -145,7 +147,11 @@ def _run_summary_doc(r: RunSummary) -> dict[str, Any]:
         "finished_at": _iso(r.finished_at),
         # Flower's `flwr ls --format json` keys (its `status` is flpg's, above)
         "run-id": r.run_id,
+        "fab-id": r.app_name,
         "fab-name": r.app_name,
+        "fab-version": "",
+        "fab-hash": r.app_hash[:8],  # as `flwr ls` and `flpg run --format json` show it
+        "status-details": r.reason or "",
         "elapsed": _flower_elapsed(r.started_at, r.finished_at),
         "created-at": _flower_time(r.submitted_at),
         "running-at": _flower_time(r.started_at),
@@ -192,10 +198,18 @@ def _details_doc(details: RunDetails) -> dict[str, Any]:
     }
 
 
-def run_details(details: RunDetails, fmt: str) -> None:
+def run_details(
+    details: RunDetails,
+    fmt: str,
+    accounting: RunAccounting | None = None,
+    artifacts: str | None = None,
+) -> None:
     """`flpg show`: one JSON document, or the set fields one a line, then the run
-    config, the nodes, the message counts and a table of round metrics."""
-    doc = _details_doc(details)
+    config, the nodes, the message counts, the accounting and artifact directory (when
+    given: `flpg.cli.render_accounting`) and a table of round metrics."""
+    from flpg.cli import render_accounting as more
+
+    doc = {**_details_doc(details), **more.show_doc(accounting, artifacts)}
     if fmt == "json":
         _print_json(doc)
         return
@@ -210,6 +224,7 @@ def run_details(details: RunDetails, fmt: str) -> None:
         f"{'messages:':14} "
         + ", ".join(f"{m['count']} {m['kind']} {m['state']}" for m in doc["messages"])
     )
+    more.show_text(accounting, artifacts)
     if details.rounds:
         _table(
             ["ROUND", "PHASE", "REPLIES", "FAILURES", "METRICS"],

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+from click.core import ParameterSource
 
 from flpg.cli import options, render
+from flpg.cli._base import _CREDENTIALS as CREDENTIALS_META
 from flpg.cli._base import format_option, handle_errors, open_db, user_db_option
 from flpg.errors import AppError
 from flpg.states import RunStatus
@@ -23,6 +25,7 @@ LOG_PAGE = 1000
 
 @click.command("run")
 @click.argument("app_dir", required=False, type=click.Path(path_type=Path), metavar="[APP_DIR]")
+@click.argument("federation", required=False, metavar="[FEDERATION]")
 @user_db_option
 @click.option(
     "--run-config",
@@ -67,6 +70,7 @@ LOG_PAGE = 1000
 @handle_errors
 def run_cmd(
     app_dir: Path | None,
+    federation: str | None,
     db: str | None,
     run_config: tuple[str, ...],
     priority: int,
@@ -76,11 +80,13 @@ def run_cmd(
     stream: bool,
     fmt: str,
 ) -> None:
-    """Submit a run of the app in APP_DIR (default: the current directory)."""
+    """Submit a run of the app in APP_DIR (default: the current directory) to
+    FEDERATION, one of its pyproject's [tool.flwr.federations] (default: the table's
+    `default`, else --db / $FLPG_DATABASE_URL / the embedded cluster)."""
     from flpg.submit.run import submit
 
     app_dir = _app_dir(app_dir)
-    url, conn = open_db(db)
+    url, conn = open_db(_federation_db(app_dir, federation, db))
     with conn:
         submitted = submit(
             conn,
@@ -109,6 +115,30 @@ def _app_dir(given: Path | None) -> Path:
             "give APP_DIR or run it in an app's directory (see `flpg run --help`)"
         )
     return here
+
+
+def _federation_db(app_dir: Path, name: str | None, db: str | None) -> str | None:
+    """The `--db` to use: the database of federation `name` (else of the pyproject's
+    default federation) when it has an address, else `db`. `--db` or `--credentials`
+    on the command line beats a default federation's address, and beside a FEDERATION
+    argument with an address is a UsageError (exit 2)."""
+    from flpg.bundle.appdir import read_app
+    from flpg.submit.federation import choose_federation, federation_url
+
+    read_app(app_dir)  # a missing or malformed app is named as such first
+    chosen = choose_federation(app_dir, name)
+    if chosen is None or chosen.address is None:
+        return db
+    ctx = click.get_current_context()
+    given = ctx.get_parameter_source("db") == ParameterSource.COMMANDLINE
+    given = given or ctx.meta.get(CREDENTIALS_META) is not None
+    if given and name is None:
+        return db
+    if given:
+        raise click.UsageError(
+            f"FEDERATION {name!r} and --db/--credentials each name a database; give one"
+        )
+    return federation_url(chosen)
 
 
 def _stream(conn: Connection, url: str, run_id: int, *, exit_status: bool = True) -> None:
@@ -157,6 +187,7 @@ def _summary(details: RunDetails) -> RunSummary:
     return RunSummary(
         run_id=run.id,
         app_name=run.app_name,
+        app_hash=run.app_hash,
         status=run.status,
         reason=run.reason,
         num_nodes=len(details.selection),
@@ -181,13 +212,15 @@ list_cmd = click.Command(
 @format_option
 @handle_errors
 def show_cmd(run_id: int, db: str | None, fmt: str) -> None:
-    """Show one run: status, config, node selection, messages and round metrics."""
+    """Show one run: status, config, node selection, messages, accounting and round metrics."""
+    from flpg.store import accounting, pull
     from flpg.store import runs as store_runs
 
     _, conn = open_db(db)
     with conn:
         details = store_runs.details(conn, run_id)
-    render.run_details(details, fmt)
+        spent, where = accounting.of_run(conn, run_id), pull.artifact_dir(conn, run_id)
+    render.run_details(details, fmt, spent, where)
 
 
 @click.command("log")

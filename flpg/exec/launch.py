@@ -2,9 +2,10 @@
 and what it keeps of each (`Child`).
 
 The process gets an allowlisted environment (`flpg.bundle.process.app_environment`),
-its run role's URL and its own session. With `--app-user USER` (a `sandbox`) it runs
-as USER (`flpg.bundle.appuser`): the exec first extracts the run's bundle into its
-cache, and the process only reads it.
+its run role's URL and its own session, and starts in its run's artifact directory
+(`flpg.exec.artifacts`, also in `$FLPG_ARTIFACT_DIR`). With `--app-user USER` (a
+`sandbox`) it runs as USER (`flpg.bundle.appuser`): the exec first extracts the run's
+bundle into its cache, and the process only reads it.
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ from typing import Any
 from flpg.bundle.appuser import AppSandbox, AppSeat
 from flpg.bundle.process import app_environment
 from flpg.errors import FlpgError
+from flpg.exec import artifacts
 from flpg.exec.runner import EXEC_PID_ENV
 from flpg.settings import DATABASE_URL_ENV
+from flpg.states import LogStream
 from flpg.store import apps as store_apps
+from flpg.store import logs as store_logs
 from flpg.store import runroles as store_runroles
 from flpg.store import runs as store_runs
 from flpg.store.db import TRANSIENT, Connection
@@ -56,8 +60,12 @@ def start_serverapp(
     conn: Connection, run_id: int, attempt: int, url: str, sandbox: AppSandbox | None
 ) -> tuple[subprocess.Popen[bytes], AppSeat | None]:
     """Start attempt `attempt` of run `run_id`'s ServerApp, connecting with `url` (its
-    run role's); in `sandbox`, as its user, once the exec extracted the run's bundle
-    (AppError if it cannot be). OSError if the process cannot start."""
+    run role's), in the run's artifact directory (made, and named in an event of the
+    run's log, first); in `sandbox`, as its user, once the exec extracted the run's
+    bundle (AppError if it cannot be). OSError if the directory cannot be prepared or
+    the process cannot start."""
+    workdir = artifacts.prepare(run_id, None if sandbox is None else sandbox.user)
+    store_logs.append(conn, run_id, [(LogStream.EVENT, artifacts.event(attempt, workdir))])
     seat = None
     python = sys.executable
     confined: dict[str, Any] = {}
@@ -67,8 +75,17 @@ def start_serverapp(
         seat = sandbox.seat(f"serverapp-{run_id}", app_hash, fetch, url)
         url, python = seat.url, seat.python
         confined = seat.popen_kwargs()
+    confined["cwd"] = workdir  # the seat's home stays its HOME and TMPDIR
     env = app_environment(
-        {DATABASE_URL_ENV: url, "PYTHONUNBUFFERED": "1", EXEC_PID_ENV: str(os.getpid())}
+        {
+            DATABASE_URL_ENV: url,
+            "PYTHONUNBUFFERED": "1",
+            EXEC_PID_ENV: str(os.getpid()),
+            artifacts.ARTIFACT_DIR_ENV: str(workdir),
+            # `python -m` would put the cwd (the artifact directory, which the app
+            # writes) first on sys.path: a file left there must not shadow a module.
+            "PYTHONSAFEPATH": "1",
+        }
     )
     if seat is not None:
         env = seat.environment(env)

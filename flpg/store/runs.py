@@ -60,6 +60,7 @@ class TakenBack:
 class RunSummary:
     run_id: int
     app_name: str
+    app_hash: str
     status: str
     reason: str | None
     num_nodes: int

@@ -114,8 +114,10 @@ def test_migrations_build_exactly_the_models(empty_db_url: str, second_empty_db_
     assert storage[("apps", "bundle")] == "e"
     assert {v[0] for v in migrated["views"]} == {
         "message_latency",
+        "node_accounting",
         "node_participation",
         "round_history",
+        "run_accounting",
         "run_history",
     }
     enums = dict(migrated["enums"])

@@ -212,6 +212,9 @@ def served(request: pytest.FixtureRequest, account: AppAccount, tmp_path: Path) 
             FLPG_HOME=str(workdir / "participant-home"),
             FLPG_APP_PYTHON=account.python,
             FLPG_CACHE_DIR=str(shared / "cache"),
+            # The ServerApp's artifact directory: the runs dir must be reachable by
+            # the app user (pytest's own temporary directory is 0700).
+            FLPG_RUNS_DIR=str(home / "runs"),
             TMPDIR=str(tmpdir),
         )
         yield Served(fed, port, env, tmpdir, shared)
@@ -242,15 +245,24 @@ def _probes(log: str) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
 
 
 def _assert_confined(
-    found: dict[str, Any], account: AppAccount, worker: Proc, tmpdir: Path
+    found: dict[str, Any],
+    account: AppAccount,
+    worker: Proc,
+    tmpdir: Path,
+    cwd: Path | None = None,
 ) -> None:
+    """The probe ran as the app account, in its own home, and in `cwd` (default: that
+    home; a ServerApp runs in its run's artifact directory, the app account's, 0700)."""
     assert (found["uid"], found["euid"], found["gid"]) == (account.uid, account.uid, account.gid)
     assert found["groups"] in ([], [account.gid]), found
     assert found["umask"] == 0o077
     assert found["ppid"] == worker.pid  # the probe signalled its own worker
     assert Path(found["home"]).parent.parent == tmpdir, found
     assert (found["home_mode"], found["home_uid"]) == (0o700, account.uid)
-    assert found["cwd"] == found["home"]
+    assert found["cwd"] == (found["home"] if cwd is None else str(cwd)), found
+    if cwd is not None:
+        st = cwd.stat()
+        assert (st.st_uid, st.st_mode & 0o777) == (account.uid, 0o700)
     refused = {
         "read_secret": "EACCES",
         "read_credential": "EACCES",
@@ -299,7 +311,8 @@ def test_a_fedavg_run_whose_apps_run_as_another_user(account: AppAccount, served
         assert np.array_equal(final[name], value), (name, final[name], value)
 
     server, clients = _probes(log)
-    _assert_confined(server, account, workers["exec"], served.tmpdir)
+    artifacts = Path(served.env["FLPG_RUNS_DIR"]) / str(run_id)
+    _assert_confined(server, account, workers["exec"], served.tmpdir, cwd=artifacts)
     names = dict(fed.sql("SELECT id, name FROM nodes"))
     assert sorted(names[i] for i in clients) == ["node0", "node1"], clients
     for node_id, found in clients.items():

@@ -29,6 +29,8 @@ SHOW_KEYS = {
     "nodes",
     "messages",
     "rounds",
+    "accounting",
+    "artifacts",
 }
 
 
