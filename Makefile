@@ -7,9 +7,9 @@ BIN := $(VENV)/bin
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-install:  ## Create the venv and install flpg with test and demo extras
+install:  ## Create the venv and install flpg with test, ui and demo extras
 	python3 -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[test,demo]'
+	$(BIN)/pip install -q -e '.[test,ui,demo]'
 
 test:  ## Run the whole test suite (starts its own PostgreSQL)
 	$(BIN)/pytest

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from flpg.cli import db, gc, local, nodes, principals, runs, workers
+from flpg.cli import db, gc, local, nodes, principals, pull, runs, ui, workers
 from flpg.cli._base import FlpgGroup
 
 
@@ -27,6 +27,8 @@ for _command in (
     *principals.COMMANDS,
     *local.COMMANDS,
     *gc.COMMANDS,
+    *pull.COMMANDS,
+    *ui.COMMANDS,
     db.db,
 ):
     main.add_command(_command)

@@ -70,6 +70,16 @@ def test_wheel_ships_sql_and_migrations(tmp_path: Path, empty_db_url: str) -> No
         "flpg/_data/migrations/script.py.mako",
         "flpg/cli/__init__.py",
         "flpg/cli/__main__.py",
+        "flpg/_data/sql/ui.sql",
+        # The dashboard's pages and its chart library travel inside the package (no CDN).
+        "flpg/ui/app.py",
+        "flpg/ui/templates/layout.html",
+        "flpg/ui/templates/run.html",
+        "flpg/ui/static/dashboard.js",
+        "flpg/ui/static/dashboard.css",
+        "flpg/ui/static/uPlot.iife.min.js",
+        "flpg/ui/static/uPlot.min.css",
+        "flpg/ui/static/uPlot.LICENSE",
     ):
         assert required in names, f"{required} missing from {wheel.name}"
     assert any(n.startswith("flpg/_data/migrations/versions/") for n in names)
@@ -160,3 +170,16 @@ def test_wheel_ships_sql_and_migrations(tmp_path: Path, empty_db_url: str) -> No
         env=env,
     )
     assert listed.strip() == "[]"
+
+    # Without the ui extra, `flpg ui` says in one line how to get it.
+    no_extra = subprocess.run(
+        [str(venv / "bin" / "flpg"), "ui", "--db", empty_db_url],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert no_extra.returncode == 2, no_extra
+    assert no_extra.stderr.count("\n") == 1 and "pip install 'flpg[ui]'" in no_extra.stderr

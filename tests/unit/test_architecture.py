@@ -43,7 +43,8 @@ ALLOWED: dict[str, set[str]] = {
     "exec": WORKER | {"compat"},
     "node": WORKER | {"compat"},
     # The user-facing top: the CLI and the one-machine conveniences use everything.
-    "cli": WORKER | {"submit", "local", "link", "exec", "node"},
+    "cli": WORKER | {"submit", "local", "link", "exec", "node", "ui"},
+    "ui": SCHEMA,
     "local": WORKER | {"submit", "cli"},
     "__init__": VALUES | {"serverapp", "clientapp"},
 }

@@ -87,7 +87,7 @@ def test_every_named_query_is_used_and_every_used_name_exists() -> None:
 
 # Queries about the schema itself (its revision, names in the catalog) or the
 # session's settings serve no table.
-NON_TABLE_NOUNS = {"schema", "session"}
+NON_TABLE_NOUNS = {"schema", "session", "ui"}
 
 
 def table_of(name: str) -> str | None:
