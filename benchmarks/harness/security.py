@@ -97,9 +97,16 @@ class WorkerSecurity:
         return out
 
 
+# Triggers that exist only to feed row-level security (trust.v3's link audience), and
+# the NOT NULL columns they fill: `no-rls` disables them too (the columns then stay
+# empty), so that "off" carries none of the policies' cost.
+RLS_TRIGGERS = (("message_arrays", "tg_message_arrays_audience", ("run_id", "node_id")),)
+
+
 def disable_rls(url: str) -> list[str]:
     """`ALTER TABLE t DISABLE ROW LEVEL SECURITY` on every table of schema public
-    that has it enabled; the tables' names."""
+    that has it enabled, and RLS_TRIGGERS disabled where they exist; the tables'
+    names."""
     with psycopg.connect(url, autocommit=True) as conn:
         names = [
             str(r[0])
@@ -113,6 +120,23 @@ def disable_rls(url: str) -> list[str]:
             conn.execute(
                 sql.SQL("ALTER TABLE {} DISABLE ROW LEVEL SECURITY").format(sql.Identifier(name))
             )
+        for table, trigger, columns in RLS_TRIGGERS:
+            found = conn.execute(
+                "SELECT 1 FROM pg_trigger WHERE tgname = %s AND tgrelid = to_regclass(%s)",
+                [trigger, f"public.{table}"],
+            ).fetchone()
+            if found:
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} DISABLE TRIGGER {}").format(
+                        sql.Identifier(table), sql.Identifier(trigger)
+                    )
+                )
+                for column in columns:
+                    conn.execute(
+                        sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL").format(
+                            sql.Identifier(table), sql.Identifier(column)
+                        )
+                    )
     return names
 
 

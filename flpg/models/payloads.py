@@ -94,7 +94,13 @@ message_arrays = Table(
         ForeignKey("arrays.id", deferrable=True, initially="DEFERRED"),
         nullable=False,
     ),
+    # Who may read the link, copied from its message by a trigger whatever the
+    # inserting statement says (sql/security/trust.v3.sql): the message's run, and its
+    # node (the destination of an instruction, the source of a reply). Row-level
+    # security reads these columns instead of joining the message.
+    Column("run_id", BigInteger, nullable=False),
+    Column("node_id", BigInteger, nullable=False),
     UniqueConstraint("message_id", "record_name", "array_name"),
     CheckConstraint("position >= 0", name="position_not_negative"),
 )
-Index("ix_message_arrays_array_id", message_arrays.c.array_id)
+Index("ix_message_arrays_audience", message_arrays.c.array_id, message_arrays.c.node_id)

@@ -129,6 +129,34 @@ def test_node_replies_to_its_claimed_instruction_with_its_arrays(world: World) -
         assert writer == world.roles["node_a"]
 
 
+def test_a_links_audience_comes_from_its_message_whatever_the_insert_says(world: World) -> None:
+    """Row-level security reads a link's run and node from its own row (trust.v3):
+    a node that writes another node's id and run into its reply's link is overruled."""
+    with as_role(world, "node_a") as conn:
+        own = scalar(
+            conn,
+            "INSERT INTO arrays (run_id, dtype, shape, nbytes, chunk_size, n_chunks, digest)"
+            " VALUES (%s, 'uint8', '{0}', 0, 1, 0, %s) RETURNING id",
+            (world.runs["run1"], bytes(16)),
+        )
+        reply = scalar(
+            conn,
+            "INSERT INTO messages (run_id, src_node_id, reply_to, message_type, ttl_seconds,"
+            " deadline) VALUES (%s, %s, %s, 'train', 60, now() + interval '1 min')"
+            " RETURNING id",
+            (world.runs["run1"], world.nodes["A1"], world.msgs["i4"]),
+        )
+        stored = conn.execute(
+            "INSERT INTO message_arrays (message_id, record_name, position, array_name,"
+            " array_id, run_id, node_id) VALUES (%s, 'arrays', 0, 'w', %s, %s, %s)"
+            " RETURNING run_id, node_id",
+            (reply, own, world.runs["run2"], world.nodes["B"]),
+        ).fetchall()
+        assert stored == [(world.runs["run1"], world.nodes["A1"])]
+        with pytest.raises(InsufficientPrivilege):  # nor can it be moved afterwards
+            conn.execute("UPDATE message_arrays SET node_id = %s", (world.nodes["B"],))
+
+
 def test_node_cannot_link_its_arrays_to_another_nodes_reply(world: World) -> None:
     with as_role(world, "node_a") as conn:
         own = scalar(
