@@ -119,7 +119,8 @@ class ExecWorker:
 
     def _claim(self, conn: Connection, logs: LogWriter, unconfirmed: set[int]) -> None:
         """Claim pending runs one at a time, launching each before claiming the next, so
-        an exec that dies leaves at most one run `starting` (the link takes it back).
+        an exec that dies leaves at most one run `starting` (the link takes it back), and
+        reaping after each launch.
 
         Launches whose `mark_running` answer was lost with the connection are confirmed
         first: their ServerApp goes on if its run is running under it, and is terminated
@@ -147,6 +148,9 @@ class ExecWorker:
                 if claim.run_id in self.children:
                     unconfirmed.add(claim.run_id)
                 raise
+            # A burst of launches takes a while: a ServerApp that already ended is
+            # recorded now, not after the burst (its heartbeat would look stale).
+            self._reap(conn, logs)
 
     def _launch(self, conn: Connection, logs: LogWriter, run_id: int, attempt: int) -> None:
         try:  # the ServerApp connects as a role of its own, bound to its run
