@@ -11,7 +11,6 @@ uninterrupted run (its node order is checkpointed).
 from __future__ import annotations
 
 import importlib
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import ModuleType
@@ -21,7 +20,6 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from flpg import bus
 from flpg.app.message import Message
 from flpg.app.records import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flpg.serverapp.grid import Grid
@@ -30,11 +28,11 @@ from flpg.serverapp.strategy.fedxgb_cyclic import FedXgbCyclic
 from flpg.serverapp.strategy.result import Result
 from flpg.serverapp.strategy.strategy import Strategy
 from flpg.states import RunStatus, node_channel
-from flpg.store import messages as store_messages
 from flpg.store import runs as store_runs
-from flpg.store.db import Connection, Listener, connect
+from flpg.store.db import Connection, connect
 from tests.db import _replies as reply_path
 
+from ._answering import AnsweringNodes
 from .conftest import Federation, create_run, make_federation
 from .test_checkpoints import launch
 
@@ -59,34 +57,14 @@ Trainer = Callable[[bytes, int, int], bytes]
 """(received booster bytes, node index, round) -> the booster bytes to reply with."""
 
 
-class XgbNodes(threading.Thread):
+class XgbNodes(AnsweringNodes):
     """Answers train instructions with `trainer`'s booster and evaluate instructions
     with a metric; notes (run, round, node index) of every train instruction."""
 
     def __init__(self, url: str, node_ids: list[int], trainer: Trainer) -> None:
-        super().__init__(daemon=True)
-        self.url, self.node_ids, self.trainer = url, node_ids, trainer
-        self.stop = threading.Event()
-        self.errors: list[BaseException] = []
+        super().__init__(url, node_ids, "xgb-nodes")
+        self.trainer = trainer
         self.trained: list[tuple[int, int, int]] = []
-        channels = [node_channel(n) for n in node_ids]
-        self.listener = Listener(url, channels, application_name="xgb-nodes-listen")
-
-    def run(self) -> None:
-        try:
-            with connect(self.url, application_name="xgb-nodes") as conn:
-                while not self.stop.is_set():
-                    rows = store_messages.claim(
-                        conn, worker="t", node_ids=self.node_ids, lease=30, limit=10
-                    )
-                    if not rows:
-                        self.listener.wait(2.0)
-                    for msg in bus.load(conn, rows):
-                        self.answer(conn, msg)
-        except BaseException as exc:
-            self.errors.append(exc)
-        finally:
-            self.listener.close()
 
     def answer(self, conn: Connection, msg: Message) -> None:
         index = self.node_ids.index(msg.metadata.dst_node_id or 0)

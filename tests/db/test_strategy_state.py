@@ -10,25 +10,23 @@ unchanged state arrays instead of writing them again.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 
-from flpg import bus
 from flpg.app.message import Message
 from flpg.app.records import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flpg.serverapp.grid import Grid
 from flpg.serverapp.strategy import FedAdam, Result, StrategyState
 from flpg.serverapp.strategy.state import STATE_PREFIX, StateSaver, StateValue, split
 from flpg.states import RunStatus, node_channel
-from flpg.store import messages as store_messages
 from flpg.store import runs as store_runs
-from flpg.store.db import Connection, Listener, connect
+from flpg.store.db import Connection, connect
 from tests.db import _replies as reply_path
 
+from ._answering import AnsweringNodes
 from .conftest import Federation, create_run, make_federation, scalar
 from .test_checkpoints import launch
 
@@ -36,33 +34,12 @@ CHUNK = 64
 ROUNDS = 4
 
 
-class AnsweringNode(threading.Thread):
+class AnsweringNode(AnsweringNodes):
     """Answers every train instruction with `0.9 * x + offset(node, round)`, weighted
     unevenly; the third node answers round 2 with a wrongly shaped array."""
 
     def __init__(self, url: str, node_ids: list[int]) -> None:
-        super().__init__(daemon=True)
-        self.url, self.node_ids = url, node_ids
-        self.stop = threading.Event()
-        self.errors: list[BaseException] = []
-        channels = [node_channel(n) for n in node_ids]
-        self.listener = Listener(url, channels, application_name="answering-node-listen")
-
-    def run(self) -> None:
-        try:
-            with connect(self.url, application_name="answering-node") as conn:
-                while not self.stop.is_set():
-                    rows = store_messages.claim(
-                        conn, worker="t", node_ids=self.node_ids, lease=30, limit=10
-                    )
-                    if not rows:
-                        self.listener.wait(2.0)
-                    for msg in bus.load(conn, rows):
-                        self.answer(conn, msg)
-        except BaseException as exc:
-            self.errors.append(exc)
-        finally:
-            self.listener.close()
+        super().__init__(url, node_ids, "answering-node")
 
     def answer(self, conn: Connection, msg: Message) -> None:
         index = self.node_ids.index(msg.metadata.dst_node_id or 0)
