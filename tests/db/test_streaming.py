@@ -20,7 +20,7 @@ from flpg.app.records import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flpg.errors import PayloadCorrupt
 from flpg.serverapp.grid import Grid
 from flpg.serverapp.strategy.aggregate import ReplyRejected, WeightedArrayMean
-from flpg.serverapp.strategy.strategy import ReplyTally
+from flpg.serverapp.strategy.tally import ReplyTally
 from flpg.store import messages as store_messages
 from flpg.store.db import Connection
 from flpg.store.payloads import StoredArray

@@ -30,7 +30,7 @@ from flpg.serverapp.strategy.dp_fixed_clipping import (
     validate_replies,
 )
 from flpg.serverapp.strategy.state import StrategyState
-from flpg.serverapp.strategy.strategy import ReplyTally
+from flpg.serverapp.strategy.tally import ReplyTally
 
 F64 = np.float64
 Arrays = list[npt.NDArray[Any]]

@@ -1,7 +1,8 @@
 """Optional: Flower's own differential-privacy wrappers on the same replies and the
 same numpy seed give the same aggregate and clipping norm as flpg's, over three
-rounds. Runs where a Python with Flower installed is found (FLPG_FLOWER_PYTHON, or
-the benchmarks' `benchmarks/.flower-venv`); Flower is never a dependency of flpg."""
+rounds. Runs where a Python with Flower installed is found (FLPG_FLOWER_PYTHON, the
+Flower install the other cross-checks use (FLWR_VENV, default /tmp/flwr-venv), or the
+benchmarks' `benchmarks/.flower-venv`); Flower is never a dependency of flpg."""
 
 from __future__ import annotations
 
@@ -25,8 +26,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def flower_python() -> str | None:
     given = os.environ.get("FLPG_FLOWER_PYTHON")
-    candidate = Path(given) if given else ROOT / "benchmarks" / ".flower-venv" / "bin" / "python"
-    return str(candidate) if candidate.exists() else None
+    candidates = (
+        [Path(given)]
+        if given
+        else [
+            Path(os.environ.get("FLWR_VENV", "/tmp/flwr-venv")) / "bin" / "python",
+            ROOT / "benchmarks" / ".flower-venv" / "bin" / "python",
+        ]
+    )
+    return next((str(c) for c in candidates if c.exists()), None)
 
 
 FLOWER = flower_python()

@@ -30,7 +30,8 @@ from flpg.serverapp.grid import Grid
 from flpg.serverapp.strategy import FedAvg, Strategy
 from flpg.serverapp.strategy import strategy_utils as su
 from flpg.serverapp.strategy.aggregate import ReplyRejected
-from flpg.serverapp.strategy.strategy import ReplyTally, _round_config
+from flpg.serverapp.strategy.strategy import _round_config
+from flpg.serverapp.strategy.tally import ReplyTally
 
 
 class StandInGrid:

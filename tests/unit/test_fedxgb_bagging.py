@@ -19,8 +19,8 @@ from flpg.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flpg.app.error import Error
 from flpg.serverapp.grid import Grid
 from flpg.serverapp.strategy.fedxgb_bagging import FedXgbBagging
-from flpg.serverapp.strategy.strategy import ReplyTally
 from flpg.serverapp.strategy.strategy_utils import InconsistentMessageReplies
+from flpg.serverapp.strategy.tally import ReplyTally
 from flpg.serverapp.strategy.xgb_trees import BoosterError, TreeBag, aggregate_bagging
 
 FLWR_PYTHON = Path(os.environ.get("FLWR_VENV", "/tmp/flwr-venv")) / "bin" / "python"

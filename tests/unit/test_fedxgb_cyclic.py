@@ -14,7 +14,7 @@ from flpg.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flpg.serverapp.grid import Grid
 from flpg.serverapp.strategy import StrategyState
 from flpg.serverapp.strategy.fedxgb_cyclic import FedXgbCyclic
-from flpg.serverapp.strategy.strategy import ReplyTally
+from flpg.serverapp.strategy.tally import ReplyTally
 
 from .test_fedxgb_bagging import booster, booster_reply, global_arrays, marks, raw
 

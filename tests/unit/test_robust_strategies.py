@@ -28,7 +28,7 @@ from flpg.serverapp.strategy.fedtrimmedavg import FedTrimmedAvg
 from flpg.serverapp.strategy.krum import Krum
 from flpg.serverapp.strategy.multikrum import MultiKrum, select_multikrum
 from flpg.serverapp.strategy.robuststrategy import ChunkwiseFedAvg
-from flpg.serverapp.strategy.strategy import ReplyTally
+from flpg.serverapp.strategy.tally import ReplyTally
 
 FLWR_PYTHON = Path(os.environ.get("FLWR_VENV", "/tmp/flwr-venv")) / "bin" / "python"
 SHAPES = {"a": (41, 103), "b": (7,), "c": (1200,)}

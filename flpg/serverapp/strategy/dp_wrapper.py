@@ -20,8 +20,9 @@ from flpg.serverapp.grid import Grid
 from flpg.serverapp.strategy.aggregate import ReplyRejected
 from flpg.serverapp.strategy.dp_clipping import NormalSource, add_gaussian_noise, compute_stdv
 from flpg.serverapp.strategy.state import StateValue, StrategyState
-from flpg.serverapp.strategy.strategy import ReplyTally, Strategy
+from flpg.serverapp.strategy.strategy import Strategy
 from flpg.serverapp.strategy.strategy_utils import log
+from flpg.serverapp.strategy.tally import ReplyTally
 
 __all__ = ["DifferentialPrivacyWrapper", "ReplyFeed", "number"]
 

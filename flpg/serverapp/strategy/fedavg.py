@@ -9,13 +9,14 @@ from flpg.app.message import Message, MessageType
 from flpg.app.records import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flpg.serverapp.grid import Grid
 from flpg.serverapp.strategy.aggregate import ReplyRejected, WeightedArrayMean
-from flpg.serverapp.strategy.strategy import ReplyTally, Strategy
+from flpg.serverapp.strategy.strategy import Strategy
 from flpg.serverapp.strategy.strategy_utils import (
     aggregate_metricrecords,
     log,
     only_arrays,
     record_weight,
 )
+from flpg.serverapp.strategy.tally import ReplyTally
 
 MetricsAggrFn = Callable[[list[RecordDict], str], MetricRecord]
 

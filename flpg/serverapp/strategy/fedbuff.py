@@ -22,10 +22,10 @@ from flpg.serverapp.strategy.result import Result
 from flpg.serverapp.strategy.strategy import (
     AggregationError,
     EvaluateFn,
-    ReplyTally,
     TooFewReplies,
 )
 from flpg.serverapp.strategy.strategy_utils import log, only_arrays, record_weight
+from flpg.serverapp.strategy.tally import ReplyTally
 
 NODE_RECHECK = 5.0
 """Seconds between two looks for newly online nodes while fewer than `concurrency`

@@ -22,8 +22,8 @@ from flpg.serverapp.strategy.aggregate import ReplyRejected, WeightedArrayMean
 from flpg.serverapp.strategy.fedavg import FedAvg
 from flpg.serverapp.strategy.replyslices import ReplySlices
 from flpg.serverapp.strategy.robust import DEFAULT_BUDGET, ChunkwiseEngine, RepliesUnusable
-from flpg.serverapp.strategy.strategy import ReplyTally
 from flpg.serverapp.strategy.strategy_utils import only_arrays, record_weight
+from flpg.serverapp.strategy.tally import ReplyTally
 
 T = TypeVar("T")
 
