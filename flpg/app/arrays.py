@@ -20,10 +20,13 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import xxhash
 
 from flpg.errors import PayloadCorrupt, RecordError
 
 __all__ = [
+    "DEFAULT_DIGEST_ALG",
+    "DIGEST_ALGS",
     "ArrayAssembler",
     "Digest",
     "EncodedArray",
@@ -36,6 +39,8 @@ __all__ = [
     "iter_chunks",
     "parse_dtype",
     "same_dtype",
+    "stored_chunks",
+    "stored_digest",
     "to_storable",
 ]
 
@@ -119,13 +124,35 @@ class EncodedArray:
     """An array as stored: dtype string (`dtype_str`), shape, and flat bytes (format 'B').
 
     `data` is read-only but may share memory with the encoded array: do not
-    mutate the array while `data` is in use.
+    mutate the array while `data` is in use. A compressed array (`codec` set; see
+    flpg/app/compressed.py) is stored as `chunks`, one encoded chunk per `chunk_size`
+    bytes of `data`, instead of `data` itself.
     """
 
     dtype: str
     shape: tuple[int, ...]
     data: memoryview
     nbytes: int
+    codec: str | None = None
+    chunks: tuple[bytes, ...] | None = None
+    chunk_size: int | None = None
+
+
+def stored_chunks(enc: EncodedArray, chunk_size: int) -> Iterator[bytes | memoryview]:
+    """The chunks `enc` is stored as: its encoded chunks, or `data` cut every
+    `chunk_size` bytes (zero-copy)."""
+    if enc.chunks is not None:
+        yield from enc.chunks
+    else:
+        yield from iter_chunks(enc.data, chunk_size)
+
+
+def stored_digest(enc: EncodedArray, chunk_size: int) -> bytes:
+    """The payload digest (DEFAULT_DIGEST_ALG) of the bytes `enc` is stored as."""
+    hasher = Digest()
+    for chunk in stored_chunks(enc, chunk_size):
+        hasher.update(chunk)
+    return hasher.digest()
 
 
 def encode(arr: npt.NDArray[Any], name: str) -> EncodedArray:
@@ -151,29 +178,44 @@ def _as_bytes_view(data: bytes | bytearray | memoryview) -> memoryview:
     return view
 
 
+DIGEST_ALGS = ("sha256-128", "xxh3-128")
+"""Payload digest algorithms (`arrays.digest_alg`; the database checks the same list)."""
+
+DEFAULT_DIGEST_ALG = "xxh3-128"
+"""What new payloads are hashed with: XXH3-128, 23 GB/s here against SHA-256's 1.8 GB/s
+(with SHA-NI). A digest guards against corruption and in-place changes of stored bytes
+(which only the tables' owner can make), not against a writer, who chooses its own."""
+
+
 class Digest:
-    """Incremental payload digest: SHA-256 truncated to 16 bytes.
+    """Incremental 16-byte payload digest: XXH3-128 (default) or, for payloads written
+    before migration 0013, SHA-256 truncated to 16 bytes. `PayloadCorrupt` for an
+    unknown algorithm name."""
 
-    SHA-256 rather than blake2b because x86 CPUs hash it in hardware (SHA-NI):
-    about 3x faster here, and every payload is hashed when written and when read.
-    It guards against corruption, not against an attacker who can write the database.
-    """
-
-    def __init__(self, data: bytes | memoryview = b"") -> None:
-        self._hash = hashlib.sha256(_as_bytes_view(data))
+    def __init__(self, data: bytes | memoryview = b"", alg: str = DEFAULT_DIGEST_ALG) -> None:
+        self._hash: Any
+        if alg == "xxh3-128":
+            self._hash = xxhash.xxh3_128()
+        elif alg == "sha256-128":
+            self._hash = hashlib.sha256()
+        else:
+            raise PayloadCorrupt(f"unknown payload digest algorithm {alg!r}")
+        self.update(data)
 
     def update(self, data: bytes | memoryview) -> None:
         """Hash more bytes (in place, no copy)."""
-        self._hash.update(_as_bytes_view(data))
+        view = _as_bytes_view(data)
+        if view.nbytes:
+            self._hash.update(view)
 
     def digest(self) -> bytes:
         """The 16-byte digest of everything hashed so far."""
-        return self._hash.digest()[:_DIGEST_SIZE]
+        return bytes(self._hash.digest()[:_DIGEST_SIZE])
 
 
-def digest(data: bytes | memoryview) -> bytes:
+def digest(data: bytes | memoryview, alg: str = DEFAULT_DIGEST_ALG) -> bytes:
     """Return the 16-byte payload digest of `data` (see `Digest`; hashed in place)."""
-    return Digest(data).digest()
+    return Digest(data, alg).digest()
 
 
 def iter_chunks(data: bytes | memoryview, chunk_size: int) -> Iterator[memoryview]:

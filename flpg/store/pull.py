@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 
 from flpg.app import arrays
+from flpg.app.compressed import Decoder
 from flpg.errors import NotFound, PayloadCorrupt
 from flpg.states import LogStream
 from flpg.store import checkpoints as store_checkpoints
@@ -104,16 +105,22 @@ def chunks(conn: Connection, ref: ArrayRef) -> Iterator[bytes]:
 
     Raises PayloadCorrupt on a missing chunk, a length mismatch or (after the last
     chunk) a digest mismatch: a caller writing a file must discard it then."""
-    hasher = arrays.Digest()
+    hasher = arrays.Digest(alg=ref.digest_alg)
+    decoder = None
+    if ref.codec is not None:
+        decoder = Decoder(ref.codec, ref.dtype, ref.shape, ref.chunk_size, ref.array_name)
     seq = total = 0
     with conn.cursor(binary=True) as cur:
-        for _, got, data in cur.stream(query("array_chunks_stream"), {"array_ids": [ref.array_id]}):
+        for _, got, stored in cur.stream(
+            query("array_chunks_stream"), {"array_ids": [ref.array_id]}
+        ):
             if got != seq:
                 raise PayloadCorrupt(f"array {ref.array_name!r} is missing chunk {seq}")
+            hasher.update(stored)
+            data = stored if decoder is None else decoder.decode(seq, stored)
             total += len(data)
             if total > ref.nbytes:
                 raise PayloadCorrupt(f"array {ref.array_name!r} is longer than {ref.nbytes} bytes")
-            hasher.update(data)
             seq += 1
             yield bytes(data)
     if seq != ref.n_chunks or total != ref.nbytes:

@@ -10,6 +10,7 @@ import hypothesis.extra.numpy as hnp
 import numpy as np
 import numpy.typing as npt
 import pytest
+import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -214,15 +215,31 @@ def test_iter_chunks_rejects_non_positive_chunk_size(size: int) -> None:
         list(arrays.iter_chunks(memoryview(b"abc"), size))
 
 
-def test_digest_is_sha256_truncated_to_128_bits() -> None:
-    assert arrays.digest(memoryview(b"")).hex() == "e3b0c44298fc1c149afbf4c8996fb924"
+def test_digest_is_xxh3_128_by_default_and_sha256_truncated_for_older_payloads() -> None:
     arr = np.arange(7, dtype="<f8")
     enc = arrays.encode(arr, "w")
+    assert arrays.digest(enc.data) == xxhash.xxh3_128(arr.tobytes()).digest()
+    assert arrays.digest(memoryview(b""), "sha256-128").hex() == "e3b0c44298fc1c149afbf4c8996fb924"
     expected = hashlib.sha256(arr.tobytes()).digest()[:16]
-    assert arrays.digest(enc.data) == expected
-    # A typed (non-'B') view of the same memory hashes the same bytes.
-    assert arrays.digest(arr.data) == expected
-    assert arrays.digest(enc.data) != arrays.digest(memoryview(arr.tobytes()[:-1]))
+    assert arrays.digest(enc.data, "sha256-128") == expected
+    for alg in arrays.DIGEST_ALGS:
+        # A typed (non-'B') view of the same memory hashes the same bytes.
+        assert arrays.digest(arr.data, alg) == arrays.digest(enc.data, alg)
+        assert arrays.digest(enc.data, alg) != arrays.digest(memoryview(arr.tobytes()[:-1]), alg)
+        # Incremental hashing over uneven pieces equals one pass.
+        digest = arrays.Digest(alg=alg)
+        for piece in arrays.iter_chunks(enc.data, 5):
+            digest.update(piece)
+        assert digest.digest() == arrays.digest(enc.data, alg)
+        # One flipped bit anywhere changes it.
+        flipped = bytearray(arr.tobytes())
+        flipped[len(flipped) // 2] ^= 0x10
+        assert arrays.digest(memoryview(bytes(flipped)), alg) != arrays.digest(enc.data, alg)
+
+
+def test_an_unknown_digest_algorithm_is_refused() -> None:
+    with pytest.raises(PayloadCorrupt, match="unknown payload digest algorithm 'md5'"):
+        arrays.Digest(alg="md5")
 
 
 # --- dtypes -----------------------------------------------------------------

@@ -138,10 +138,15 @@ class _RangeReader(_BufferedReader):
         super().__init__(array, name)
         assert isinstance(array.source, StoredArray)
         self.source = array.source
-        self.hasher = arrays.Digest()
+        self.hasher = arrays.Digest(alg=self.source.ref.digest_alg)
         self.received = 0
         if self.source.ref.collected:
             self.failed: str | None = f"array {name!r} was collected (FLPG_PAYLOAD_GRACE)"
+        elif self.source.ref.codec is not None:
+            self.failed = (
+                f"array {name!r} is stored compressed ({self.source.ref.codec}), which the "
+                "chunk-wise robust strategies cannot slice; run them without flpg.reply-codec"
+            )
         else:
             self.failed = None
         self.fetcher: _Fetcher | None = None
