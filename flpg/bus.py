@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from flpg.app import arrays
+from flpg.app.codecs import Codec
+from flpg.app.compressed import compress
 from flpg.app.message import Error, Message, Metadata, error_code_from_stored
 from flpg.app.records import (
     Array,
@@ -43,39 +45,66 @@ def stored_id(array: Array, run_id: int) -> int | None:
     source = array.source
     if source is None or source.run_id != run_id:
         return None
-    if array.in_memory and arrays.digest(arrays.encode(array.numpy(), "").data) != source.digest:
-        return None
+    if array.in_memory:
+        if source.codec is not None:
+            return None  # an encoded payload cannot be compared with the array's bytes
+        data = arrays.encode(array.numpy(), "").data
+        if arrays.digest(data, source.digest_alg) != source.digest:
+            return None
     return source.array_id
 
 
+def _encode(
+    nd: np.ndarray[Any, Any], name: str, codec: Codec | None, chunk_size: int
+) -> arrays.EncodedArray:
+    """`nd` as stored: compressed with `codec` where it applies, else raw."""
+    compressed = None if codec is None else compress(nd, codec, chunk_size, name)
+    return compressed if compressed is not None else arrays.encode(nd, name)
+
+
 def _write_encoded(
-    conn: Connection, run_id: int, encoded: Sequence[arrays.EncodedArray], chunk_size: int
+    conn: Connection,
+    run_id: int,
+    encoded: Sequence[arrays.EncodedArray],
+    chunk_size: int,
+    durable: bool,
 ) -> list[int]:
     """Store `encoded`; ids in order. Arrays of at most one chunk go in together in one
     statement, bigger ones chunk by chunk (`payloads.write`)."""
-    small = [i for i, enc in enumerate(encoded) if enc.nbytes <= chunk_size]
-    big = [i for i, enc in enumerate(encoded) if enc.nbytes > chunk_size]
+    small = [i for i, enc in enumerate(encoded) if enc.nbytes <= (enc.chunk_size or chunk_size)]
+    big = [i for i, enc in enumerate(encoded) if enc.nbytes > (enc.chunk_size or chunk_size)]
     ids = [0] * len(encoded)
     if small:
         stored = store_messages.write_small_arrays(
-            conn, run_id, [encoded[i] for i in small], chunk_size
+            conn, run_id, [encoded[i] for i in small], chunk_size, durable=durable
         )
         for i, array_id in zip(small, stored, strict=True):
             ids[i] = array_id
     if big:
-        stored = store_payloads.write(conn, run_id, [encoded[i] for i in big], chunk_size)
+        stored = store_payloads.write(
+            conn, run_id, [encoded[i] for i in big], chunk_size, durable=durable
+        )
         for i, array_id in zip(big, stored, strict=True):
             ids[i] = array_id
     return ids
 
 
 def write_arrays(
-    conn: Connection, run_id: int, contents: Sequence[RecordDict], chunk_size: int
+    conn: Connection,
+    run_id: int,
+    contents: Sequence[RecordDict],
+    chunk_size: int,
+    *,
+    durable: bool,
+    codec: Codec | None = None,
 ) -> list[list[ArrayLink]]:
     """Write every distinct ndarray of `contents` once; return each content's links.
 
     An array already stored for this run (`Array.stored`, not yet read into
-    memory) is linked by its id and not written again.
+    memory) is linked by its id and not written again. `durable`: a checkpoint's
+    arrays (WAL-logged) or round-transient ones (replies, broadcasts: no WAL, lost on a
+    crash; a checkpoint that keeps one makes it durable). `codec`: float arrays are
+    stored compressed with it (compressed.py; others, and values it cannot carry, raw).
     """
     unique: dict[tuple[str, int], int] = {}  # ("mem", id(ndarray)) | ("db", array id) -> index
     encoded: list[arrays.EncodedArray] = []
@@ -97,11 +126,13 @@ def write_arrays(
                     key = ("mem", id(nd))
                     if key not in unique:
                         unique[key] = len(unique)
-                        encoded.append(arrays.encode(nd, f"{record_name}[{array_name!r}]"))
+                        encoded.append(
+                            _encode(nd, f"{record_name}[{array_name!r}]", codec, chunk_size)
+                        )
                         keep_alive.append(nd)
                 items.append((record_name, position, array_name, unique[key]))
         plan.append(items)
-    written = iter(_write_encoded(conn, run_id, encoded, chunk_size))
+    written = iter(_write_encoded(conn, run_id, encoded, chunk_size, durable))
     ids = [stored_ids[i] if i in stored_ids else next(written) for i in range(len(unique))]
     return [[ArrayLink(r, p, n, ids[i]) for r, p, n, i in items] for items in plan]
 
@@ -138,7 +169,7 @@ def send(
         found = store_messages.sent(conn, run_id, [k for k in keys if k is not None])
         if len(found) == len(messages):
             return _stamp(messages, run_id, [found[k] for k in keys if k is not None])
-    links = write_arrays(conn, run_id, [m.content for m in messages], chunk_size)
+    links = write_arrays(conn, run_id, [m.content for m in messages], chunk_size, durable=False)
     new: list[NewInstruction] = []
     for m, arr_links, key in zip(messages, links, keys, strict=True):
         metrics, configs = _json_parts(m.content)

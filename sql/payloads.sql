@@ -1,36 +1,54 @@
 -- Array payloads: written once, chunked, referenced by messages.
 
 -- name: arrays_insert
-INSERT INTO arrays (run_id, dtype, shape, nbytes, chunk_size, n_chunks, digest)
+-- `durable`: where its chunks go (array_chunks, or array_chunks_transient: no WAL).
+INSERT INTO arrays (run_id, dtype, shape, nbytes, chunk_size, n_chunks, digest, digest_alg,
+                    durable, codec)
 VALUES (%(run_id)s, %(dtype)s, %(shape)s, %(nbytes)s, %(chunk_size)s, %(n_chunks)s,
-        %(digest)s)
+        %(digest)s, %(digest_alg)s, %(durable)s, %(codec)s)
 RETURNING id;
 
 -- name: array_chunks_insert
 INSERT INTO array_chunks (array_id, seq, data) VALUES (%(array_id)s, %(seq)s, %(data)b);
 
+-- name: array_chunks_transient_insert
+INSERT INTO array_chunks_transient (array_id, seq, data)
+VALUES (%(array_id)s, %(seq)s, %(data)b);
+
 -- name: message_arrays_list
 -- The arrays each message carries, in record order.
 SELECT ma.message_id, ma.record_name, ma.position, ma.array_name,
-       a.id AS array_id, a.dtype, a.shape, a.nbytes, a.n_chunks, a.digest,
-       a.collected_at IS NOT NULL AS collected
+       a.id AS array_id, a.dtype, a.shape, a.nbytes, a.n_chunks, a.chunk_size, a.digest,
+       a.digest_alg, a.codec, a.durable, a.collected_at IS NOT NULL AS collected,
+       a.lost_at IS NOT NULL AS lost
 FROM message_arrays ma
 JOIN arrays a ON a.id = ma.array_id
 WHERE ma.message_id = ANY(%(message_ids)s)
 ORDER BY ma.message_id, ma.record_name, ma.position;
 
 -- name: array_chunks_stream
--- Chunks of several arrays, streamed in order (binary) into preallocated arrays.
+-- Chunks of several arrays, streamed in order (binary) into preallocated arrays. An
+-- array's chunks are in one of the two tables (its durability class), so the union
+-- holds each chunk once.
 SELECT array_id, seq, data
-FROM array_chunks
-WHERE array_id = ANY(%(array_ids)s)
+FROM (
+    SELECT array_id, seq, data FROM array_chunks WHERE array_id = ANY(%(array_ids)s)
+    UNION ALL
+    SELECT array_id, seq, data FROM array_chunks_transient
+    WHERE array_id = ANY(%(array_ids)s)
+) c
 ORDER BY array_id, seq;
 
 -- name: array_chunks_list_from
 -- The next `limit` chunks of one array from `first` on (a resumable streamed read).
 SELECT seq, data
-FROM array_chunks
-WHERE array_id = %(array_id)s AND seq >= %(first)s
+FROM (
+    (SELECT seq, data FROM array_chunks
+     WHERE array_id = %(array_id)s AND seq >= %(first)s ORDER BY seq LIMIT %(limit)s)
+    UNION ALL
+    (SELECT seq, data FROM array_chunks_transient
+     WHERE array_id = %(array_id)s AND seq >= %(first)s ORDER BY seq LIMIT %(limit)s)
+) c
 ORDER BY seq
 LIMIT %(limit)s;
 
@@ -59,6 +77,8 @@ WITH dead AS (
     FOR UPDATE SKIP LOCKED
 ), chunks AS (
     DELETE FROM array_chunks c USING dead WHERE c.array_id = dead.id
+), transient AS (
+    DELETE FROM array_chunks_transient c USING dead WHERE c.array_id = dead.id
 ), marked AS (
     UPDATE arrays a SET collected_at = now() FROM dead WHERE a.id = dead.id
 )
@@ -69,23 +89,32 @@ SELECT count(*) AS arrays, coalesce(sum(nbytes), 0)::bigint AS bytes FROM dead;
 -- statement; returns their ids in input order (bigger arrays go through
 -- payloads.write, chunk by chunk). Shapes come as text ('{2,3}'); digests and data
 -- as binary parameters (a text bytea[] would be hex-encoded: 7x slower per MB here).
+-- `durable` chooses the chunks' table, as in arrays_insert.
 WITH input AS MATERIALIZED (
     SELECT nextval(pg_get_serial_sequence('arrays', 'id')) AS id, u.*
     FROM unnest(%(dtypes)s::text[], %(shapes)s::text[], %(nbytes)s::bigint[],
-                %(digests)b::bytea[], %(datas)b::bytea[])
-        WITH ORDINALITY AS u(dtype, shape, nbytes, digest, data, ord)
+                %(digests)b::bytea[], %(datas)b::bytea[], %(codecs)s::text[])
+        WITH ORDINALITY AS u(dtype, shape, nbytes, digest, data, codec, ord)
 ), stored AS (
-    INSERT INTO arrays (id, run_id, dtype, shape, nbytes, chunk_size, n_chunks, digest)
+    INSERT INTO arrays (id, run_id, dtype, shape, nbytes, chunk_size, n_chunks, digest,
+                        digest_alg, durable, codec)
     SELECT id, %(run_id)s, dtype, shape::bigint[], nbytes, %(chunk_size)s,
-           CASE WHEN nbytes > 0 THEN 1 ELSE 0 END, digest
+           CASE WHEN nbytes > 0 THEN 1 ELSE 0 END, digest, %(digest_alg)s, %(durable)s,
+           codec
     FROM input
     RETURNING id
-), chunks AS (
+), durable_chunks AS (
     INSERT INTO array_chunks (array_id, seq, data)
-    SELECT id, 0, data FROM input WHERE nbytes > 0
+    SELECT id, 0, data FROM input WHERE nbytes > 0 AND %(durable)s
+    RETURNING array_id
+), transient_chunks AS (
+    INSERT INTO array_chunks_transient (array_id, seq, data)
+    SELECT id, 0, data FROM input WHERE nbytes > 0 AND NOT %(durable)s
     RETURNING array_id
 )
-SELECT i.id, (SELECT count(*) FROM stored) AS arrays, (SELECT count(*) FROM chunks) AS chunks
+SELECT i.id, (SELECT count(*) FROM stored) AS arrays,
+       (SELECT count(*) FROM durable_chunks) + (SELECT count(*) FROM transient_chunks)
+           AS chunks
 FROM input i
 ORDER BY i.ord;
 
@@ -140,8 +169,14 @@ WITH admin AS MATERIALIZED (
     -- The same snapshot as the deletion below: the rows it deletes.
     SELECT c.array_id, octet_length(c.data) AS nbytes
     FROM array_chunks c JOIN dead ON dead.id = c.array_id
+    UNION ALL
+    SELECT c.array_id, octet_length(c.data) AS nbytes
+    FROM array_chunks_transient c JOIN dead ON dead.id = c.array_id
 ), deleted AS (
     DELETE FROM array_chunks c USING dead
+    WHERE c.array_id = dead.id AND NOT %(dry_run)s
+), deleted_transient AS (
+    DELETE FROM array_chunks_transient c USING dead
     WHERE c.array_id = dead.id AND NOT %(dry_run)s
 ), marked AS (
     UPDATE arrays a SET collected_at = now()
@@ -169,7 +204,9 @@ SELECT w.array_id, c.seq, c.seq::bigint * a.chunk_size + s.lo AS at,
 FROM unnest(%(array_ids)s::bigint[], %(starts)s::bigint[], %(stops)s::bigint[])
     AS w(array_id, start, stop)
 JOIN arrays a ON a.id = w.array_id
-JOIN array_chunks c
+JOIN (SELECT array_id, seq, data FROM array_chunks
+      UNION ALL
+      SELECT array_id, seq, data FROM array_chunks_transient) c
     ON c.array_id = w.array_id
    AND c.seq >= w.start / a.chunk_size
    AND c.seq <= (w.stop - 1) / a.chunk_size

@@ -73,11 +73,15 @@ WHERE id = %(run_id)s AND status = 'running' AND exec_id = %(exec_id)s
 
 -- name: runs_finish
 -- Records a run's outcome once: only a run that has not ended changes, and, when an
--- attempt is given, only while that attempt is the run's current one.
+-- attempt is given, only while that attempt is the run's current one. After a crash
+-- emptied the round-transient payloads, nothing ends until the link has recovered
+-- (transient_marker; flpg/store/recovery.py): an outcome computed from lost payloads
+-- must not stick.
 UPDATE runs
 SET status = %(status)s, reason = %(reason)s, finished_at = now(), serverapp_pid = NULL
 WHERE id = %(run_id)s AND status IN ('pending', 'starting', 'running')
   AND (%(attempt)s::int IS NULL OR attempt = %(attempt)s::int)
+  AND EXISTS (SELECT 1 FROM transient_marker)
 RETURNING id;
 
 -- name: runs_requeue
@@ -181,6 +185,29 @@ SET status = CASE WHEN stop_requested_at IS NULL THEN 'pending' ELSE 'stopped' E
                     attempt + 1)
     END
 WHERE status = 'starting' AND claimed_at < now() - make_interval(secs => %(after)s)
+RETURNING id, status::text AS status, reason;
+
+-- name: runs_restart_lost
+-- Link recovery: a run that lost round-transient payloads and has not ended goes back
+-- to the queue as its next attempt, which continues from its last checkpoint (the old
+-- attempt is fenced off by its number: its checkpoint saves, outcome and heartbeats
+-- fail, and its exec stops it). The restart does not use up one of the run's own
+-- restarts. A run whose user asked it to stop ends stopped.
+UPDATE runs
+SET status = CASE WHEN stop_requested_at IS NULL THEN 'pending' ELSE 'stopped' END::run_status,
+    attempt = attempt + CASE WHEN stop_requested_at IS NULL THEN 1 ELSE 0 END,
+    max_restarts = max_restarts + CASE WHEN stop_requested_at IS NULL THEN 1 ELSE 0 END,
+    finished_at = CASE WHEN stop_requested_at IS NULL THEN NULL ELSE now() END,
+    exec_id = CASE WHEN stop_requested_at IS NULL THEN NULL ELSE exec_id END,
+    claimed_at = CASE WHEN stop_requested_at IS NULL THEN NULL ELSE claimed_at END,
+    serverapp_pid = NULL, heartbeat_at = NULL,
+    reason = CASE
+        WHEN stop_requested_at IS NOT NULL THEN 'stopped by user'
+        ELSE format('PostgreSQL crashed and lost round-transient payloads of attempt %%s;'
+                    ' queued again as attempt %%s, from its last checkpoint',
+                    attempt, attempt + 1)
+    END
+WHERE id = ANY(%(run_ids)s) AND status IN ('pending', 'starting', 'running')
 RETURNING id, status::text AS status, reason;
 
 -- name: round_metrics_upsert

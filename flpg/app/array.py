@@ -112,6 +112,10 @@ class ArraySource(Protocol):
     array_id: int
     digest: bytes
     """The stored bytes' digest (`arrays.digest`)."""
+    digest_alg: str
+    """Its algorithm (`arrays.DIGEST_ALGS`)."""
+    codec: str | None
+    """None when the stored bytes are the array's raw bytes (else they are encoded)."""
 
     def load(self) -> npt.NDArray[Any]:
         """The whole array, newly read (one copy of its bytes)."""

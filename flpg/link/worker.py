@@ -17,6 +17,7 @@ from flpg.settings import Intervals
 from flpg.store import messages as store_messages
 from flpg.store import nodes as store_nodes
 from flpg.store import payloads as store_payloads
+from flpg.store import recovery as store_recovery
 from flpg.store import runroles as store_runroles
 from flpg.store import runs as store_runs
 from flpg.store import session as store_session
@@ -57,6 +58,16 @@ class LinkWorker:
         connected: heartbeats may be missing because the database was away, not the
         workers), nodes are not marked offline, silent runs are not failed and
         unlaunched runs are not taken back."""
+        recovered = store_recovery.recover(conn)
+        if recovered is not None:
+            log.warning(
+                "PostgreSQL lost its round-transient payloads in a crash: %d array(s) lost,"
+                " %d run(s) restarted from their checkpoints",
+                recovered.lost_arrays,
+                len(recovered.runs),
+            )
+            for run_id, _, reason in recovered.runs:
+                log.info("run %d: %s", run_id, reason)
         offline: list[tuple[int, str]] = []
         unavailable = 0
         failed: list[int] = []
@@ -115,6 +126,7 @@ class LinkWorker:
             "runs_taken_back": len(taken),
             "payloads_collected": collected,
             "run_roles_dropped": roles,
+            "runs_recovered": 0 if recovered is None else len(recovered.runs),
         }
 
     def run(self, stop: threading.Event) -> None:

@@ -242,8 +242,9 @@ class Cluster:
             self._create_database(deadline)
         return Serving(self.url(), listen, tls, sans, started=not running)
 
-    def stop(self, timeout: float = 60) -> bool:
-        """Stop the server (``pg_ctl stop -m fast``); return whether it was running."""
+    def stop(self, timeout: float = 60, *, immediate: bool = False) -> bool:
+        """Stop the server (``pg_ctl stop -m fast``; with `immediate`, ``-m immediate``,
+        which PostgreSQL recovers from as from a crash); return whether it was running."""
         if not self.root.is_dir():
             return False
         deadline = time.monotonic() + timeout
@@ -255,7 +256,14 @@ class Cluster:
                 remove_stale_pidfile(self.data_dir, self.socket_dir, pidfile, self.port)
                 return False
             bindir, account = find_bindir(), server_account(self.data_dir)
-            pg_ctl_stop(bindir, account, self.data_dir, self.log_file, _remaining(deadline))
+            pg_ctl_stop(
+                bindir,
+                account,
+                self.data_dir,
+                self.log_file,
+                _remaining(deadline),
+                "immediate" if immediate else "fast",
+            )
             return True
 
     def destroy(self) -> None:

@@ -275,14 +275,20 @@ def pg_ctl_start(
 
 
 def pg_ctl_stop(
-    bindir: Path, account: Account | None, data_dir: Path, log_file: Path, timeout: float
+    bindir: Path,
+    account: Account | None,
+    data_dir: Path,
+    log_file: Path,
+    timeout: float,
+    mode: str = "fast",
 ) -> None:
-    """Stop `data_dir`'s server (``pg_ctl stop -m fast``); raise `EmbeddedDatabaseError`
-    when it still runs afterwards."""
+    """Stop `data_dir`'s server (``pg_ctl stop -m fast``, or `mode` "immediate": a
+    crash, as far as the server can tell); raise `EmbeddedDatabaseError` when it still
+    runs afterwards."""
     before = read_pidfile(data_dir)
     pid = before.pid if before is not None else None
     try:
-        proc = _pg_ctl(bindir, account, ["stop", "-D", str(data_dir), "-m", "fast"], timeout)
+        proc = _pg_ctl(bindir, account, ["stop", "-D", str(data_dir), "-m", mode], timeout)
     except subprocess.TimeoutExpired as exc:
         raise EmbeddedDatabaseError(
             f"pg_ctl stop did not finish within {timeout:.0f} s for {data_dir}; see {log_file}"

@@ -18,7 +18,13 @@ from flpg.models.base import (
 from flpg.models.checkpoints import checkpoint_arrays, checkpoints
 from flpg.models.messages import messages
 from flpg.models.nodes import nodes
-from flpg.models.payloads import array_chunks, arrays, message_arrays
+from flpg.models.payloads import (
+    array_chunks,
+    array_chunks_transient,
+    arrays,
+    message_arrays,
+    transient_marker,
+)
 from flpg.models.principals import PRINCIPAL_KINDS, principal_nodes, principals, run_roles
 from flpg.models.runs import round_metrics, run_logs, run_nodes, runs
 
@@ -30,6 +36,7 @@ __all__ = [
     "RUN_STATUS",
     "apps",
     "array_chunks",
+    "array_chunks_transient",
     "arrays",
     "checkpoint_arrays",
     "checkpoints",
@@ -44,4 +51,5 @@ __all__ = [
     "run_nodes",
     "run_roles",
     "runs",
+    "transient_marker",
 ]

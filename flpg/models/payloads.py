@@ -4,6 +4,12 @@ An array is written once and referenced by every message that carries it
 (`message_arrays`), so a model broadcast to N nodes is stored once. Chunk data
 uses STORAGE EXTERNAL: random floats do not compress, so PostgreSQL must not try.
 The link deletes the chunks of arrays nothing live needs any more (`collected_at`).
+
+Two durability classes (docs/payloads.md): a checkpoint's arrays keep their chunks in
+`array_chunks` (WAL-logged, crash-safe); round-transient payloads (replies, broadcasts no
+checkpoint references) keep theirs in the UNLOGGED `array_chunks_transient`, which skips
+the WAL and is emptied by a crash. `transient_marker` is an UNLOGGED one-row table: its
+row missing means a crash emptied the unlogged tables, and the link recovers.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 from sqlalchemy import (
     DDL,
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     ForeignKey,
@@ -45,7 +52,20 @@ arrays = Table(
     Column("collected_at", TIMESTAMP(timezone=True)),
     # The role that wrote the row: defaults to, and is forced to, current_user (trigger).
     Column("created_by", Text, nullable=False, server_default=text("CURRENT_USER")),
+    # Where the chunks are: array_chunks (true) or array_chunks_transient (false).
+    Column("durable", Boolean, nullable=False, server_default=text("true")),
+    # NULL: the chunks are the raw bytes; else the codec that encoded each chunk
+    # (flpg/app/codecs.py); dtype, shape and nbytes stay those of the decoded array.
+    Column("codec", Text),
+    # The digest's algorithm (arrays.DIGEST_ALGS); rows written before 0013 are sha256-128.
+    Column("digest_alg", Text, nullable=False, server_default=text("'xxh3-128'")),
+    # Set (with collected_at) when a crash emptied the transient chunks of this array.
+    Column("lost_at", TIMESTAMP(timezone=True)),
     CheckConstraint("nbytes >= 0", name="nbytes_not_negative"),
+    CheckConstraint("digest_alg IN ('sha256-128', 'xxh3-128')", name="digest_alg_known"),
+    CheckConstraint(
+        "codec IS NULL OR codec ~ '^(fp16|bf16|int8|topk:[0-9.]+)$'", name="codec_known"
+    ),
     CheckConstraint("chunk_size > 0", name="chunk_size_positive"),
     CheckConstraint("n_chunks = (nbytes + chunk_size - 1) / chunk_size", name="n_chunks_matches"),
     CheckConstraint("length(digest) = 16", name="digest_length"),
@@ -72,6 +92,42 @@ event.listen(
     array_chunks,
     "after_create",
     DDL("ALTER TABLE array_chunks ALTER COLUMN data SET STORAGE EXTERNAL"),  # type: ignore[no-untyped-call]
+)
+
+array_chunks_transient = Table(
+    "array_chunks_transient",
+    metadata,
+    Column(
+        "array_id",
+        BigInteger,
+        ForeignKey("arrays.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("seq", Integer, primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+    CheckConstraint("seq >= 0", name="seq_not_negative"),
+    prefixes=["UNLOGGED"],
+)
+
+event.listen(
+    array_chunks_transient,
+    "after_create",
+    DDL("ALTER TABLE array_chunks_transient ALTER COLUMN data SET STORAGE EXTERNAL"),  # type: ignore[no-untyped-call]
+)
+
+transient_marker = Table(
+    "transient_marker",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("since", TIMESTAMP(timezone=True), nullable=False, server_default=text("now()")),
+    CheckConstraint("id = 1", name="one_row"),
+    prefixes=["UNLOGGED"],
+)
+
+event.listen(
+    transient_marker,
+    "after_create",
+    DDL("INSERT INTO transient_marker (id) VALUES (1)"),  # type: ignore[no-untyped-call]
 )
 
 message_arrays = Table(

@@ -38,6 +38,7 @@ from typing import IO, Any
 from psycopg_pool import ConnectionPool
 
 from flpg import bus
+from flpg.app.compressed import reply_codec
 from flpg.app.context import Context
 from flpg.app.message import Message
 from flpg.app.records import RecordDict
@@ -81,6 +82,11 @@ class RunApp:
         self._lock = threading.Lock()
         run = store_runs.get(conn, run_id)
         self.run_config = dict(run.run_config)
+        try:
+            self.reply_codec = reply_codec(self.run_config)
+        except ValueError as exc:  # `flpg run` refuses it; a run stored otherwise gets raw
+            log.warning("run %d: %s; replies are stored uncompressed", run_id, exc)
+            self.reply_codec = None
         try:
             cache, fetch = BundleCache(cache_dir, shared=read_only), store_apps.get
             root = (
@@ -321,7 +327,9 @@ class Server:
         answers = [i for i in items if isinstance(i, Answer)]
         try:
             with self.pool.connection() as conn:
-                written = write_replies(conn, self.worker, self.app.run_id, answers)
+                written = write_replies(
+                    conn, self.worker, self.app.run_id, answers, codec=self.app.reply_codec
+                )
         except Exception as exc:  # the database went away: the claims lapse and are retried
             written = [Written(a.row.id, Outcome.LEASE_LOST, describe(exc)) for a in answers]
         by_id = {w.message_id: w for w in written}

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from flpg import bus
+from flpg.app.codecs import Codec
 from flpg.app.message import Error, ErrorCode, Message
 from flpg.errors import FlpgError
 from flpg.node.protocol import Outcome
@@ -71,9 +72,11 @@ def write_replies(
     run_id: int,
     answers: Sequence[Answer],
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    codec: Codec | None = None,
 ) -> list[Written]:
     """Write the answers (all of run `run_id`, claimed by `worker`); one `Written` each,
-    in order.
+    in order. Reply arrays are round-transient (no WAL), compressed with `codec` when
+    the run asks for one (flpg.reply-codec).
 
     A reply that cannot be stored (say, an unsupported value) becomes an error reply
     for its instruction alone. Raises only on a database that went away (TRANSIENT):
@@ -82,7 +85,7 @@ def write_replies(
     if not answers:
         return []
     try:
-        return _write(conn, worker, run_id, answers, chunk_size)
+        return _write(conn, worker, run_id, answers, chunk_size, codec)
     except TRANSIENT:
         raise
     except Exception as exc:
@@ -92,7 +95,7 @@ def write_replies(
     out: list[Written] = []
     for answer in answers:
         try:
-            out += _write(conn, worker, run_id, [answer], chunk_size)
+            out += _write(conn, worker, run_id, [answer], chunk_size, codec)
         except TRANSIENT:
             raise
         except Exception as exc:
@@ -114,7 +117,12 @@ def _write_unstorable(
 
 
 def _write(
-    conn: Connection, worker: str, run_id: int, answers: Sequence[Answer], chunk_size: int
+    conn: Connection,
+    worker: str,
+    run_id: int,
+    answers: Sequence[Answer],
+    chunk_size: int,
+    codec: Codec | None = None,
 ) -> list[Written]:
     with_content = [
         a for a in answers if a.error is None and a.reply is not None and not a.reply.has_error()
@@ -128,7 +136,9 @@ def _write(
     with conn.transaction() if payload <= SHARED_COMMIT_BYTES else contextlib.nullcontext():
         links: dict[int, list[ArrayLink]] = {}
         if any(c.array_records for c in contents):
-            written = bus.write_arrays(conn, run_id, contents, chunk_size)
+            written = bus.write_arrays(
+                conn, run_id, contents, chunk_size, durable=False, codec=codec
+            )
             links = {a.row.id: w for a, w in zip(with_content, written, strict=True)}
         new = _new_replies(answers, links)
         done = store_messages.reply_batch(conn, worker=worker, replies=new)

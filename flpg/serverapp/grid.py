@@ -268,7 +268,9 @@ class Grid:
 
         def save(conn: Connection) -> ArrayRecord:
             with conn.transaction():  # one commit; a stale attempt writes nothing at all
-                links = bus.write_arrays(conn, self._run_id, content, self._chunk_size)[0]
+                links = bus.write_arrays(
+                    conn, self._run_id, content, self._chunk_size, durable=True
+                )[0]
                 store_checkpoints.save(
                     conn,
                     self._run_id,

@@ -33,9 +33,10 @@ def save(
     """Replace the run's checkpoint with `(array name, array id)`s already written.
 
     One transaction: the previous checkpoint's payloads are deleted unless a message
-    still carries them or the new checkpoint keeps them. Raises StaleAttempt (and
+    still carries them or the new checkpoint keeps them; the kept arrays that were
+    round-transient (a broadcast, a reply) become durable. Raises StaleAttempt (and
     writes nothing) unless `attempt` is the run's current attempt and the run is
-    running.
+    running, and after a crash until the link has recovered (sql/recovery.sql).
     """
     with conn.transaction():
         saved = one(
@@ -51,8 +52,8 @@ def save(
         if saved is None:
             raise StaleAttempt(
                 f"run {run_id} is no longer running as attempt {attempt} "
-                "(it was restarted or ended); checkpoint of round "
-                f"{server_round} not saved"
+                "(it was restarted or ended, or PostgreSQL crashed and the link is "
+                f"restarting its runs); checkpoint of round {server_round} not saved"
             )
         run(
             conn,
@@ -67,6 +68,7 @@ def save(
                 for i, (name, array_id) in enumerate(arrays)
             ],
         )
+        run(conn, "checkpoint_arrays_make_durable", {"run_id": run_id})
 
 
 def get(conn: Connection, run_id: int) -> StoredCheckpoint | None:

@@ -197,16 +197,24 @@ def extend_lease(conn: Connection, *, worker: str, ids: list[int], lease: float)
 
 
 def write_small_arrays(
-    conn: Connection, run_id: int, encoded: Sequence[arrays.EncodedArray], chunk_size: int
+    conn: Connection,
+    run_id: int,
+    encoded: Sequence[arrays.EncodedArray],
+    chunk_size: int,
+    *,
+    durable: bool = True,
 ) -> list[int]:
     """Store arrays of at most `chunk_size` bytes each, all in one statement (so one
     transaction, no NOTIFY); returns their ids in order. For many small reply
-    payloads, where `payloads.write` would take a round trip per array."""
+    payloads, where `payloads.write` would take a round trip per array. `durable` as
+    in `payloads.write`."""
     if not encoded:
         return []
     for enc in encoded:
-        if enc.nbytes > chunk_size:
+        if enc.nbytes > (enc.chunk_size or chunk_size):
             raise ValueError(f"array of {enc.nbytes} bytes is larger than one chunk")
+    # One chunk each: the raw bytes (zero-copy), or the one encoded chunk.
+    stored = [enc.data if enc.chunks is None else b"".join(enc.chunks) for enc in encoded]
     found = rows(
         conn,
         "arrays_insert_small",
@@ -216,8 +224,11 @@ def write_small_arrays(
             "dtypes": [enc.dtype for enc in encoded],
             "shapes": ["{" + ",".join(map(str, enc.shape)) + "}" for enc in encoded],
             "nbytes": [enc.nbytes for enc in encoded],
-            "digests": [arrays.digest(enc.data) for enc in encoded],
-            "datas": [enc.data for enc in encoded],
+            "digests": [arrays.digest(data) for data in stored],
+            "datas": stored,
+            "codecs": [enc.codec for enc in encoded],
+            "digest_alg": arrays.DEFAULT_DIGEST_ALG,
+            "durable": durable,
         },
     )
     return [int(r["id"]) for r in found]

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from flpg.app import arrays
+from flpg.app.compressed import Decoder
 from flpg.errors import PayloadCorrupt
 from flpg.store._exec import one, rows
 from flpg.store.db import Connection, Session
@@ -34,8 +35,16 @@ class ArrayRef:
     nbytes: int
     n_chunks: int
     digest: bytes
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    digest_alg: str = arrays.DEFAULT_DIGEST_ALG
+    codec: str | None = None
+    """None: the chunks are the raw bytes; else the codec of each chunk (codecs.py)."""
+    durable: bool = True
+    """Chunks in array_chunks (WAL-logged) or array_chunks_transient (lost on a crash)."""
     collected: bool = False
     """The link deleted its chunks: no live message or checkpoint needed it."""
+    lost: bool = False
+    """A crash emptied its (round-transient) chunks."""
 
 
 def write(
@@ -43,14 +52,23 @@ def write(
     run_id: int,
     encoded: Sequence[arrays.EncodedArray],
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    *,
+    durable: bool = True,
 ) -> list[int]:
-    """Store arrays (one transaction, no NOTIFY); returns their ids in order."""
+    """Store arrays (one transaction, no NOTIFY); returns their ids in order.
+
+    `durable=False` puts the chunks in array_chunks_transient (no WAL; a crash loses
+    them): for round-transient payloads, replies and broadcasts.
+    """
     ids: list[int] = []
     if not encoded:
         return ids
+    chunk_query = (
+        query("array_chunks_insert") if durable else query("array_chunks_transient_insert")
+    )
     with conn.transaction():
         for enc in encoded:
-            n_chunks = -(-enc.nbytes // chunk_size)
+            size = enc.chunk_size or chunk_size
             row = one(
                 conn,
                 "arrays_insert",
@@ -59,9 +77,12 @@ def write(
                     "dtype": enc.dtype,
                     "shape": list(enc.shape),
                     "nbytes": enc.nbytes,
-                    "chunk_size": chunk_size,
-                    "n_chunks": n_chunks,
-                    "digest": arrays.digest(enc.data),
+                    "chunk_size": size,
+                    "n_chunks": -(-enc.nbytes // size),
+                    "digest": arrays.stored_digest(enc, size),
+                    "digest_alg": arrays.DEFAULT_DIGEST_ALG,
+                    "durable": durable,
+                    "codec": enc.codec,
                 },
             )
             assert row is not None
@@ -71,11 +92,17 @@ def write(
             # busy server moves the unsent rest to the front (quadratic). Measured with
             # 8 concurrent 128 MiB writers: 0.46 CPU-s per writer pipelined, 0.08 so.
             with conn.cursor() as cur:
-                sql = query("array_chunks_insert")
-                for seq, chunk in enumerate(arrays.iter_chunks(enc.data, chunk_size)):
-                    cur.execute(sql, {"array_id": array_id, "seq": seq, "data": chunk})
+                for seq, chunk in enumerate(arrays.stored_chunks(enc, size)):
+                    cur.execute(chunk_query, {"array_id": array_id, "seq": seq, "data": chunk})
             ids.append(array_id)
     return ids
+
+
+def _decoder(ref: ArrayRef) -> Decoder | None:
+    """The decoder of a compressed array's stored chunks (None: they are raw)."""
+    if ref.codec is None:
+        return None
+    return Decoder(ref.codec, ref.dtype, ref.shape, ref.chunk_size, _label(ref))
 
 
 def _label(ref: ArrayRef) -> str:
@@ -84,6 +111,11 @@ def _label(ref: ArrayRef) -> str:
 
 
 def _check_not_collected(ref: ArrayRef) -> None:
+    if ref.lost:
+        raise PayloadCorrupt(
+            f"array {_label(ref)} was lost: PostgreSQL crashed, and round-transient "
+            "payloads are not WAL-logged (the run restarts from its last checkpoint)"
+        )
     if ref.collected:
         raise PayloadCorrupt(
             f"array {_label(ref)} was collected: its message ended more than the "
@@ -119,7 +151,8 @@ def read(conn: Connection, wanted: Sequence[ArrayRef]) -> dict[int, np.ndarray[A
     assemblers = {
         i: arrays.ArrayAssembler(r.dtype, r.shape, r.nbytes, _label(r)) for i, r in by_id.items()
     }
-    hashers = {i: arrays.Digest() for i in by_id}
+    hashers = {i: arrays.Digest(alg=r.digest_alg) for i, r in by_id.items()}
+    decoders = {i: _decoder(r) for i, r in by_id.items()}
     expected_seq = dict.fromkeys(by_id, 0)
     with conn.cursor(binary=True) as cur:
         for array_id, seq, data in cur.stream(
@@ -130,8 +163,9 @@ def read(conn: Connection, wanted: Sequence[ArrayRef]) -> dict[int, np.ndarray[A
                     f"array {_label(by_id[array_id])} is missing chunk {expected_seq[array_id]}"
                 )
             expected_seq[array_id] += 1
-            assemblers[array_id].add(data)
             hashers[array_id].update(data)
+            decoder = decoders[array_id]
+            assemblers[array_id].add(data if decoder is None else decoder.decode(seq, data))
     out: dict[int, np.ndarray[Any, Any]] = {}
     for array_id, ref in by_id.items():
         if expected_seq[array_id] != ref.n_chunks:
@@ -190,6 +224,8 @@ class StoredArray:
         self.run_id = run_id
         self.array_id = ref.array_id
         self.digest = ref.digest
+        self.digest_alg = ref.digest_alg
+        self.codec = ref.codec
         self.ref = ref
         self._read = chunks
 
@@ -206,18 +242,20 @@ class StoredArray:
         length mismatch, or (after the last chunk) a digest mismatch."""
         ref = self.ref
         _check_not_collected(ref)
-        hasher = arrays.Digest()
+        hasher = arrays.Digest(alg=ref.digest_alg)
+        decoder = _decoder(ref)
         seq = total = 0
         for batch in self._batches():
-            for got, data in batch:
+            for got, stored in batch:
                 if got != seq:
                     raise PayloadCorrupt(f"array {_label(ref)} is missing chunk {seq}")
+                hasher.update(stored)
+                data = stored if decoder is None else decoder.decode(seq, stored)
                 total += len(data)
                 if total > ref.nbytes:
                     raise PayloadCorrupt(
                         f"array {_label(ref)} payload is longer than its {ref.nbytes} bytes"
                     )
-                hasher.update(data)
                 seq += 1
                 yield data
         if seq < ref.n_chunks:

@@ -183,13 +183,13 @@ def finish(
     with conn.transaction():
         if not run(conn, "runs_finish", params):
             return None
-        _cancel_messages(conn, run_id)
+        cancel_messages(conn, run_id)
         if status == RunStatus.FAILED and _requeue(conn, run_id, automatic=True):
             return RunStatus.PENDING
     return status
 
 
-def _cancel_messages(conn: Connection, run_id: int) -> None:
+def cancel_messages(conn: Connection, run_id: int) -> None:
     """An ended run's undelivered instructions and untaken replies -> cancelled (two
     statements, in this order: see run_cancel_replies). Call inside the transaction
     that ended the run."""
@@ -256,7 +256,7 @@ def request_stop(conn: Connection, run_id: int) -> str:
     with conn.transaction():
         row = one(conn, "runs_request_stop", {"run_id": run_id})
         if row is not None and row["status"] == RunStatus.STOPPED:
-            _cancel_messages(conn, run_id)
+            cancel_messages(conn, run_id)
             return RunStatus.STOPPED
         if row is not None:
             run(conn, "runs_notify_exec", {"run_id": run_id})
@@ -285,7 +285,7 @@ def fail_silent(conn: Connection, after: float, startup: float) -> list[int]:
         found = rows(conn, "runs_fail_silent", {"after": after, "startup": startup})
         failed = [int(r["id"]) for r in found]
         for run_id in failed:
-            _cancel_messages(conn, run_id)
+            cancel_messages(conn, run_id)
             _requeue(conn, run_id, automatic=True)
     return failed
 
@@ -298,7 +298,7 @@ def take_back_unlaunched(conn: Connection, after: float) -> list[TakenBack]:
         found = rows(conn, "runs_take_back_unlaunched", {"after": after})
         taken = [TakenBack(int(r["id"]), str(r["status"]), str(r["reason"])) for r in found]
         for t in taken:
-            _cancel_messages(conn, t.run_id)
+            cancel_messages(conn, t.run_id)
             store_logs.append(conn, t.run_id, [(LogStream.EVENT, t.reason)])
             if t.status == RunStatus.PENDING:
                 run(conn, "runs_notify_exec", {"run_id": t.run_id})

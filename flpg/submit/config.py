@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flpg.app.compressed import REPLY_CODEC_KEY, reply_codec
 from flpg.errors import ConfigError
 from flpg.submit.limits import NAME_LIMIT, check_config, check_config_value
 
@@ -244,6 +245,18 @@ def _typed(key: str, default: Any, value: Any, where: str, source: str) -> Any:
     )
 
 
+FLPG_KEYS = frozenset({REPLY_CODEC_KEY})
+"""Run config keys flpg itself reads, accepted whether or not the app declares them."""
+
+
+def _check_flpg_keys(config: Mapping[str, Any], sources: Mapping[str, str]) -> None:
+    """ConfigError (one line, naming the key and its source) for a bad flpg key value."""
+    try:
+        reply_codec(config)
+    except ValueError as exc:
+        raise ConfigError(f"{sources.get(REPLY_CODEC_KEY, '--run-config')}: {exc}") from None
+
+
 def merge_run_config(
     defaults: Mapping[str, Any],
     overrides: Mapping[str, Any] | Overrides,
@@ -252,9 +265,10 @@ def merge_run_config(
 ) -> dict[str, Any]:
     """The app's defaults (flattened) with `overrides` applied, each override of the
     type of its default. As Flower's `fuse_dicts` (check_keys=True), a key that is not
-    in the defaults is refused. Defaults that jsonb cannot store are refused too.
-    `table` is the pyproject table the defaults came from (for messages); errors about
-    an override name its source (`Overrides.sources`, else `--run-config`)."""
+    in the defaults is refused, except flpg's own (FLPG_KEYS), which are checked.
+    Defaults that jsonb cannot store are refused too. `table` is the pyproject table
+    the defaults came from (for messages); errors about an override name its source
+    (`Overrides.sources`, else `--run-config`)."""
     values, sources = (
         (overrides.values, overrides.sources)
         if isinstance(overrides, Overrides)
@@ -262,13 +276,16 @@ def merge_run_config(
     )
     where = f"{table} of {app_name}"
     flat = check_config(flatten(defaults, where=where), where)
-    unknown = sorted(set(values) - set(flat))
+    _check_flpg_keys({**flat, **values}, sources)
+    unknown = sorted(set(values) - set(flat) - FLPG_KEYS)
     if unknown:
         known = ", ".join(sorted(flat)) or "none"
         source = sources.get(unknown[0], "--run-config")
         raise ConfigError(f"{source}: key {unknown[0]!r} is not in {where} (known keys: {known})")
     typed = {
         key: _typed(key, flat[key], value, where, sources.get(key, "--run-config"))
+        if key in flat
+        else value
         for key, value in values.items()
     }
     return {**flat, **typed}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from psycopg.rows import dict_row
 
+from flpg.app.codecs import Codec
 from flpg.app.message import Error, Message
 from flpg.errors import LeaseLost
 from flpg.node.replies import Answer, write_replies
@@ -39,8 +40,15 @@ def _reply_id(conn: Connection, instruction_id: int) -> int:
     return int(found[0])
 
 
-def _answer(conn: Connection, worker: str, answer: Answer, run_id: int, chunk_size: int) -> int:
-    (written,) = write_replies(conn, worker, run_id, [answer], chunk_size)
+def _answer(
+    conn: Connection,
+    worker: str,
+    answer: Answer,
+    run_id: int,
+    chunk_size: int,
+    codec: Codec | None = None,
+) -> int:
+    (written,) = write_replies(conn, worker, run_id, [answer], chunk_size, codec)
     if written.outcome == "lease-lost":
         raise LeaseLost(written.detail)
     return _reply_id(conn, answer.row.id)
@@ -53,10 +61,12 @@ def reply(
     run_id: int,
     message: Message,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    codec: Codec | None = None,
 ) -> int:
-    """Write `message` as the reply to a claimed instruction; the reply's id."""
+    """Write `message` as the reply to a claimed instruction (its arrays compressed
+    with `codec`, as flpg.reply-codec asks); the reply's id."""
     answer = Answer(_row(conn, instruction_id), reply=message)
-    return _answer(conn, worker, answer, run_id, chunk_size)
+    return _answer(conn, worker, answer, run_id, chunk_size, codec)
 
 
 def error_reply(conn: Connection, worker: str, instruction_id: int, error: Error) -> int:

@@ -90,15 +90,19 @@ def _message(conn: psycopg.Connection[Any], run: int, dst: int, state: str = "qu
 
 
 def _array(conn: psycopg.Connection[Any], run: int, message: int | None = None) -> int:
+    """A 4-byte array of `run`: a message's is round-transient (its chunk in
+    array_chunks_transient), one without a message durable (a checkpoint's)."""
+    durable = message is None
     array_id = int(
         scalar(
             conn,
-            "INSERT INTO arrays (run_id, dtype, shape, nbytes, chunk_size, n_chunks, digest)"
-            " VALUES (%s, 'uint8', '{4}', 4, 4, 1, %s) RETURNING id",
-            (run, bytes(16)),
+            "INSERT INTO arrays (run_id, dtype, shape, nbytes, chunk_size, n_chunks, digest,"
+            " durable) VALUES (%s, 'uint8', '{4}', 4, 4, 1, %s, %s) RETURNING id",
+            (run, bytes(16), durable),
         )
     )
-    conn.execute("INSERT INTO array_chunks VALUES (%s, 0, '\\x01020304')", (array_id,))
+    table = "array_chunks" if durable else "array_chunks_transient"
+    conn.execute(f"INSERT INTO {table} VALUES (%s, 0, '\\x01020304')", (array_id,))
     if message is not None:
         conn.execute(
             "INSERT INTO message_arrays VALUES (%s, 'arrays', 0, 'w', %s)", (message, array_id)

@@ -28,6 +28,7 @@ from flpg.store.db import Connection, Listener, connect
 from flpg.store.messages import NewInstruction, NewReply
 from tests.db import _replies as reply_path
 
+from ._chunks import ALL_CHUNKS, on_chunks_of
 from .conftest import Federation, instruction, scalar
 
 STORED_EXPIRED = error_code_to_stored(ErrorCode.MESSAGE_UNAVAILABLE)
@@ -321,7 +322,7 @@ def test_error_reply_round_trips(conn: Connection, fed: Federation) -> None:
 
 def _counts(conn: Connection) -> tuple[int, int, int]:
     return conn.execute(
-        "SELECT (SELECT count(*) FROM arrays), (SELECT count(*) FROM array_chunks),"
+        f"SELECT (SELECT count(*) FROM arrays), (SELECT count(*) FROM {ALL_CHUNKS} c),"
         " (SELECT count(*) FROM message_arrays)"
     ).fetchone()  # type: ignore[return-value]
 
@@ -397,8 +398,8 @@ def test_chunked_arrays_round_trip_byte_exact(conn: Connection, fed: Federation)
 
     stored = conn.execute(
         "SELECT ma.array_name, a.dtype, a.shape, a.nbytes, a.n_chunks,"
-        " (SELECT count(*) FROM array_chunks c WHERE c.array_id = a.id),"
-        " (SELECT max(length(c.data)) FROM array_chunks c WHERE c.array_id = a.id)"
+        f" (SELECT count(*) FROM {ALL_CHUNKS} c WHERE c.array_id = a.id),"
+        f" (SELECT max(length(c.data)) FROM {ALL_CHUNKS} c WHERE c.array_id = a.id)"
         " FROM message_arrays ma JOIN arrays a ON a.id = ma.array_id ORDER BY ma.position"
     ).fetchall()
     assert [r[0] for r in stored] == list(DTYPE_CASES)
@@ -463,7 +464,7 @@ def test_corrupt_payload_raises_naming_array_and_message(
     (mid,) = bus.send(conn, fed.run_id, [instruction(node, content)], chunk_size=1000)
     aid = scalar(conn, "SELECT array_id FROM message_arrays WHERE array_name = 'victim'")
     for sql in statements:
-        assert conn.execute(sql, {"aid": aid}).rowcount >= 1
+        assert on_chunks_of(conn, aid, sql, {"aid": aid}) >= 1
 
     (row,) = _claim_all(conn, "w", [node])
     with pytest.raises(PayloadCorrupt) as info:

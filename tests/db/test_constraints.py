@@ -21,6 +21,7 @@ from flpg.store import runs as store_runs
 from flpg.store.db import Connection, connect
 from tests.db import _replies as reply_path
 
+from ._chunks import ALL_CHUNKS
 from .conftest import Federation, create_run, instruction, make_federation, scalar
 
 INSERT_INSTRUCTION = """
@@ -350,7 +351,7 @@ OWNED = {
     "messages": "run_id = %s",
     "message_arrays": "message_id IN (SELECT id FROM messages WHERE run_id = %s)",
     "arrays": "run_id = %s",
-    "array_chunks": "array_id IN (SELECT id FROM arrays WHERE run_id = %s)",
+    f"{ALL_CHUNKS} c": "array_id IN (SELECT id FROM arrays WHERE run_id = %s)",
     "run_nodes": "run_id = %s",
     "run_logs": "run_id = %s",
     "round_metrics": "run_id = %s",

@@ -95,6 +95,7 @@ def test_migrations_build_exactly_the_models(empty_db_url: str, second_empty_db_
     assert tables == {
         "apps",
         "array_chunks",
+        "array_chunks_transient",
         "arrays",
         "checkpoint_arrays",
         "checkpoints",
@@ -108,9 +109,18 @@ def test_migrations_build_exactly_the_models(empty_db_url: str, second_empty_db_
         "run_nodes",
         "run_roles",
         "runs",
+        "transient_marker",
     }
+    # Round-transient payloads and the crash marker skip the WAL; everything else is logged.
+    persistence = {t[0]: t[1] for t in migrated["tables"]}
+    assert {t for t, p in persistence.items() if p == "u"} == {
+        "array_chunks_transient",
+        "transient_marker",
+    }
+    assert {p for t, p in persistence.items()} == {"p", "u"}
     storage = {(c[0], c[2]): c[8] for c in migrated["columns"]}
     assert storage[("array_chunks", "data")] == "e"  # EXTERNAL: no compression attempts
+    assert storage[("array_chunks_transient", "data")] == "e"
     assert storage[("apps", "bundle")] == "e"
     assert {v[0] for v in migrated["views"]} == {
         "message_latency",
@@ -188,9 +198,12 @@ def test_the_trust_schema_is_not_vacuous(db_url: str) -> None:
     column_grants = {(g[0], g[1], g[2]) for g in described["column_grants"]}
     assert ("array_chunks", "seq", "flpg_auditor") in column_grants
     assert ("array_chunks", "data", "flpg_auditor") not in column_grants
+    assert ("array_chunks_transient", "seq", "flpg_auditor") in column_grants
+    assert ("array_chunks_transient", "data", "flpg_auditor") not in column_grants
     deletes = {(g[0], g[1]) for g in described["table_grants"] if g[2] == "DELETE"}
     assert deletes == {
         ("array_chunks", "flpg_link"),
+        ("array_chunks_transient", "flpg_link"),
         ("arrays", "flpg_serverapp"),
         ("checkpoint_arrays", "flpg_serverapp"),
     }

@@ -15,6 +15,7 @@ from flpg.store import messages as store_messages
 from flpg.store import payloads as store_payloads
 from flpg.store import runs as store_runs
 from flpg.store.db import Connection
+from tests.db._chunks import ALL_CHUNKS
 
 from .conftest import Federation, instruction, scalar
 
@@ -46,7 +47,7 @@ def test_collects_only_what_nothing_live_needs(conn: Connection, fed: Federation
     collected, nbytes = store_payloads.collect(conn, grace=60)
     assert (collected, nbytes) == (1, 8000)  # the broadcast, stored once
     assert scalar(conn, "SELECT count(*) FROM arrays WHERE collected_at IS NOT NULL") == 1
-    assert scalar(conn, "SELECT count(*) FROM array_chunks") == 1  # the queued one's
+    assert scalar(conn, f"SELECT count(*) FROM {ALL_CHUNKS} c") == 1  # the queued one's
     rows = store_messages.claim(conn, worker="w", node_ids=[c], lease=30, limit=1)
     (message,) = bus.load(conn, rows)
     np.testing.assert_array_equal(message.content["arrays"]["w"].numpy(), np.full(1000, 2.0))

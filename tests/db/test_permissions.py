@@ -16,6 +16,7 @@ import pytest
 from psycopg.errors import InsufficientPrivilege
 from psycopg.types.json import Jsonb
 
+from ._chunks import ALL_CHUNKS
 from ._trust_world import (
     HASHES,
     KINDS,
@@ -54,7 +55,7 @@ def test_node_cannot_read_another_nodes_reply(world: World) -> None:
 
 def test_node_reads_the_arrays_of_its_instructions_only(world: World) -> None:
     a = world.arrays
-    seen = rows(world, "node_a", "SELECT array_id, data FROM array_chunks ORDER BY 1")
+    seen = rows(world, "node_a", f"SELECT array_id, data FROM {ALL_CHUNKS} c ORDER BY 1")
     assert [r[0] for r in seen] == sorted([a["X1"], a["X3"]])
     for other in ("X2", "Y2", "X9", "Crun1"):
         assert rows(world, "node_a", "SELECT * FROM arrays WHERE id = %s", (a[other],)) == []
@@ -100,6 +101,9 @@ def test_node_replies_to_its_claimed_instruction_with_its_arrays(world: World) -
             nbytes=[2],
             digests=[bytes(16)],
             datas=[b"\x01\x02"],
+            codecs=[None],
+            digest_alg="xxh3-128",
+            durable=False,
         )
         array_id = scalar(conn, sql, params)
         links = [
@@ -315,9 +319,14 @@ def test_serverapp_sends_pulls_and_checkpoints_in_its_run(world: World) -> None:
                 chunk_size=1,
                 n_chunks=1,
                 digest=bytes(16),
+                digest_alg="xxh3-128",
+                durable=False,
+                codec=None,
             ),
         )
-        conn.execute(*named("array_chunks_insert", array_id=array_id, seq=0, data=b"\x07"))
+        conn.execute(
+            *named("array_chunks_transient_insert", array_id=array_id, seq=0, data=b"\x07")
+        )
         instructions = [
             {
                 "ord": 0,
@@ -365,6 +374,12 @@ def test_serverapp_sends_pulls_and_checkpoints_in_its_run(world: World) -> None:
                 array_id=array_id,
             )
         )
+        # The broadcast it keeps in its checkpoint moves to the WAL-logged chunks.
+        moved = scalar(conn, *named("checkpoint_arrays_make_durable", run_id=run1))
+        assert moved == 1
+        assert scalar(conn, "SELECT durable FROM arrays WHERE id = %s", (array_id,)) is True
+        found = conn.execute("SELECT seq, data FROM array_chunks WHERE array_id = %s", (array_id,))
+        assert found.fetchall() == [(0, b"\x07")]
         assert conn.execute(*named("runs_heartbeat", run_id=run1, attempt=1)).rowcount == 1
 
 
@@ -375,8 +390,9 @@ def test_clientapp_cannot_see_another_runs_instruction_on_its_node(world: World)
     m, a = world.msgs, world.arrays
     seen = {r[0] for r in rows(world, "ca1", "SELECT id FROM messages")}
     assert seen == {m["i1"], m["i4"], m["i8"]}  # run1's for A1; not run2's i3 on A1 too
-    assert rows(world, "ca1", "SELECT * FROM array_chunks WHERE array_id = %s", (a["X3"],)) == []
-    assert rows(world, "ca1", "SELECT seq FROM array_chunks WHERE array_id = %s", (a["X1"],))
+    chunks_of = f"SELECT seq FROM {ALL_CHUNKS} c WHERE array_id = %s"
+    assert rows(world, "ca1", chunks_of, (a["X3"],)) == []
+    assert rows(world, "ca1", chunks_of, (a["X1"],))
 
 
 def test_clientapp_writes_arrays_only_for_its_run(world: World) -> None:
@@ -394,8 +410,10 @@ def test_clientapp_writes_arrays_only_for_its_run(world: World) -> None:
 @pytest.mark.parametrize("who", ["link", "aud"])
 def test_link_and_auditor_cannot_read_payload_bytes(world: World, who: str) -> None:
     denied(world, who, "SELECT data FROM array_chunks")
+    denied(world, who, "SELECT data FROM array_chunks_transient")
     denied(world, who, "SELECT bundle FROM apps")
-    assert len(rows(world, who, "SELECT array_id, seq FROM array_chunks")) == len(world.arrays)
+    both = f"SELECT array_id, seq FROM {ALL_CHUNKS.replace(', data', '')} c"
+    assert len(rows(world, who, both)) == len(world.arrays)
     assert len(rows(world, who, "SELECT hash, name, size FROM apps")) == 2
 
 
@@ -443,6 +461,7 @@ def test_exec_launches_runs_and_writes_their_logs(world: World) -> None:
 
 def test_exec_cannot_read_payloads_or_logs(world: World) -> None:
     denied(world, "exec", "SELECT array_id FROM array_chunks")
+    denied(world, "exec", "SELECT array_id FROM array_chunks_transient")
     denied(world, "exec", "SELECT * FROM run_logs")
 
 

@@ -29,6 +29,7 @@ from flpg.store import retention
 from flpg.store import runs as store_runs
 from flpg.store.db import Connection, connect
 from flpg.store.errors import translated
+from tests.db._chunks import ALL_CHUNKS
 
 from . import _replies as reply_path
 from ._served import flpg_cli
@@ -97,7 +98,7 @@ def chunk_stats(conn: Connection, run_id: int | None = None) -> tuple[int, int]:
     """`(chunks, bytes)` stored, of one run or of all."""
     row = conn.execute(
         "SELECT count(*), coalesce(sum(octet_length(c.data)), 0)::bigint"
-        " FROM array_chunks c JOIN arrays a ON a.id = c.array_id"
+        f" FROM {ALL_CHUNKS} c JOIN arrays a ON a.id = c.array_id"
         " WHERE %(run)s::bigint IS NULL OR a.run_id = %(run)s::bigint",
         {"run": run_id},
     ).fetchone()

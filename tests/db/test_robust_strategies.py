@@ -32,6 +32,7 @@ from flpg.store import messages as store_messages
 from flpg.store import payloads, runroles
 from flpg.store.db import Connection, connect
 from tests.db import _replies as reply_path
+from tests.db._chunks import on_chunks_of
 
 from .conftest import Federation, make_federation
 from .test_checkpoints import launch
@@ -182,7 +183,12 @@ def test_a_reply_missing_a_chunk_is_rejected_and_the_others_aggregate(
     victim = next(r for r in replies if r.metadata.src_node_id == fed.selected[3])
     source = victim.content.array_records["arrays"]["w"].source
     assert isinstance(source, payloads.StoredArray)
-    conn.execute("DELETE FROM array_chunks WHERE array_id = %s AND seq = 17", (source.array_id,))
+    on_chunks_of(
+        conn,
+        source.array_id,
+        "DELETE FROM array_chunks WHERE array_id = %s AND seq = 17",
+        (source.array_id,),
+    )
     arrays, _ = strategy.aggregate_train(1, replies)
     assert arrays is not None
     out = capsys.readouterr().out

@@ -25,6 +25,7 @@ from flpg.store import messages as store_messages
 from flpg.store.db import Connection
 from flpg.store.payloads import StoredArray
 from tests.db import _replies as reply_path
+from tests.db._chunks import on_all_chunks
 
 from .conftest import Federation, make_federation, scalar
 from .test_checkpoints import launch
@@ -253,12 +254,14 @@ def test_bad_replies_are_taken_back_out_and_the_round_goes_on(
             chunk,
         )
         array_of = "SELECT array_id FROM message_arrays WHERE message_id = %s"
-        conn.execute(
+        on_all_chunks(
+            conn,
             f"UPDATE array_chunks SET data = set_byte(data, 7, get_byte(data, 7) # 1)"
             f" WHERE array_id = ({array_of}) AND seq = 5",
             [reply_ids[corrupt]],
         )
-        conn.execute(
+        on_all_chunks(
+            conn,
             f"DELETE FROM array_chunks WHERE array_id = ({array_of}) AND seq = 3",
             [reply_ids[missing]],
         )
@@ -337,14 +340,16 @@ def test_small_arrays_come_with_the_reply_and_are_checked_when_used(
         first, second, third = sorted(fed.selected, key=lambda node: reply_ids[node])
         # Damage the stored bytes before the grid reads anything.
         array_of = "SELECT array_id FROM message_arrays WHERE message_id = %s AND array_name = %s"
-        conn.execute(
+        on_all_chunks(
+            conn,
             f"UPDATE array_chunks SET data = set_byte(data, 0, get_byte(data, 0) # 1)"
             f" WHERE array_id = ({array_of})",
             [reply_ids[second], "s"],
         )
         replies = {int(r.metadata.message_id or 0): r for r in grid.receive(ids, timeout=10)}
         # Now the chunks go away: only what came with the reply rows is still readable.
-        conn.execute(
+        on_all_chunks(
+            conn,
             "DELETE FROM array_chunks WHERE array_id IN (SELECT array_id FROM "
             "message_arrays WHERE message_id = ANY(%s))",
             [list(reply_ids.values())],

@@ -61,14 +61,15 @@ COMMON = {
         drop-run-role-internal create-run-role-internal run-roles-collect read-run-roles
         terminate-other-sessions setval-messages delete-victim-messages delete-victim-run
         delete-victim-log update-victim-log insert-victim-log insert-victim-array
-        insert-victim-chunk""",
+        insert-victim-chunk insert-victim-transient-chunk change-victim-transient-chunk
+        delete-crash-marker insert-crash-marker""",
     ),
     **_expect(
         NONE,
         """read-other-principals read-runs-other read-victim-config read-victim-messages
         read-victim-message-ids read-other-messages read-other-arrays read-victim-chunks
-        read-victim-links read-other-run-nodes read-other-bundles mark-victim-replies-done
-        cancel-victim-instructions""",
+        read-victim-transient-chunks read-victim-links read-other-run-nodes read-other-bundles
+        mark-victim-replies-done cancel-victim-instructions""",
     ),
     # Logins other than the process's own run role (no password to give); libpq's
     # defaults may also reach another server on this machine ("elsewhere").
@@ -206,7 +207,7 @@ def _victim(fed: Federation, run_id: int) -> dict[str, Any]:
             "SELECT r.reply_to, r.id, ma.array_id FROM messages r"
             " JOIN message_arrays ma ON ma.message_id = r.id"
             " WHERE r.run_id = %s AND r.reply_to IS NOT NULL AND r.state = 'done' AND EXISTS"
-            " (SELECT 1 FROM array_chunks c WHERE c.array_id = ma.array_id)"
+            " (SELECT 1 FROM array_chunks_transient c WHERE c.array_id = ma.array_id)"
             " ORDER BY r.id LIMIT 1",
             [run_id],
         )
@@ -233,6 +234,8 @@ def _digest(fed: Federation, victim: dict[str, Any]) -> list[Any]:
         "   WHERE ma.message_id = ANY(%(msgs)s)"
         " UNION ALL SELECT 'array', a::text FROM arrays a WHERE a.id = %(array)s"
         " UNION ALL SELECT 'chunk', c.seq || ' ' || md5(c.data) FROM array_chunks c"
+        "   WHERE c.array_id = %(array)s"
+        " UNION ALL SELECT 'chunk', c.seq || ' ' || md5(c.data) FROM array_chunks_transient c"
         "   WHERE c.array_id = %(array)s"
         " UNION ALL SELECT 'log', l::text FROM run_logs l WHERE l.id = %(log)s"
         " ORDER BY 1, 2",

@@ -283,6 +283,11 @@ def _reads(cfg: Mapping[str, Any]) -> list[Attack]:
             (int(cfg["victim-array"]),),
         ),
         (
+            "read-victim-transient-chunks",
+            "SELECT data FROM array_chunks_transient WHERE array_id = %s",
+            (int(cfg["victim-array"]),),
+        ),
+        (
             "read-victim-links",
             "SELECT * FROM message_arrays WHERE message_id = ANY(%s)",
             (ids,),
@@ -322,6 +327,18 @@ def _writes(cfg: Mapping[str, Any]) -> list[Attack]:
             "INSERT INTO array_chunks (array_id, seq, data) VALUES (%s, 99, '\\x00')",
             (int(cfg["victim-array"]),),
         ),
+        (
+            "insert-victim-transient-chunk",
+            "INSERT INTO array_chunks_transient (array_id, seq, data) VALUES (%s, 99, '\\x00')",
+            (int(cfg["victim-array"]),),
+        ),
+        (
+            "change-victim-transient-chunk",
+            "UPDATE array_chunks_transient SET data = '\\x00' WHERE array_id = %s",
+            (int(cfg["victim-array"]),),
+        ),
+        ("delete-crash-marker", "DELETE FROM transient_marker", None),
+        ("insert-crash-marker", "INSERT INTO transient_marker (id) VALUES (2)", None),
         (
             "mark-victim-replies-done",
             "UPDATE messages SET state = 'done', finished_at = now()"

@@ -1,0 +1,131 @@
+"""Compressed replies (flpg.reply-codec) through the real write and streamed-read paths:
+a ClientApp's float arrays are stored as fp16, bf16 or int8 chunks, the ServerApp
+decodes them while streaming into its float64 sum, and a damaged compressed reply is
+rejected by name while the others aggregate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flpg import bus
+from flpg.app.codecs import parse_codec
+from flpg.app.message import Message
+from flpg.app.records import ArrayRecord, MetricRecord, RecordDict
+from flpg.store import messages as store_messages
+from flpg.store.db import Connection
+from tests.db import _replies as reply_path
+from tests.db._chunks import ALL_CHUNKS, on_chunks_of
+
+from .conftest import Federation, scalar
+from .test_streaming import aggregate, broadcast, open_grid
+
+CHUNK = 4096
+TOLERANCE = {"fp16": 2e-3, "bf16": 1e-2, "int8": 1e-2}
+
+
+def _reply_all(
+    conn: Connection, fed: Federation, updates: dict[int, np.ndarray], codec: str | None
+) -> dict[int, int]:
+    rows = store_messages.claim(conn, worker="t", node_ids=fed.selected, lease=60, limit=100)
+    out: dict[int, int] = {}
+    for msg in bus.load(conn, rows):
+        node = msg.metadata.dst_node_id
+        assert node is not None and msg.metadata.message_id is not None
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord({"w": updates[node], "steps": np.arange(3)}),
+                "metrics": MetricRecord({"num-examples": 10 * node}),
+            }
+        )
+        out[node] = reply_path.reply(
+            conn,
+            "t",
+            msg.metadata.message_id,
+            fed.run_id,
+            Message(content, reply_to=msg),
+            CHUNK,
+            None if codec is None else parse_codec(codec),
+        )
+    return out
+
+
+def _stored_bytes(conn: Connection, reply_ids: list[int], name: str) -> int:
+    return int(
+        scalar(
+            conn,
+            f"SELECT sum(octet_length(c.data)) FROM {ALL_CHUNKS} c JOIN message_arrays ma"
+            " ON ma.array_id = c.array_id WHERE ma.message_id = ANY(%s) AND ma.array_name = %s",
+            [reply_ids, name],
+        )
+    )
+
+
+@pytest.mark.parametrize("codec", ["fp16", "bf16", "int8"])
+def test_compressed_replies_aggregate_close_to_the_raw_mean(
+    conn: Connection, fed: Federation, codec: str
+) -> None:
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal(5000).astype(np.float32)  # several chunks, a short last one
+    updates = {n: base + rng.standard_normal(5000).astype(np.float32) for n in fed.selected}
+    grid = open_grid(conn, fed, chunk_size=CHUNK)
+    try:
+        ids = broadcast(grid, fed.selected, ArrayRecord({"w": base, "steps": np.arange(3)}))
+        reply_ids = _reply_all(conn, fed, updates, codec)
+        mean, tally = aggregate(grid, ids, ArrayRecord({"w": base, "steps": np.arange(3)}))
+    finally:
+        grid.close()
+    assert (tally.received, tally.failures) == (3, 0), tally.rejected
+    weights = {n: 10 * n for n in fed.selected}
+    exact = sum(updates[n].astype(np.float64) * w for n, w in weights.items()) / sum(
+        weights.values()
+    )
+    got = mean["w"].numpy()
+    assert got.dtype == np.float32 and got.shape == (5000,)
+    np.testing.assert_allclose(got, exact, atol=TOLERANCE[codec] * np.abs(exact).max())
+    assert not np.allclose(got, exact, atol=1e-7, rtol=0)  # it really went through the codec
+    np.testing.assert_array_equal(mean["steps"].numpy(), np.arange(3))  # ints stay raw
+    ratio = _stored_bytes(conn, list(reply_ids.values()), "w") / (3 * base.nbytes)
+    assert ratio == pytest.approx(0.25 if codec == "int8" else 0.5, abs=0.01)
+    codecs = conn.execute(
+        "SELECT DISTINCT ma.array_name, a.codec FROM message_arrays ma JOIN arrays a"
+        " ON a.id = ma.array_id WHERE ma.message_id = ANY(%s) ORDER BY 1",
+        [list(reply_ids.values())],
+    ).fetchall()
+    assert codecs == [("steps", None), ("w", codec)]
+
+
+def test_a_reply_whose_int8_scale_is_nan_is_rejected_by_name(
+    conn: Connection, fed: Federation
+) -> None:
+    base = np.linspace(-1, 1, 3000, dtype=np.float32)
+    updates = {n: base + n for n in fed.selected}
+    grid = open_grid(conn, fed, chunk_size=CHUNK)
+    try:
+        ids = broadcast(grid, fed.selected, ArrayRecord({"w": base, "steps": np.arange(3)}))
+        reply_ids = _reply_all(conn, fed, updates, "int8")
+        victim = fed.selected[1]
+        array_id = scalar(
+            conn,
+            "SELECT array_id FROM message_arrays WHERE message_id = %s AND array_name = 'w'",
+            [reply_ids[victim]],
+        )
+        # The scale (the chunk's first 4 bytes) becomes a float32 NaN: 0x7fc00000.
+        changed = on_chunks_of(
+            conn,
+            array_id,
+            "UPDATE array_chunks SET data = overlay(data PLACING '\\x0000c07f'::bytea FROM 1)"
+            " WHERE array_id = %s AND seq = 1",
+            [array_id],
+        )
+        assert changed == 1
+        mean, tally = aggregate(grid, ids, ArrayRecord({"w": base, "steps": np.arange(3)}))
+    finally:
+        grid.close()
+    assert (tally.received, tally.failures) == (3, 1)
+    ((rejected_id, why),) = tally.rejected
+    assert int(rejected_id) == reply_ids[victim]
+    assert "'w'" in why and "scale" in why
+    others = [n for n in fed.selected if n != victim]
+    exact = sum((base + n) * 10.0 * n for n in others) / sum(10.0 * n for n in others)
+    np.testing.assert_allclose(mean["w"].numpy(), exact, atol=0.02)
