@@ -29,8 +29,32 @@ flpg only; see `harness/rss.py`). flpg's speed-up is Flower's median round time 
 flpg's; "% of floor" is the floor's time over flpg's. A configuration that fails or
 runs past `--timeout` is printed as such, with the reason under the table.
 
-Extras (`--extras`, on by default for the full matrix, off with `--quick`): 1 000
-virtual nodes served by one flpg node worker process with a 4 B model (one round;
+What it runs
+------------
+The systems of `--systems`: `floor`, `flpg`, `flower`, and `flpg:NAME` for each
+`--variant NAME="k=v ..."` (flpg with those run-config items appended, e.g.
+`--variant int8="flpg.reply-codec='int8'"`); `--flpg-run-config "k=v ..."` is
+appended to every flpg run (before a variant's items). `floor` is measured twice:
+through a logged chunk table ("floor s", the class of checkpoints) and an UNLOGGED
+one ("floor unlogged s", the class of round-transient payloads, replies and
+broadcasts no checkpoint needs); the table shows flpg's share of both. The
+configurations (`harness/plan.py`) are the N x size product of `--nodes` and
+`--sizes`, a scaling sweep (`--sweep n`: N = 2,4,8,16,32,64 at 16MB; `--sweep size`:
+1MB,4MB,16MB,64MB,256MB at N=8; `--nodes`/`--sizes` override an axis), or
+exactly the pairs of `--cases 2x1.5GB,8x128MB`. `--label TEXT` tags every row (a
+table column and a JSON field), to tell invocations apart once their files are
+plotted together.
+
+`--pg-max-connections` overrides the embedded cluster's max_connections (each flpg
+node holds several connections: N=64 needs more than flpg's default 300).
+
+Every run is also written, as it finishes, to a JSON file (`--json PATH`; default
+`benchmarks/results/vs_flower-<UTC time>.json`, format in `harness/jsonlog.py`), which
+`benchmarks/plot_curves.py` turns into scaling curves.
+
+Extras (`--extras`, on by default for the full matrix, off with `--quick`, a sweep
+or `--cases`; they use the first flpg entry of `--systems`): 1 000 virtual nodes
+served by one flpg node worker process with a 4 B model (one round;
 `flpg node --virtual 1000`, or `harness/virtual_nodes.py` with an flpg that lacks
 that option), a 1.5 GB model at N=2 (flpg's chunking past PostgreSQL's 1 GB
 value limit; floor and Flower too), tiny-message throughput (one node id served by
@@ -45,6 +69,10 @@ From the repository root, with the project's venv::
     .venv/bin/python benchmarks/vs_flower.py                   # full matrix + extras
     .venv/bin/python benchmarks/vs_flower.py --systems flpg,floor --nodes 2,8 \\
         --sizes 4B,16MB --rounds 3 --timeout 600 --no-extras
+    .venv/bin/python benchmarks/vs_flower.py --sweep n --systems flpg,floor,flower
+    .venv/bin/python benchmarks/vs_flower.py --cases 8x128MB --systems flpg,flpg:int8,floor \\
+        --variant int8="flpg.reply-codec='int8'"
+    .venv/bin/python benchmarks/plot_curves.py benchmarks/results/*.json --out-dir benchmarks/
 
 Progress goes to stderr, the tables to stdout. Everything runs in a temporary
 directory (kept with `--keep-logs`): the cluster, worker logs, Flower's FLWR_HOME.
@@ -57,7 +85,6 @@ processes), the cluster is destroyed and the directory removed.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -68,9 +95,13 @@ from harness.cluster import BenchCluster
 from harness.floor import FloorSide
 from harness.flower_side import FlowerSide
 from harness.flpg_side import FlpgSide
+from harness.jsonlog import JsonLog, default_path, machine_facts
+from harness.plan import System, parse_ints, parse_systems, parse_variants, plan_configs
 from harness.procs import interrupt_on_signals, run_guarded
 from harness.results import Config, Outcome, format_size, parse_size
 from harness.table import (
+    MAIN_LEGEND,
+    Results,
     detail_table,
     extras_fedavg_table,
     idle_table,
@@ -78,178 +109,214 @@ from harness.table import (
     throughput_table,
 )
 
-SYSTEMS = ("floor", "flpg", "flower")
-QUICK_NODES = "2,8"
-QUICK_SIZES = "4B,1MB"
-
 
 def progress(message: str) -> None:
     print(f"[vs_flower {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def _ints(text: str, what: str, parser: argparse.ArgumentParser) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        parser.error(f"{what} must be comma-separated integers, got {text!r}")
-    if not values or any(v < 1 for v in values):
-        parser.error(f"{what} must be integers >= 1")
-    return values
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="flpg vs Flower 1.42 vs the raw PostgreSQL floor, on this machine."
     )
-    parser.add_argument("--systems", default="flpg,floor,flower", help="Any of flpg,floor,flower.")
-    parser.add_argument("--nodes", default=None, help="Node counts (default 2,8,32; quick 2,8).")
-    parser.add_argument(
-        "--sizes", default=None, help="Model sizes (default 4B,1MB,16MB,128MB; quick 4B,1MB)."
+    add = parser.add_argument
+    add("--systems", default="flpg,floor,flower", help="Any of flpg,floor,flower,flpg:NAME.")
+    add(
+        "--variant",
+        action="append",
+        default=[],
+        metavar='NAME="k=v ..."',
+        help="flpg:NAME in --systems is flpg with these run-config items appended.",
     )
-    parser.add_argument("--rounds", type=int, default=3, help="FedAvg rounds per run.")
-    parser.add_argument(
-        "--timeout", type=float, default=900, help="Seconds per configuration and system."
+    add("--flpg-run-config", default="", help="k=v items appended to every flpg run's config.")
+    add("--label", default="", help="A tag for every row (table column, JSON field).")
+    add("--nodes", default=None, help="Node counts (default 2,8,32; quick 2,8; see --sweep).")
+    add("--sizes", default=None, help="Model sizes (default 4B,1MB,16MB,128MB; quick 4B,1MB).")
+    add(
+        "--sweep",
+        choices=("n", "size"),
+        default=None,
+        help="n: N=2..64 at 16MB; size: 1MB..256MB at N=8 (--nodes/--sizes override).",
     )
-    parser.add_argument("--quick", action="store_true", help=f"N {QUICK_NODES} x {QUICK_SIZES}.")
-    parser.add_argument(
+    add("--cases", default=None, help="Exactly these NxSIZE pairs: 2x1.5GB,8x128MB,...")
+    add("--json", type=Path, default=None, help="Results file (default benchmarks/results/).")
+    add("--rounds", type=int, default=3, help="FedAvg rounds per run.")
+    add("--timeout", type=float, default=900, help="Seconds per configuration and system.")
+    add("--quick", action="store_true", help="N 2,8 x 4B,1MB.")
+    add(
         "--extras",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="Virtual nodes, big model, throughput, idle RSS (default: on unless --quick).",
+        help="Virtual nodes, big model, throughput, idle RSS (default: on for the full matrix).",
     )
-    parser.add_argument("--virtual-nodes", type=int, default=1000, help="Extras: virtual nodes.")
-    parser.add_argument("--big-size", default="1.5GB", help="Extras: the big model at N=2.")
-    parser.add_argument(
-        "--big-rounds", type=int, default=1, help="Extras: rounds of the big model."
-    )
-    parser.add_argument(
-        "--throughput-workers", default="1,2,4", help="Extras: node workers for throughput."
-    )
-    parser.add_argument(
-        "--throughput-messages", type=int, default=2000, help="Extras: messages per burst."
-    )
-    parser.add_argument("--keep-logs", action="store_true", help="Keep the temporary directory.")
+    add("--virtual-nodes", type=int, default=1000, help="Extras: virtual nodes.")
+    add("--big-size", default="1.5GB", help="Extras: the big model at N=2.")
+    add("--big-rounds", type=int, default=1, help="Extras: rounds of the big model.")
+    add("--throughput-workers", default="1,2,4", help="Extras: node workers for throughput.")
+    add("--throughput-messages", type=int, default=2000, help="Extras: messages per burst.")
+    add("--pg-max-connections", type=int, default=None, help="Override flpg's setting.")
+    add("--keep-logs", action="store_true", help="Keep the temporary directory.")
     args = parser.parse_args(argv)
-    args.system_list = [s.strip() for s in args.systems.split(",") if s.strip()]
-    unknown = [s for s in args.system_list if s not in SYSTEMS]
-    if unknown or not args.system_list:
-        parser.error(f"--systems takes any of {','.join(SYSTEMS)}; got {args.systems!r}")
-    args.node_list = _ints(
-        args.nodes or (QUICK_NODES if args.quick else "2,8,32"), "--nodes", parser
-    )
-    sizes = args.sizes or (QUICK_SIZES if args.quick else "4B,1MB,16MB,128MB")
-    try:
-        args.size_list = [parse_size(s) for s in sizes.split(",") if s.strip()]
-        args.big_bytes = parse_size(args.big_size)
-    except ValueError as exc:
-        parser.error(str(exc))
-    args.worker_list = _ints(args.throughput_workers, "--throughput-workers", parser)
     if args.rounds < 1 or args.big_rounds < 1:
         parser.error("--rounds and --big-rounds must be >= 1")
+    try:
+        args.system_list = parse_systems(args.systems, parse_variants(args.variant))
+        args.configs = plan_configs(
+            rounds=args.rounds,
+            nodes=args.nodes,
+            sizes=args.sizes,
+            sweep=args.sweep,
+            cases=args.cases,
+            quick=args.quick,
+        )
+        args.big_bytes = parse_size(args.big_size)
+        args.worker_list = parse_ints(args.throughput_workers, "--throughput-workers")
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.extras is None:
-        args.extras = not args.quick
+        args.extras = not (args.quick or args.sweep or args.cases)
+    args.json = args.json or default_path()
     return args
+
+
+def flpg_config(args: argparse.Namespace, system: System) -> str:
+    """What an flpg entry appends to the run config: --flpg-run-config, its variant's."""
+    return " ".join(c for c in (args.flpg_run_config.strip(), system.run_config) if c)
 
 
 class Bench:
     """One invocation: the cluster, the three sides and everything measured so far."""
 
-    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+    def __init__(self, args: argparse.Namespace, workdir: Path, argv: Sequence[str]) -> None:
         self.args = args
         self.workdir = workdir
+        self.names = {s.name for s in args.system_list}
+        self.flpg_systems: list[System] = [s for s in args.system_list if s.name == "flpg"]
         self.cluster: BenchCluster | None = None
         self.flpg: FlpgSide | None = None
         self.floor: FloorSide | None = None
         self.flower: FlowerSide | None = None
         self.configs: list[Config] = []
-        self.results: dict[tuple[str, Config], Outcome] = {}
+        self.results: Results = {}
         self.outcomes: list[Outcome] = []
         self.extra_fedavg: list[Outcome] = []
         self.throughput: list[tuple[int, Outcome]] = []
         self.idle: list[Outcome] = []
         self.header = ""
+        plan = {
+            "sweep": args.sweep,
+            "cases": args.cases,
+            "systems": [s.key for s in args.system_list],
+            "variants": {s.variant: s.run_config for s in args.system_list if s.variant},
+            "flpg_run_config": args.flpg_run_config,
+            "rounds": args.rounds,
+            "timeout": args.timeout,
+            "configs": [[c.nodes, c.nbytes] for c in args.configs],
+        }
+        self.log = JsonLog(args.json, argv, args.label, plan)
 
     def setup(self) -> None:
-        systems = self.args.system_list
-        if "flpg" in systems or "floor" in systems:
+        progress(f"results go to {self.args.json}")
+        self.log.write()
+        if self.names & {"flpg", "floor"}:
             progress(f"starting a private PostgreSQL cluster in {self.workdir / 'pg'}")
-            self.cluster = BenchCluster(self.workdir / "pg")
-        if "flower" in systems:
+            self.cluster = BenchCluster(self.workdir / "pg", self.args.pg_max_connections)
+        if "flower" in self.names:
             self.flower = FlowerSide(self.workdir, progress)
             if self.flower.version is None:
                 progress(f"Flower unavailable: {self.flower.install_error}")
         if self.cluster is not None:
-            if "flpg" in systems:
+            if "flpg" in self.names:
                 self.flpg = FlpgSide(self.cluster, self.workdir, progress)
-            if "floor" in systems:
+            if "floor" in self.names:
                 self.floor = FloorSide(self.cluster)
-        pg = self.cluster.server_version() if self.cluster else "not used"
-        flower = (self.flower.version or "not installed") if self.flower else "not used"
+        pg = self.cluster.server_version() if self.cluster else None
+        conns = self.cluster.setting("max_connections") if self.cluster else None
+        flower = (self.flower.version or "not installed") if self.flower else None
+        self.log.set_versions(postgresql=pg, flower=flower, max_connections=conns)
+        facts = machine_facts()
         self.header = (
-            f"{os.cpu_count()} CPUs, {_mem_gib():.0f} GiB; PostgreSQL {pg}; Flower {flower}; "
-            f"{self.args.rounds} rounds, median of rounds 2..{self.args.rounds}; "
-            f"timeout {self.args.timeout:g} s per run"
+            f"{facts['cpus']} CPUs, {facts['mem_gib']:.0f} GiB; PostgreSQL {pg or 'not used'} "
+            f"(max_connections {conns}); "
+            f"Flower {flower or 'not used'}; {self.args.rounds} rounds, median of rounds "
+            f"2..{self.args.rounds}; timeout {self.args.timeout:g} s per run"
+            + (f"; label {self.args.label}" if self.args.label else "")
         )
 
     def record(self, outcome: Outcome, key: bool = True) -> None:
         self.outcomes.append(outcome)
         if key:
-            self.results[(outcome.system, outcome.config)] = outcome
+            self.results[(outcome.key, outcome.config)] = outcome
+        self.log.add(outcome, "matrix" if key else "extra")
         median = outcome.median_round
         progress(
-            f"{outcome.system:6} {outcome.config.label:>12}: {outcome.status}"
+            f"{outcome.key:14} {outcome.config.label:>12}: {outcome.status}"
             + (f", median round {median:.3f} s" if median is not None else "")
             + (f", start-up {outcome.startup:.2f} s" if outcome.startup is not None else "")
             + f" (harness {outcome.wall:.0f} s)"
             + ("" if outcome.ok else f"\n    {outcome.reason.strip()[:2000]}")
         )
 
-    def run_one(self, system: str, config: Config, **kwargs: object) -> Outcome:
+    def run_system(self, system: System, config: Config, key: bool = True) -> None:
+        """Run one entry of --systems on `config` (the floor: both tables) and record it."""
         timeout = self.args.timeout
-        if system == "floor":
+        progress(f"{system.key:14} {config.label:>12}: running")
+        if system.name == "floor":
             assert self.floor is not None
-            return self.floor.run(config, timeout)
-        if system == "flpg":
+            self.record(self.floor.run(config, timeout), key)
+            self.record(self.floor.run(config, timeout, unlogged=True), key)
+        elif system.name == "flpg":
             assert self.flpg is not None
-            return self.flpg.fedavg(config, timeout, **kwargs)  # type: ignore[arg-type]
-        assert self.flower is not None
-        return self.flower.run(config, timeout)
+            outcome = self.flpg.fedavg(
+                config,
+                timeout,
+                run_config=flpg_config(self.args, system),
+                variant=system.variant,
+            )
+            self.record(outcome, key)
+        else:
+            assert self.flower is not None
+            self.record(self.flower.run(config, timeout), key)
+
+    def ordered(self) -> list[System]:
+        """The floor first, then the flpg entries as given, then Flower."""
+        rank = {"floor": 0, "flpg": 1, "flower": 2}
+        return sorted(self.args.system_list, key=lambda s: rank[s.name])
 
     def matrix(self) -> None:
-        for nbytes in self.args.size_list:
-            for nodes in self.args.node_list:
-                config = Config(nodes, nbytes, self.args.rounds)
-                self.configs.append(config)
-                for system in SYSTEMS:
-                    if system in self.args.system_list:
-                        progress(f"{system:6} {config.label:>12}: running")
-                        self.record(self.run_one(system, config))
+        for config in self.args.configs:
+            self.configs.append(config)
+            for system in self.ordered():
+                self.run_system(system, config)
 
     def extras(self) -> None:
-        systems = self.args.system_list
-        if "flpg" in systems:
-            assert self.flpg is not None
+        first_flpg = self.flpg_systems[0] if self.flpg_systems else None
+        if self.flpg is not None:
             self.idle.append(self.flpg.idle_node(self.args.timeout))
             progress(f"flpg idle node worker: {self.idle[-1].extra} {self.idle[-1].reason}")
         if self.flower is not None:
             self.idle.append(self.flower.idle_node(self.args.timeout))
             progress(f"flower idle SuperNode: {self.idle[-1].extra} {self.idle[-1].reason}")
         virtual = Config(self.args.virtual_nodes, 4, 1)
-        for system in ("floor", "flpg"):
-            if system in systems:
-                progress(f"{system:6} {virtual.label:>12}: running (virtual nodes)")
-                outcome = self.run_one(system, virtual, virtual=True)
-                self.record(outcome, key=False)
-                self.extra_fedavg.append(outcome)
+        if self.floor is not None:
+            progress(f"floor  {virtual.label:>12}: running (virtual nodes)")
+            self._extra(self.floor.run(virtual, self.args.timeout))
+        if self.flpg is not None and first_flpg is not None:
+            progress(f"{first_flpg.key:6} {virtual.label:>12}: running (virtual nodes)")
+            outcome = self.flpg.fedavg(
+                virtual,
+                self.args.timeout,
+                virtual=True,
+                run_config=flpg_config(self.args, first_flpg),
+                variant=first_flpg.variant,
+            )
+            self._extra(outcome)
         big = Config(2, self.args.big_bytes, self.args.big_rounds)
-        for system in SYSTEMS:
-            if system in systems:
-                progress(f"{system:6} {big.label:>12}: running (big model)")
-                outcome = self.run_one(system, big)
-                self.record(outcome, key=False)
-                self.extra_fedavg.append(outcome)
-        if "flpg" in systems:
-            assert self.flpg is not None
+        for system in self.ordered():
+            if system.name != "flpg" or system == first_flpg:
+                before = len(self.outcomes)
+                self.run_system(system, big, key=False)
+                self.extra_fedavg += self.outcomes[before:]
+        if self.flpg is not None:
             for workers in self.args.worker_list:
                 progress(f"flpg throughput, {workers} node worker(s): running")
                 outcome = self.flpg.throughput(
@@ -261,18 +328,22 @@ class Bench:
                     f"{ {k: round(v, 1) for k, v in outcome.extra.items()} } {outcome.reason[:500]}"
                 )
 
+    def _extra(self, outcome: Outcome) -> None:
+        self.record(outcome, key=False)
+        self.extra_fedavg.append(outcome)
+
     def report(self) -> str:
         parts = [
             f"## flpg vs Flower 1.42 vs the PostgreSQL floor ({self.header})",
             "",
-            "Round times: median over rounds 2..R, seconds. MB = MiB of peak memory "
-            "(RSS of process trees; flpg server = link + exec + ServerApp, flpg ServerApp = "
-            "the run's ServerApp process alone; PG = PostgreSQL PSS). The detail table's "
-            "'others CPU' is "
-            "the share of the machine's CPU that processes outside the benchmark used during "
-            "a run: well above 0 % means other work competed and the times are pessimistic.",
+            MAIN_LEGEND,
             "",
-            main_table(self.configs, self.results),
+            main_table(
+                self.configs,
+                self.results,
+                [s.key for s in self.flpg_systems],
+                self.args.label,
+            ),
         ]
         if self.extra_fedavg:
             parts += [
@@ -299,29 +370,21 @@ class Bench:
         if self.cluster is not None:
             progress("destroying the PostgreSQL cluster")
             self.cluster.destroy()
-
-
-def _mem_gib() -> float:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) / (1 << 20)
-    except OSError:
-        pass
-    return 0.0
+        self.log.finish()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(given)
     # Ctrl-C raises KeyboardInterrupt even when started with SIGINT ignored (as a
     # background job of a non-interactive shell is), so cleanup always runs.
     interrupt_on_signals()
     workdir = Path(tempfile.mkdtemp(prefix="vs-flower-"))
     # The cluster may run as an unprivileged account (when we are root): let it
     # traverse the directory (still unreadable to others).
-    os.chmod(workdir, 0o711)
+    workdir.chmod(0o711)
     began = time.monotonic()
-    bench = Bench(args, workdir)
+    bench = Bench(args, workdir, given)
 
     def body() -> None:
         bench.setup()
@@ -331,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     code = run_guarded(body, bench.teardown, workdir, keep_logs=args.keep_logs, progress=progress)
     print(bench.report())
-    print(f"\n(harness wall time {time.monotonic() - began:.0f} s)")
+    print(f"\n(harness wall time {time.monotonic() - began:.0f} s; results in {args.json})")
     return code
 
 

@@ -22,11 +22,29 @@ _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 class BenchCluster:
-    """A started cluster under `root`; `destroy()` stops it and removes its files."""
+    """A started cluster under `root`; `destroy()` stops it and removes its files.
 
-    def __init__(self, root: Path) -> None:
+    `max_connections`, when given, replaces flpg's own setting (`ALTER SYSTEM`, then a
+    restart): each flpg node holds several connections (worker and ClientApp process),
+    so N=64 needs more than the embedded cluster's default."""
+
+    def __init__(self, root: Path, max_connections: int | None = None) -> None:
         self.cluster = Cluster(root)
         self.admin_url = self.cluster.ensure_running()
+        if max_connections is not None:
+            with psycopg.connect(self.admin_url, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("ALTER SYSTEM SET max_connections = {}").format(
+                        sql.Literal(max_connections)
+                    )
+                )
+            self.cluster.stop()
+            self.admin_url = self.cluster.ensure_running()
+
+    def setting(self, name: str) -> str:
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            row = conn.execute("SELECT current_setting(%s)", [name]).fetchone()
+        return str(row[0]) if row else "?"
 
     def create_database(self, name: str) -> str:
         """Create database `name` (dropping an old one of that name); its URL."""

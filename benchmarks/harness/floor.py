@@ -11,6 +11,11 @@ One round with N nodes and a payload of S bytes is
 3. N replies of S bytes written (one transaction each, as N nodes would);
 4. the N replies read once.
 
+`FloorSide.run(..., unlogged=True)` does the same with `CREATE UNLOGGED TABLE`
+(no WAL for the rows): the floor of the durability class flpg uses for
+round-transient payloads (replies, broadcasts no checkpoint needs), while the
+logged table is the floor of checkpoints. Its outcome has variant `unlogged`.
+
 All of it runs sequentially in the harness process over the cluster's unix socket,
 in a fresh database of the same cluster flpg uses. Round times are
 `time.perf_counter()` spans; the chunk table is truncated between rounds (not
@@ -31,9 +36,11 @@ from harness.results import Config, Outcome
 from harness.rss import TreeSampler
 
 CHUNK = 1 << 20
+UNLOGGED = "unlogged"
+"""The variant of the floor measured with an UNLOGGED chunk table."""
 
 _SCHEMA = """
-CREATE TABLE floor_chunks (
+CREATE {unlogged}TABLE floor_chunks (
     blob_id bigint NOT NULL,
     seq integer NOT NULL,
     data bytea NOT NULL,
@@ -97,11 +104,12 @@ class FloorSide:
         self.cluster = cluster
         self.counter = 0
 
-    def run(self, config: Config, timeout: float) -> Outcome:
-        outcome = Outcome("floor", config)
+    def run(self, config: Config, timeout: float, *, unlogged: bool = False) -> Outcome:
+        """One configuration through a logged chunk table, or an UNLOGGED one."""
+        outcome = Outcome("floor", config, variant=UNLOGGED if unlogged else "")
         began = time.monotonic()
         self.counter += 1
-        db = f"floor_{self.counter}_{config.slug}"
+        db = f"floor_{self.counter}_{config.slug}" + ("_unlogged" if unlogged else "")
         url = self.cluster.create_database(db)
         sampler = TreeSampler()
         sampler.add("pg", self.cluster.postmaster_pid, mode="pss")
@@ -112,7 +120,7 @@ class FloorSide:
             payload = model.data.cast("B")
             out = np.empty(len(payload), dtype=np.uint8)
             with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute(_SCHEMA)
+                conn.execute(_SCHEMA.format(unlogged="UNLOGGED " if unlogged else ""))
                 for _ in range(config.rounds):
                     outcome.round_seconds.append(one_round(conn, payload, config.nodes, out))
                     conn.execute("TRUNCATE floor_chunks")

@@ -75,6 +75,16 @@ class Outcome:
     """Anything worth a look (shown in the detail table)."""
     wall: float = 0.0
     """Harness seconds spent on this configuration, set-up and tear-down included."""
+    variant: str = ""
+    """Which flavour of `system` ran: an flpg `--variant` name, or the floor's
+    `unlogged`; empty for the plain one."""
+    run_config: str = ""
+    """What the harness appended to flpg's run config (`--flpg-run-config`, a variant)."""
+
+    @property
+    def key(self) -> str:
+        """`system` or `system:variant`: one line of a curve, one column of a table."""
+        return f"{self.system}:{self.variant}" if self.variant else self.system
 
     @property
     def ok(self) -> bool:

@@ -11,7 +11,7 @@ Cell = str
 DASH = "-"
 
 
-LEFT = {"system", "what", "note"}
+LEFT = {"system", "what", "note", "label", "flpg run"}
 """Text columns, aligned left (numbers align right)."""
 
 
@@ -70,7 +70,7 @@ class Footnotes:
         if outcome is None or outcome.ok:
             return cell
         first = " ".join(outcome.reason.strip().splitlines()[:1])[:300] or outcome.status
-        self.notes.append(f"{outcome.system} {outcome.config.label}: {outcome.status}: {first}")
+        self.notes.append(f"{outcome.key} {outcome.config.label}: {outcome.status}: {first}")
         return f"{cell} [{len(self.notes)}]"
 
     def render(self) -> str:
@@ -81,8 +81,10 @@ MAIN_HEADERS = [
     "N",
     "size",
     "floor s",
+    "floor unlogged s",
     "flpg s",
     "flpg % of floor",
+    "% of floor (unlogged)",
     "Flower s",
     "flpg speed-up",
     "flpg start s",
@@ -94,40 +96,70 @@ MAIN_HEADERS = [
     "Flower server MB",
     "Flower node MB",
 ]
+MAIN_LEGEND = (
+    "Round times: median over rounds 2..R, seconds. 'floor s' moves the bytes through a "
+    "logged table, 'floor unlogged s' through an UNLOGGED one (the same-class floor for "
+    "payloads flpg stores unlogged); flpg's % of each is floor time / flpg time. MB = MiB "
+    "of peak memory (RSS of process trees; flpg server = link + exec + ServerApp, flpg "
+    "ServerApp = the run's ServerApp process alone; PG = PostgreSQL PSS). The detail "
+    "table's 'others CPU' is the share of the machine's CPU that processes outside the "
+    "benchmark used during a run: well above 0 % means other work competed and the "
+    "times are pessimistic."
+)
+"""The paragraph printed above `main_table`."""
+Results = dict[tuple[str, Config], Outcome]
+"""Outcomes by (`Outcome.key`, configuration)."""
 
 
-def main_table(configs: Sequence[Config], results: dict[tuple[str, Config], Outcome]) -> str:
-    """One row per configuration: floor, flpg and Flower side by side."""
+def main_table(
+    configs: Sequence[Config],
+    results: Results,
+    flpg_keys: Sequence[str] = ("flpg",),
+    label: str = "",
+) -> str:
+    """One row per configuration and flpg key (`flpg`, `flpg:int8`, ...): both floors
+    (logged, unlogged), that flpg and Flower side by side; the flpg key is a column
+    when there are several, and `label` one when given."""
     notes = Footnotes()
-    rows: list[list[Cell]] = []
-    for config in configs:
-        floor = results.get(("floor", config))
-        flpg = results.get(("flpg", config))
-        flower = results.get(("flower", config))
-        f_round = floor.median_round if floor else None
-        p_round = flpg.median_round if flpg else None
-        w_round = flower.median_round if flower else None
-        rows.append(
-            [
-                str(config.nodes),
-                format_size(config.nbytes),
-                notes.mark(floor, status_or(floor, secs(f_round))),
-                notes.mark(flpg, status_or(flpg, secs(p_round))),
-                ratio(f_round, p_round, "{:.0%}"),
-                notes.mark(flower, status_or(flower, secs(w_round))),
-                ratio(w_round, p_round, "{:.1f}x"),
-                status_or(flpg, secs(flpg.startup if flpg else None)),
-                status_or(flower, secs(flower.startup if flower else None)),
-                mib(flpg.rss_mib.get("server") if flpg else None),
-                mib(flpg.rss_mib.get("serverapp") if flpg else None),
-                mib(flpg.rss_mib.get("node") if flpg else None),
-                mib(flpg.rss_mib.get("pg") if flpg else None),
-                mib(flower.rss_mib.get("server") if flower else None),
-                mib(flower.rss_mib.get("node") if flower else None),
-            ]
-        )
-    out = render(MAIN_HEADERS, rows)
+    keys = list(flpg_keys) or ["flpg"]
+    lead = (["label"] if label else []) + (["flpg run"] if len(keys) > 1 else [])
+    rows = [
+        [label] * bool(label) + [key] * (len(keys) > 1) + main_row(config, results, key, notes)
+        for config in configs
+        for key in keys
+    ]
+    out = render([*lead, *MAIN_HEADERS], rows)
     return out + ("\n" + notes.render() if notes.notes else "")
+
+
+def main_row(config: Config, results: Results, flpg_key: str, notes: Footnotes) -> list[Cell]:
+    floor = results.get(("floor", config))
+    unlogged = results.get(("floor:unlogged", config))
+    flpg = results.get((flpg_key, config))
+    flower = results.get(("flower", config))
+    f_round = floor.median_round if floor else None
+    u_round = unlogged.median_round if unlogged else None
+    p_round = flpg.median_round if flpg else None
+    w_round = flower.median_round if flower else None
+    return [
+        str(config.nodes),
+        format_size(config.nbytes),
+        notes.mark(floor, status_or(floor, secs(f_round))),
+        notes.mark(unlogged, status_or(unlogged, secs(u_round))),
+        notes.mark(flpg, status_or(flpg, secs(p_round))),
+        ratio(f_round, p_round, "{:.0%}"),
+        ratio(u_round, p_round, "{:.0%}"),
+        notes.mark(flower, status_or(flower, secs(w_round))),
+        ratio(w_round, p_round, "{:.1f}x"),
+        status_or(flpg, secs(flpg.startup if flpg else None)),
+        status_or(flower, secs(flower.startup if flower else None)),
+        mib(flpg.rss_mib.get("server") if flpg else None),
+        mib(flpg.rss_mib.get("serverapp") if flpg else None),
+        mib(flpg.rss_mib.get("node") if flpg else None),
+        mib(flpg.rss_mib.get("pg") if flpg else None),
+        mib(flower.rss_mib.get("server") if flower else None),
+        mib(flower.rss_mib.get("node") if flower else None),
+    ]
 
 
 DETAIL_HEADERS = [
@@ -149,7 +181,7 @@ def detail_table(outcomes: Sequence[Outcome]) -> str:
     """Every run: each round's time, start-up, total and what the harness spent."""
     rows = [
         [
-            o.system,
+            o.key,
             str(o.config.nodes),
             format_size(o.config.nbytes),
             o.status,
@@ -183,7 +215,7 @@ def extras_fedavg_table(outcomes: Sequence[Outcome]) -> str:
     ]
     rows = [
         [
-            o.system,
+            o.key,
             str(o.config.nodes),
             format_size(o.config.nbytes),
             str(o.config.rounds),
