@@ -42,6 +42,7 @@ from flpg.bundle.appdir import BundleCache, default_cache_dir, load_component, p
 from flpg.bundle.cache import read_only_cache
 from flpg.bundle.process import call_within
 from flpg.compat.flwr import install as install_flwr_alias
+from flpg.lifecycle import keep_freed_memory
 from flpg.serverapp import ServerApp
 from flpg.serverapp.grid import Grid
 from flpg.settings import DATABASE_URL_ENV, Intervals
@@ -216,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{RESULT_PREFIX}{DATABASE_URL_ENV} is not set", file=sys.stderr)
         return 2
     install_flwr_alias()  # `import flwr...` in the app resolves to flpg (flpg.compat.flwr)
+    keep_freed_memory()  # payload chunk buffers are reused, not faulted in again
     try:
         run_serverapp(url, int(args[0]), int(args[1]))
     except BaseException as exc:  # report every failure, including SystemExit from user code

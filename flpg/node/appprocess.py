@@ -47,6 +47,7 @@ from flpg.bundle.process import call_within
 from flpg.clientapp import ClientApp
 from flpg.compat.flwr import install as install_flwr_alias
 from flpg.errors import FlpgError
+from flpg.lifecycle import keep_freed_memory
 from flpg.node.protocol import Done, Outcome, Report, Settled, Started, decode_batch, encode_report
 from flpg.node.replies import Answer, Written, app_error, describe, write_replies
 from flpg.settings import DATABASE_URL_ENV
@@ -377,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     install_flwr_alias()  # `import flwr...` in the app resolves to flpg (flpg.compat.flwr)
+    keep_freed_memory()  # payload chunk buffers are reused, not faulted in again
     url = os.environ[DATABASE_URL_ENV]
     # Retried while the database is away (a process started during a blip waits).
     app = call_within(
