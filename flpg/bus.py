@@ -7,14 +7,13 @@ several messages of one send is written once and referenced by all of them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from flpg.app import arrays
-from flpg.app.codecs import Codec
-from flpg.app.compressed import compress
+from flpg.app.compressed import Base, ReplyEncoder
 from flpg.app.message import Error, Message, Metadata, error_code_from_stored
 from flpg.app.records import (
     Array,
@@ -55,10 +54,14 @@ def stored_id(array: Array, run_id: int) -> int | None:
 
 
 def _encode(
-    nd: np.ndarray[Any, Any], name: str, codec: Codec | None, chunk_size: int
+    nd: np.ndarray[Any, Any],
+    name: str,
+    encoder: ReplyEncoder | None,
+    chunk_size: int,
+    base: Base | None,
 ) -> arrays.EncodedArray:
-    """`nd` as stored: compressed with `codec` where it applies, else raw."""
-    compressed = None if codec is None else compress(nd, codec, chunk_size, name)
+    """`nd` as stored: compressed by `encoder` where it applies, else raw."""
+    compressed = None if encoder is None else encoder.encode(nd, chunk_size, name, base)
     return compressed if compressed is not None else arrays.encode(nd, name)
 
 
@@ -96,23 +99,27 @@ def write_arrays(
     chunk_size: int,
     *,
     durable: bool,
-    codec: Codec | None = None,
+    encoder: ReplyEncoder | None = None,
+    bases: Sequence[Mapping[tuple[str, str], Base] | None] = (),
 ) -> list[list[ArrayLink]]:
     """Write every distinct ndarray of `contents` once; return each content's links.
 
     An array already stored for this run (`Array.stored`, not yet read into
     memory) is linked by its id and not written again. `durable`: a checkpoint's
     arrays (WAL-logged) or round-transient ones (replies, broadcasts: no WAL, lost on a
-    crash; a checkpoint that keeps one makes it durable). `codec`: float arrays are
-    stored compressed with it (compressed.py; others, and values it cannot carry, raw).
+    crash; a checkpoint that keeps one makes it durable). `encoder`: float arrays are
+    stored compressed by it (compressed.py; others, and values it cannot carry, raw);
+    `bases[i]` are the arrays a top-k encoder takes content i's deltas against, by
+    (record name, array name).
     """
     unique: dict[tuple[str, int], int] = {}  # ("mem", id(ndarray)) | ("db", array id) -> index
     encoded: list[arrays.EncodedArray] = []
     stored_ids: dict[int, int] = {}  # index -> existing array id
     keep_alive: list[np.ndarray[Any, Any]] = []
     plan: list[list[tuple[str, int, str, int]]] = []
-    for content in contents:
+    for index, content in enumerate(contents):
         items: list[tuple[str, int, str, int]] = []
+        base_of = bases[index] if index < len(bases) else None
         for record_name, record in content.array_records.items():
             for position, (array_name, array) in enumerate(record.items()):
                 existing = stored_id(array, run_id)
@@ -126,9 +133,9 @@ def write_arrays(
                     key = ("mem", id(nd))
                     if key not in unique:
                         unique[key] = len(unique)
-                        encoded.append(
-                            _encode(nd, f"{record_name}[{array_name!r}]", codec, chunk_size)
-                        )
+                        base = None if base_of is None else base_of.get((record_name, array_name))
+                        label = f"{record_name}[{array_name!r}]"
+                        encoded.append(_encode(nd, label, encoder, chunk_size, base))
                         keep_alive.append(nd)
                 items.append((record_name, position, array_name, unique[key]))
         plan.append(items)

@@ -43,7 +43,7 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 
-def keep_freed_memory(mmap_threshold: int = 16 << 20, trim_threshold: int = 64 << 20) -> bool:
+def keep_freed_memory(mmap_threshold: int = 4 << 20, trim_threshold: int = 16 << 20) -> bool:
     """Make glibc's malloc keep freed payload buffers for reuse instead of returning
     them to the kernel; returns whether it could (False off glibc: a no-op).
 

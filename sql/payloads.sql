@@ -3,9 +3,9 @@
 -- name: arrays_insert
 -- `durable`: where its chunks go (array_chunks, or array_chunks_transient: no WAL).
 INSERT INTO arrays (run_id, dtype, shape, nbytes, chunk_size, n_chunks, digest, digest_alg,
-                    durable, codec)
+                    durable, codec, base_array_id)
 VALUES (%(run_id)s, %(dtype)s, %(shape)s, %(nbytes)s, %(chunk_size)s, %(n_chunks)s,
-        %(digest)s, %(digest_alg)s, %(durable)s, %(codec)s)
+        %(digest)s, %(digest_alg)s, %(durable)s, %(codec)s, %(base_array_id)s)
 RETURNING id;
 
 -- name: array_chunks_insert
@@ -19,8 +19,8 @@ VALUES (%(array_id)s, %(seq)s, %(data)b);
 -- The arrays each message carries, in record order.
 SELECT ma.message_id, ma.record_name, ma.position, ma.array_name,
        a.id AS array_id, a.dtype, a.shape, a.nbytes, a.n_chunks, a.chunk_size, a.digest,
-       a.digest_alg, a.codec, a.durable, a.collected_at IS NOT NULL AS collected,
-       a.lost_at IS NOT NULL AS lost
+       a.digest_alg, a.codec, a.base_array_id, a.durable,
+       a.collected_at IS NOT NULL AS collected, a.lost_at IS NOT NULL AS lost
 FROM message_arrays ma
 JOIN arrays a ON a.id = ma.array_id
 WHERE ma.message_id = ANY(%(message_ids)s)
@@ -72,6 +72,10 @@ WITH dead AS (
             AND (m.state IN ('queued', 'claimed')
                  OR m.finished_at > now() - make_interval(secs => %(grace)s))
       )
+      -- the base of a top-k reply that is still readable
+      AND NOT EXISTS (
+          SELECT 1 FROM arrays r WHERE r.base_array_id = a.id AND r.collected_at IS NULL
+      )
     ORDER BY a.id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -93,14 +97,15 @@ SELECT count(*) AS arrays, coalesce(sum(nbytes), 0)::bigint AS bytes FROM dead;
 WITH input AS MATERIALIZED (
     SELECT nextval(pg_get_serial_sequence('arrays', 'id')) AS id, u.*
     FROM unnest(%(dtypes)s::text[], %(shapes)s::text[], %(nbytes)s::bigint[],
-                %(digests)b::bytea[], %(datas)b::bytea[], %(codecs)s::text[])
-        WITH ORDINALITY AS u(dtype, shape, nbytes, digest, data, codec, ord)
+                %(digests)b::bytea[], %(datas)b::bytea[], %(codecs)s::text[],
+                %(bases)s::bigint[])
+        WITH ORDINALITY AS u(dtype, shape, nbytes, digest, data, codec, base_array_id, ord)
 ), stored AS (
     INSERT INTO arrays (id, run_id, dtype, shape, nbytes, chunk_size, n_chunks, digest,
-                        digest_alg, durable, codec)
+                        digest_alg, durable, codec, base_array_id)
     SELECT id, %(run_id)s, dtype, shape::bigint[], nbytes, %(chunk_size)s,
            CASE WHEN nbytes > 0 THEN 1 ELSE 0 END, digest, %(digest_alg)s, %(durable)s,
-           codec
+           codec, base_array_id
     FROM input
     RETURNING id
 ), durable_chunks AS (

@@ -136,6 +136,8 @@ class EncodedArray:
     codec: str | None = None
     chunks: tuple[bytes, ...] | None = None
     chunk_size: int | None = None
+    base_array_id: int | None = None
+    """A top-k delta's base: the stored array the reader adds it to."""
 
 
 def stored_chunks(enc: EncodedArray, chunk_size: int) -> Iterator[bytes | memoryview]:

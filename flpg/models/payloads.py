@@ -61,11 +61,15 @@ arrays = Table(
     Column("digest_alg", Text, nullable=False, server_default=text("'xxh3-128'")),
     # Set (with collected_at) when a crash emptied the transient chunks of this array.
     Column("lost_at", TIMESTAMP(timezone=True)),
+    # A top-k reply's base: the array it is a sparse delta against (the model its node
+    # received); SET NULL when that array goes (the reply can no longer be decoded).
+    Column("base_array_id", BigInteger, ForeignKey("arrays.id", ondelete="SET NULL")),
     CheckConstraint("nbytes >= 0", name="nbytes_not_negative"),
     CheckConstraint("digest_alg IN ('sha256-128', 'xxh3-128')", name="digest_alg_known"),
     CheckConstraint(
-        "codec IS NULL OR codec ~ '^(fp16|bf16|int8|topk:[0-9.]+)$'", name="codec_known"
+        "codec IS NULL OR codec ~ '^(fp16|bf16|int8|topk:[0-9.e+-]+)$'", name="codec_known"
     ),
+    CheckConstraint("base_array_id IS NULL OR codec LIKE 'topk:%'", name="base_only_for_topk"),
     CheckConstraint("chunk_size > 0", name="chunk_size_positive"),
     CheckConstraint("n_chunks = (nbytes + chunk_size - 1) / chunk_size", name="n_chunks_matches"),
     CheckConstraint("length(digest) = 16", name="digest_length"),
@@ -73,6 +77,12 @@ arrays = Table(
 Index("ix_arrays_run_id", arrays.c.run_id)
 # The collection sweep looks only at arrays whose chunks are still there.
 Index("ix_arrays_uncollected", arrays.c.id, postgresql_where=text("collected_at IS NULL"))
+# Collection keeps a base while a top-k reply against it is uncollected.
+Index(
+    "ix_arrays_base_array_id",
+    arrays.c.base_array_id,
+    postgresql_where=text("base_array_id IS NOT NULL"),
+)
 
 array_chunks = Table(
     "array_chunks",

@@ -38,7 +38,7 @@ from typing import IO, Any
 from psycopg_pool import ConnectionPool
 
 from flpg import bus
-from flpg.app.compressed import reply_codec
+from flpg.app.compressed import ReplyEncoder, reply_codec
 from flpg.app.context import Context
 from flpg.app.message import Message
 from flpg.app.records import RecordDict
@@ -48,6 +48,7 @@ from flpg.clientapp import ClientApp
 from flpg.compat.flwr import install as install_flwr_alias
 from flpg.errors import FlpgError
 from flpg.lifecycle import keep_freed_memory
+from flpg.node.bases import ReplyBases
 from flpg.node.protocol import Done, Outcome, Report, Settled, Started, decode_batch, encode_report
 from flpg.node.replies import Answer, Written, app_error, describe, write_replies
 from flpg.settings import DATABASE_URL_ENV
@@ -84,10 +85,12 @@ class RunApp:
         run = store_runs.get(conn, run_id)
         self.run_config = dict(run.run_config)
         try:
-            self.reply_codec = reply_codec(self.run_config)
+            codec = reply_codec(self.run_config)
         except ValueError as exc:  # `flpg run` refuses it; a run stored otherwise gets raw
             log.warning("run %d: %s; replies are stored uncompressed", run_id, exc)
-            self.reply_codec = None
+            codec = None
+        self.reply_encoder = None if codec is None else ReplyEncoder(codec)
+        self.bases = ReplyBases() if codec is not None and codec.name == "topk" else None
         try:
             cache, fetch = BundleCache(cache_dir, shared=read_only), store_apps.get
             root = (
@@ -251,7 +254,10 @@ class Server:
         went away: its claim lapses and it is retried)."""
         try:
             with self.pool.connection() as conn:
-                return list(zip(rows, bus.load(conn, rows), strict=True))
+                messages = list(zip(rows, bus.load(conn, rows), strict=True))
+                if self.app.bases is not None:
+                    self.app.bases.keep(conn, messages)
+                return messages
         except TRANSIENT as exc:
             for row in rows:
                 self._finish(Skipped(row, Outcome.LEASE_LOST, describe(exc)), None, handled=True)
@@ -275,6 +281,7 @@ class Server:
         # Before any app code runs: should the process die now, the node worker
         # answers this message with an error, and hands unstarted ones to a new one.
         self._announce(row.id)
+        bases = None if self.app.bases is None else self.app.bases.take(row.id)
         try:
             assert self.app.app is not None
             reply = self.app.app(message, self.app.context(row.dst_node_id, node_config))
@@ -283,7 +290,7 @@ class Server:
                     "the handler's reply does not answer this message; "
                     "build it with Message(content, reply_to=msg)"
                 )
-            answer = Answer(row, reply=reply)
+            answer = Answer(row, reply=reply, bases=bases)
         except BaseException as exc:  # any escape from app code is the app's error
             answer = Answer(row, error=app_error(describe(exc)))
         self._finish(answer, began, handled=True)
@@ -329,7 +336,7 @@ class Server:
         try:
             with self.pool.connection() as conn:
                 written = write_replies(
-                    conn, self.worker, self.app.run_id, answers, codec=self.app.reply_codec
+                    conn, self.worker, self.app.run_id, answers, encoder=self.app.reply_encoder
                 )
         except Exception as exc:  # the database went away: the claims lapse and are retried
             written = [Written(a.row.id, Outcome.LEASE_LOST, describe(exc)) for a in answers]

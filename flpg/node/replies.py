@@ -12,11 +12,11 @@ batch do.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from flpg import bus
-from flpg.app.codecs import Codec
+from flpg.app.compressed import Base, ReplyEncoder
 from flpg.app.message import Error, ErrorCode, Message
 from flpg.errors import FlpgError
 from flpg.node.protocol import Outcome
@@ -38,6 +38,8 @@ class Answer:
     row: MessageRow
     reply: Message | None = None
     error: Error | None = None
+    bases: Mapping[tuple[str, str], Base] | None = None
+    """What a top-k reply's arrays are deltas against (see flpg/node/bases.py)."""
 
 
 @dataclass(frozen=True)
@@ -72,11 +74,11 @@ def write_replies(
     run_id: int,
     answers: Sequence[Answer],
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-    codec: Codec | None = None,
+    encoder: ReplyEncoder | None = None,
 ) -> list[Written]:
     """Write the answers (all of run `run_id`, claimed by `worker`); one `Written` each,
-    in order. Reply arrays are round-transient (no WAL), compressed with `codec` when
-    the run asks for one (flpg.reply-codec).
+    in order. Reply arrays are round-transient (no WAL), compressed by `encoder` when
+    the run asks for a codec (flpg.reply-codec).
 
     A reply that cannot be stored (say, an unsupported value) becomes an error reply
     for its instruction alone. Raises only on a database that went away (TRANSIENT):
@@ -85,7 +87,7 @@ def write_replies(
     if not answers:
         return []
     try:
-        return _write(conn, worker, run_id, answers, chunk_size, codec)
+        return _write(conn, worker, run_id, answers, chunk_size, encoder)
     except TRANSIENT:
         raise
     except Exception as exc:
@@ -95,7 +97,7 @@ def write_replies(
     out: list[Written] = []
     for answer in answers:
         try:
-            out += _write(conn, worker, run_id, [answer], chunk_size, codec)
+            out += _write(conn, worker, run_id, [answer], chunk_size, encoder)
         except TRANSIENT:
             raise
         except Exception as exc:
@@ -122,7 +124,7 @@ def _write(
     run_id: int,
     answers: Sequence[Answer],
     chunk_size: int,
-    codec: Codec | None = None,
+    encoder: ReplyEncoder | None = None,
 ) -> list[Written]:
     with_content = [
         a for a in answers if a.error is None and a.reply is not None and not a.reply.has_error()
@@ -137,7 +139,13 @@ def _write(
         links: dict[int, list[ArrayLink]] = {}
         if any(c.array_records for c in contents):
             written = bus.write_arrays(
-                conn, run_id, contents, chunk_size, durable=False, codec=codec
+                conn,
+                run_id,
+                contents,
+                chunk_size,
+                durable=False,
+                encoder=encoder,
+                bases=[a.bases for a in with_content],
             )
             links = {a.row.id: w for a, w in zip(with_content, written, strict=True)}
         new = _new_replies(answers, links)

@@ -265,6 +265,12 @@ class Grid:
         written nothing, if the run was restarted or ended meanwhile.
         """
         content = [RecordDict({"checkpoint": arrays})]
+        # Arrays written now are durable; only stored ones kept from a reply or a
+        # broadcast can be round-transient and need moving.
+        promote = any(
+            isinstance(a.source, StoredArray) and not a.source.ref.durable
+            for a in arrays.values()
+        )
 
         def save(conn: Connection) -> ArrayRecord:
             with conn.transaction():  # one commit; a stale attempt writes nothing at all
@@ -278,6 +284,7 @@ class Grid:
                     server_round,
                     [(link.array_name, link.array_id) for link in links],
                     metrics or {},
+                    promote=promote,
                 )
                 return self._stored(store_checkpoints.array_refs(conn, self._run_id))
 

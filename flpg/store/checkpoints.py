@@ -29,12 +29,15 @@ def save(
     server_round: int,
     arrays: list[tuple[str, int]],
     metrics: dict[str, Any],
+    *,
+    promote: bool = True,
 ) -> None:
     """Replace the run's checkpoint with `(array name, array id)`s already written.
 
     One transaction: the previous checkpoint's payloads are deleted unless a message
     still carries them or the new checkpoint keeps them; the kept arrays that were
-    round-transient (a broadcast, a reply) become durable. Raises StaleAttempt (and
+    round-transient (a broadcast, a reply) become durable (`promote=False`: the
+    caller knows none is, and the statement is skipped). Raises StaleAttempt (and
     writes nothing) unless `attempt` is the run's current attempt and the run is
     running, and after a crash until the link has recovered (sql/recovery.sql).
     """
@@ -68,7 +71,8 @@ def save(
                 for i, (name, array_id) in enumerate(arrays)
             ],
         )
-        run(conn, "checkpoint_arrays_make_durable", {"run_id": run_id})
+        if promote:
+            run(conn, "checkpoint_arrays_make_durable", {"run_id": run_id})
 
 
 def get(conn: Connection, run_id: int) -> StoredCheckpoint | None:

@@ -227,6 +227,7 @@ def write_small_arrays(
             "digests": [arrays.digest(data) for data in stored],
             "datas": stored,
             "codecs": [enc.codec for enc in encoded],
+            "bases": [enc.base_array_id for enc in encoded],
             "digest_alg": arrays.DEFAULT_DIGEST_ALG,
             "durable": durable,
         },

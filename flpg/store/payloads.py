@@ -39,6 +39,8 @@ class ArrayRef:
     digest_alg: str = arrays.DEFAULT_DIGEST_ALG
     codec: str | None = None
     """None: the chunks are the raw bytes; else the codec of each chunk (codecs.py)."""
+    base_array_id: int | None = None
+    """A top-k delta's base (the array its chunks add to)."""
     durable: bool = True
     """Chunks in array_chunks (WAL-logged) or array_chunks_transient (lost on a crash)."""
     collected: bool = False
@@ -83,6 +85,7 @@ def write(
                     "digest_alg": arrays.DEFAULT_DIGEST_ALG,
                     "durable": durable,
                     "codec": enc.codec,
+                    "base_array_id": enc.base_array_id,
                 },
             )
             assert row is not None
@@ -153,6 +156,11 @@ def read(conn: Connection, wanted: Sequence[ArrayRef]) -> dict[int, np.ndarray[A
     }
     hashers = {i: arrays.Digest(alg=r.digest_alg) for i, r in by_id.items()}
     decoders = {i: _decoder(r) for i, r in by_id.items()}
+    bases = {  # top-k deltas: their bases' bytes, read before the chunks stream
+        i: _base_bytes(conn, by_id[i], 0, by_id[i].nbytes)
+        for i, d in decoders.items()
+        if d is not None and d.needs_base
+    }
     expected_seq = dict.fromkeys(by_id, 0)
     with conn.cursor(binary=True) as cur:
         for array_id, seq, data in cur.stream(
@@ -165,7 +173,14 @@ def read(conn: Connection, wanted: Sequence[ArrayRef]) -> dict[int, np.ndarray[A
             expected_seq[array_id] += 1
             hashers[array_id].update(data)
             decoder = decoders[array_id]
-            assemblers[array_id].add(data if decoder is None else decoder.decode(seq, data))
+            if decoder is None:
+                assemblers[array_id].add(data)
+                continue
+            base = None
+            if array_id in bases:
+                start, stop = decoder.base_range(seq, seq)
+                base = memoryview(bases[array_id])[start:stop]
+            assemblers[array_id].add(decoder.decode(seq, data, base))
     out: dict[int, np.ndarray[Any, Any]] = {}
     for array_id, ref in by_id.items():
         if expected_seq[array_id] != ref.n_chunks:
@@ -177,6 +192,21 @@ def read(conn: Connection, wanted: Sequence[ArrayRef]) -> dict[int, np.ndarray[A
             raise PayloadCorrupt(f"array {_label(ref)} fails its digest check")
         out[array_id] = arr
     return out
+
+
+def _base_bytes(conn: Connection, ref: ArrayRef, start: int, stop: int) -> bytes:
+    """Bytes [start, stop) of the base a top-k delta adds to (one ranged query);
+    `PayloadCorrupt` naming the array when its base is gone or unreadable here."""
+    if ref.base_array_id is None:
+        raise PayloadCorrupt(f"array {_label(ref)} is a top-k delta whose base was deleted")
+    parts = byte_ranges(conn, [(ref.base_array_id, start, stop)])[ref.base_array_id]
+    blob = b"".join(data for _, _, data in parts)
+    if len(blob) != stop - start or (parts and parts[0][1] != start):
+        raise PayloadCorrupt(
+            f"array {_label(ref)} is a top-k delta whose base (array {ref.base_array_id}) "
+            "is missing or unreadable"
+        )
+    return blob
 
 
 def _chunk_batch(conn: Connection, *, array_id: int, first: int, limit: int) -> list[Any]:
@@ -245,12 +275,23 @@ class StoredArray:
         hasher = arrays.Digest(alg=ref.digest_alg)
         decoder = _decoder(ref)
         seq = total = 0
-        for batch in self._batches():
+        for batch, base in self._batches():
+            offset = (
+                0
+                if base is None or decoder is None
+                else decoder.base_range(batch[0][0], batch[0][0])[0]
+            )
             for got, stored in batch:
                 if got != seq:
                     raise PayloadCorrupt(f"array {_label(ref)} is missing chunk {seq}")
                 hasher.update(stored)
-                data = stored if decoder is None else decoder.decode(seq, stored)
+                if decoder is None:
+                    data = stored
+                elif base is None:
+                    data = decoder.decode(seq, stored)
+                else:
+                    start, stop = decoder.base_range(seq, seq)
+                    data = decoder.decode(seq, stored, base[start - offset : stop - offset])
                 total += len(data)
                 if total > ref.nbytes:
                     raise PayloadCorrupt(
@@ -265,8 +306,9 @@ class StoredArray:
         if hasher.digest() != ref.digest:
             raise PayloadCorrupt(f"array {_label(ref)} fails its digest check")
 
-    def _batches(self) -> Iterator[Chunks]:
-        """The array's rows in batches; ends early (the caller finds the gap) at a
+    def _batches(self) -> Iterator[tuple[Chunks, memoryview | None]]:
+        """The array's rows in batches, each with the bytes of the base its chunks add
+        to (a top-k delta; else None); ends early (the caller finds the gap) at a
         missing chunk.
 
         A reader thread fetches the next batch while the caller hashes and uses this
@@ -275,14 +317,14 @@ class StoredArray:
         """
         n_chunks = self.ref.n_chunks
         if self._read is not None:
-            yield self._read
+            yield self._read, self._session.call(partial(self._base_of, self._read))
             return
         if not n_chunks:
             return
         with ThreadPoolExecutor(1, thread_name_prefix=f"flpg-read-{self.array_id}") as reader:
-            pending: Future[Chunks] | None = reader.submit(self._fetch, 0)
+            pending: Future[tuple[Chunks, memoryview | None]] | None = reader.submit(self._fetch, 0)
             while pending is not None:
-                batch = pending.result()
+                batch, base = pending.result()
                 following = batch[-1][0] + 1 if batch else n_chunks
                 complete = len(batch) == self.BATCH and following == batch[0][0] + self.BATCH
                 pending = (
@@ -290,14 +332,28 @@ class StoredArray:
                     if complete and following < n_chunks
                     else None
                 )
-                yield batch
+                yield batch, base
 
-    def _fetch(self, first: int) -> Chunks:
-        """The next BATCH rows from chunk `first` on (retried after a lost connection)."""
-        batch: Chunks = self._session.call(
-            partial(_chunk_batch, array_id=self.array_id, first=first, limit=self.BATCH)
-        )
-        return batch
+    def _fetch(self, first: int) -> tuple[Chunks, memoryview | None]:
+        """The next BATCH rows from chunk `first` on, with their base's bytes (top-k),
+        in one session call (retried after a lost connection)."""
+
+        def fetch(conn: Connection) -> tuple[Chunks, memoryview | None]:
+            batch: Chunks = _chunk_batch(
+                conn, array_id=self.array_id, first=first, limit=self.BATCH
+            )
+            return batch, self._base_of(batch, conn)
+
+        found: tuple[Chunks, memoryview | None] = self._session.call(fetch)
+        return found
+
+    def _base_of(self, batch: Chunks, conn: Connection) -> memoryview | None:
+        """The base bytes `batch`'s chunks add to, if this array is a top-k delta."""
+        decoder = _decoder(self.ref)
+        if decoder is None or not decoder.needs_base or not batch:
+            return None
+        start, stop = decoder.base_range(batch[0][0], batch[-1][0])
+        return memoryview(_base_bytes(conn, self.ref, start, stop))
 
 
 def collect(conn: Connection, *, grace: float, limit: int = 1000) -> tuple[int, int]:

@@ -38,13 +38,33 @@ def upgrade() -> None:
     )
     op.alter_column("arrays", "digest_alg", server_default=sa.text("'xxh3-128'"))
     op.add_column("arrays", sa.Column("lost_at", TIMESTAMP(timezone=True), nullable=True))
+    op.add_column("arrays", sa.Column("base_array_id", sa.BigInteger(), nullable=True))
+    op.create_foreign_key(
+        op.f("fk_arrays_base_array_id"),
+        "arrays",
+        "arrays",
+        ["base_array_id"],
+        ["id"],
+        ondelete="SET NULL",
+    )
+    op.create_index(
+        "ix_arrays_base_array_id",
+        "arrays",
+        ["base_array_id"],
+        postgresql_where=sa.text("base_array_id IS NOT NULL"),
+    )
+    op.create_check_constraint(
+        op.f("ck_arrays_base_only_for_topk"),
+        "arrays",
+        "base_array_id IS NULL OR codec LIKE 'topk:%'",
+    )
     op.create_check_constraint(
         op.f("ck_arrays_digest_alg_known"), "arrays", "digest_alg IN ('sha256-128', 'xxh3-128')"
     )
     op.create_check_constraint(
         op.f("ck_arrays_codec_known"),
         "arrays",
-        "codec IS NULL OR codec ~ '^(fp16|bf16|int8|topk:[0-9.]+)$'",
+        "codec IS NULL OR codec ~ '^(fp16|bf16|int8|topk:[0-9.e+-]+)$'",
     )
     op.create_table(
         "array_chunks_transient",
@@ -82,6 +102,10 @@ def downgrade() -> None:
     op.drop_table("array_chunks_transient")
     op.drop_constraint(op.f("ck_arrays_codec_known"), "arrays")
     op.drop_constraint(op.f("ck_arrays_digest_alg_known"), "arrays")
+    op.drop_constraint(op.f("ck_arrays_base_only_for_topk"), "arrays")
+    op.drop_index("ix_arrays_base_array_id", table_name="arrays")
+    op.drop_constraint(op.f("fk_arrays_base_array_id"), "arrays")
+    op.drop_column("arrays", "base_array_id")
     op.drop_column("arrays", "lost_at")
     op.drop_column("arrays", "digest_alg")
     op.drop_column("arrays", "codec")

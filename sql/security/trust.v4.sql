@@ -4,8 +4,10 @@
 --    wrote, the link sees (array_id, seq) and deletes, the auditor sees (array_id, seq).
 -- 2. transient_marker: every role may read whether the unlogged tables survived; only
 --    the link writes it (its crash recovery, flpg/store/recovery.py).
--- 3. The new arrays columns: writers set durable, codec and digest_alg; the link sets
---    lost_at when it recovers from a crash.
+-- 3. The new arrays columns: writers set durable, codec, digest_alg and base_array_id
+--    (a top-k reply's base; a base the ServerApp cannot read rejects that reply
+--    alone: the ServerApp reads it under its own policies); the link sets lost_at
+--    when it recovers from a crash.
 -- 4. flpg_checkpoint_durable(run): moves the chunks of a run's checkpointed arrays that
 --    are still transient into array_chunks (SECURITY DEFINER: the array may be a reply a
 --    node wrote). It only ever touches arrays some checkpoint references, which must
@@ -39,7 +41,8 @@ CREATE POLICY every_row ON transient_marker FOR SELECT
     USING (true);
 CREATE POLICY link_recovers ON transient_marker FOR INSERT TO flpg_link WITH CHECK (true);
 
-GRANT INSERT (durable, codec, digest_alg) ON arrays TO flpg_node, flpg_serverapp, flpg_clientapp;
+GRANT INSERT (durable, codec, digest_alg, base_array_id) ON arrays
+    TO flpg_node, flpg_serverapp, flpg_clientapp;
 GRANT UPDATE (lost_at) ON arrays TO flpg_link;
 
 CREATE OR REPLACE FUNCTION flpg_checkpoint_durable(run bigint) RETURNS integer

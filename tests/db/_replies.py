@@ -8,9 +8,11 @@ no longer holds the claim, or the instruction already has its reply.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from psycopg.rows import dict_row
 
-from flpg.app.codecs import Codec
+from flpg.app.compressed import Base, ReplyEncoder
 from flpg.app.message import Error, Message
 from flpg.errors import LeaseLost
 from flpg.node.replies import Answer, write_replies
@@ -46,9 +48,9 @@ def _answer(
     answer: Answer,
     run_id: int,
     chunk_size: int,
-    codec: Codec | None = None,
+    encoder: ReplyEncoder | None = None,
 ) -> int:
-    (written,) = write_replies(conn, worker, run_id, [answer], chunk_size, codec)
+    (written,) = write_replies(conn, worker, run_id, [answer], chunk_size, encoder)
     if written.outcome == "lease-lost":
         raise LeaseLost(written.detail)
     return _reply_id(conn, answer.row.id)
@@ -61,12 +63,14 @@ def reply(
     run_id: int,
     message: Message,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-    codec: Codec | None = None,
+    encoder: ReplyEncoder | None = None,
+    bases: Mapping[tuple[str, str], Base] | None = None,
 ) -> int:
     """Write `message` as the reply to a claimed instruction (its arrays compressed
-    with `codec`, as flpg.reply-codec asks); the reply's id."""
-    answer = Answer(_row(conn, instruction_id), reply=message)
-    return _answer(conn, worker, answer, run_id, chunk_size, codec)
+    by `encoder`, as flpg.reply-codec asks; top-k deltas against `bases`); the
+    reply's id."""
+    answer = Answer(_row(conn, instruction_id), reply=message, bases=bases)
+    return _answer(conn, worker, answer, run_id, chunk_size, encoder)
 
 
 def error_reply(conn: Connection, worker: str, instruction_id: int, error: Error) -> int:

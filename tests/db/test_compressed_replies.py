@@ -1,7 +1,8 @@
 """Compressed replies (flpg.reply-codec) through the real write and streamed-read paths:
-a ClientApp's float arrays are stored as fp16, bf16 or int8 chunks, the ServerApp
-decodes them while streaming into its float64 sum, and a damaged compressed reply is
-rejected by name while the others aggregate."""
+a ClientApp's float arrays are stored as fp16, bf16 or int8 chunks, or as top-k sparse
+deltas against the model it received; the ServerApp decodes them while streaming into
+its float64 sum, and a damaged compressed reply is rejected by name while the others
+aggregate."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import numpy as np
 import pytest
 
 from flpg import bus
-from flpg.app.codecs import parse_codec
+from flpg.app.codecs import ChunkDecoder, ErrorFeedback, encode_chunks, parse_codec
+from flpg.app.compressed import ReplyEncoder
 from flpg.app.message import Message
 from flpg.app.records import ArrayRecord, MetricRecord, RecordDict
+from flpg.node.bases import ReplyBases
 from flpg.store import messages as store_messages
 from flpg.store.db import Connection
 from tests.db import _replies as reply_path
@@ -28,8 +31,12 @@ def _reply_all(
     conn: Connection, fed: Federation, updates: dict[int, np.ndarray], codec: str | None
 ) -> dict[int, int]:
     rows = store_messages.claim(conn, worker="t", node_ids=fed.selected, lease=60, limit=100)
+    encoder = None if codec is None else ReplyEncoder(parse_codec(codec))
+    loaded = list(zip(rows, bus.load(conn, rows), strict=True))
+    bases = ReplyBases()
+    bases.keep(conn, loaded)  # as a ClientApp process does for top-k
     out: dict[int, int] = {}
-    for msg in bus.load(conn, rows):
+    for row, msg in loaded:
         node = msg.metadata.dst_node_id
         assert node is not None and msg.metadata.message_id is not None
         content = RecordDict(
@@ -45,7 +52,8 @@ def _reply_all(
             fed.run_id,
             Message(content, reply_to=msg),
             CHUNK,
-            None if codec is None else parse_codec(codec),
+            encoder,
+            bases.take(row.id),
         )
     return out
 
@@ -129,3 +137,73 @@ def test_a_reply_whose_int8_scale_is_nan_is_rejected_by_name(
     others = [n for n in fed.selected if n != victim]
     exact = sum((base + n) * 10.0 * n for n in others) / sum(10.0 * n for n in others)
     np.testing.assert_allclose(mean["w"].numpy(), exact, atol=0.02)
+
+
+def _topk_reference(base: np.ndarray, update: np.ndarray, spec: str, node: int) -> np.ndarray:
+    """What a top-k reply decodes to, from the codec itself (no database)."""
+    codec = parse_codec(spec)
+    chunks = list(encode_chunks(codec, update, CHUNK, "w", base=base, feedback=ErrorFeedback()))
+    decoder = ChunkDecoder(codec, "<f4", update.size, CHUNK, "w")
+    out = []
+    for seq, chunk in enumerate(chunks):
+        start, stop = decoder.chunk_bounds(seq)
+        out.append(decoder.decode(seq, chunk, base[start:stop].tobytes()))
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("spec", ["topk:1.0", "topk:0.05"])
+def test_topk_replies_are_deltas_against_the_broadcast(
+    conn: Connection, fed: Federation, spec: str
+) -> None:
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal(5000).astype(np.float32)
+    updates = {n: base + 0.1 * rng.standard_normal(5000).astype(np.float32) for n in fed.selected}
+    grid = open_grid(conn, fed, chunk_size=CHUNK)
+    try:
+        ids = broadcast(grid, fed.selected, ArrayRecord({"w": base, "steps": np.arange(3)}))
+        reply_ids = _reply_all(conn, fed, updates, spec)
+        mean, tally = aggregate(grid, ids, ArrayRecord({"w": base, "steps": np.arange(3)}))
+    finally:
+        grid.close()
+    assert (tally.received, tally.failures) == (3, 0), tally.rejected
+    weights = {n: 10.0 * n for n in fed.selected}
+    decoded = {n: _topk_reference(base, updates[n], spec, n) for n in fed.selected}
+    expected = sum(decoded[n].astype(np.float64) * w for n, w in weights.items()) / sum(
+        weights.values()
+    )
+    np.testing.assert_allclose(mean["w"].numpy(), expected, rtol=1e-6, atol=1e-6)
+    rows = conn.execute(
+        "SELECT a.codec, a.base_array_id = ca.array_id FROM message_arrays ma"
+        " JOIN arrays a ON a.id = ma.array_id JOIN checkpoint_arrays ca"
+        " ON ca.run_id = a.run_id AND ca.array_name = 'w'"
+        " WHERE ma.message_id = ANY(%s) AND ma.array_name = 'w'",
+        [list(reply_ids.values())],
+    ).fetchall()
+    assert rows == [(spec, True)] * 3  # each reply names the broadcast as its base
+    if spec == "topk:0.05":
+        ratio = _stored_bytes(conn, list(reply_ids.values()), "w") / (3 * base.nbytes)
+        assert ratio == pytest.approx(0.1, abs=0.01)  # 5 % of values, index + value each
+
+
+def test_a_topk_reply_whose_base_is_gone_is_rejected_by_name(
+    conn: Connection, fed: Federation
+) -> None:
+    base = np.linspace(-1, 1, 3000, dtype=np.float32)
+    updates = {n: base + n for n in fed.selected}
+    grid = open_grid(conn, fed, chunk_size=CHUNK)
+    try:
+        ids = broadcast(grid, fed.selected, ArrayRecord({"w": base, "steps": np.arange(3)}))
+        reply_ids = _reply_all(conn, fed, updates, "topk:0.5")
+        victim = fed.selected[0]
+        conn.execute(
+            "UPDATE arrays SET base_array_id = NULL WHERE id IN (SELECT array_id FROM"
+            " message_arrays WHERE message_id = %s AND array_name = 'w')",
+            [reply_ids[victim]],
+        )
+        _, tally = aggregate(grid, ids, ArrayRecord({"w": base, "steps": np.arange(3)}))
+    finally:
+        grid.close()
+    assert (tally.received, tally.failures) == (3, 1)
+    ((rejected_id, why),) = tally.rejected
+    assert int(rejected_id) == reply_ids[victim]
+    assert "['w']" in why and "top-k delta whose base was deleted" in why

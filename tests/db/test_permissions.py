@@ -102,6 +102,7 @@ def test_node_replies_to_its_claimed_instruction_with_its_arrays(world: World) -
             digests=[bytes(16)],
             datas=[b"\x01\x02"],
             codecs=[None],
+            bases=[None],
             digest_alg="xxh3-128",
             durable=False,
         )
@@ -322,6 +323,7 @@ def test_serverapp_sends_pulls_and_checkpoints_in_its_run(world: World) -> None:
                 digest_alg="xxh3-128",
                 durable=False,
                 codec=None,
+                base_array_id=None,
             ),
         )
         conn.execute(
