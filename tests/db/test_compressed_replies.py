@@ -16,6 +16,7 @@ from flpg.app.message import Message
 from flpg.app.records import ArrayRecord, MetricRecord, RecordDict
 from flpg.node.bases import ReplyBases
 from flpg.store import messages as store_messages
+from flpg.store import payloads as store_payloads
 from flpg.store.db import Connection
 from tests.db import _replies as reply_path
 from tests.db._chunks import ALL_CHUNKS, on_chunks_of
@@ -207,3 +208,39 @@ def test_a_topk_reply_whose_base_is_gone_is_rejected_by_name(
     ((rejected_id, why),) = tally.rejected
     assert int(rejected_id) == reply_ids[victim]
     assert "['w']" in why and "top-k delta whose base was deleted" in why
+
+
+def test_a_base_outlives_the_topk_replies_against_it(conn: Connection, fed: Federation) -> None:
+    """A broadcast no checkpoint holds is collected only after the top-k replies that
+    are deltas against it: until then the ServerApp may still need to decode them."""
+    base = np.linspace(-1, 1, 3000, dtype=np.float32)
+    grid = open_grid(conn, fed, chunk_size=CHUNK)
+    try:
+        ids = grid.push_messages(
+            grid.create_message(RecordDict({"arrays": ArrayRecord({"w": base})}), "train", n, "1")
+            for n in fed.selected
+        )
+        reply_ids = _reply_all(conn, fed, {n: base + n for n in fed.selected}, "topk:0.5")
+    finally:
+        grid.close()
+    base_id = scalar(conn, "SELECT array_id FROM message_arrays WHERE message_id = %s", [ids[0]])
+    conn.execute(
+        "UPDATE messages SET state = 'done', finished_at = now() - interval '1 hour'"
+        " WHERE run_id = %s",
+        [fed.run_id],
+    )
+    conn.execute("UPDATE arrays SET created_at = now() - interval '1 hour'")
+    replies = list(reply_ids.values())
+    reply_arrays = "SELECT array_id FROM message_arrays WHERE message_id = ANY(%s)"
+
+    def collected(where: str, params: list[object]) -> list[bool]:
+        found = conn.execute(
+            f"SELECT collected_at IS NOT NULL FROM arrays WHERE id IN ({where})", params
+        ).fetchall()
+        return [bool(r[0]) for r in found]
+
+    store_payloads.collect(conn, grace=60)
+    assert all(collected(reply_arrays, [replies]))
+    assert collected("SELECT %s::bigint", [base_id]) == [False]  # kept for the replies
+    store_payloads.collect(conn, grace=60)
+    assert collected("SELECT %s::bigint", [base_id]) == [True]
