@@ -244,3 +244,36 @@ def test_a_base_outlives_the_topk_replies_against_it(conn: Connection, fed: Fede
     assert collected("SELECT %s::bigint", [base_id]) == [False]  # kept for the replies
     store_payloads.collect(conn, grace=60)
     assert collected("SELECT %s::bigint", [base_id]) == [True]
+
+
+def test_a_topk_reply_whose_indices_are_out_of_range_is_rejected_by_name(
+    conn: Connection, fed: Federation
+) -> None:
+    base = np.linspace(-1, 1, 3000, dtype=np.float32)
+    updates = {n: base + n for n in fed.selected}
+    grid = open_grid(conn, fed, chunk_size=CHUNK)
+    try:
+        ids = broadcast(grid, fed.selected, ArrayRecord({"w": base, "steps": np.arange(3)}))
+        reply_ids = _reply_all(conn, fed, updates, "topk:0.5")
+        victim = fed.selected[2]
+        array_id = scalar(
+            conn,
+            "SELECT array_id FROM message_arrays WHERE message_id = %s AND array_name = 'w'",
+            [reply_ids[victim]],
+        )
+        # A chunk is uint32 k, then k uint32 indices: the first index becomes 2^32 - 1.
+        changed = on_chunks_of(
+            conn,
+            array_id,
+            "UPDATE array_chunks SET data = overlay(data PLACING '\\xffffffff'::bytea FROM 5)"
+            " WHERE array_id = %s AND seq = 0",
+            [array_id],
+        )
+        assert changed == 1
+        _, tally = aggregate(grid, ids, ArrayRecord({"w": base, "steps": np.arange(3)}))
+    finally:
+        grid.close()
+    assert (tally.received, tally.failures) == (3, 1)
+    ((rejected_id, why),) = tally.rejected
+    assert int(rejected_id) == reply_ids[victim]
+    assert "'w'" in why and "ind" in why
