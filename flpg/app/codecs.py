@@ -34,7 +34,7 @@ import math
 from collections.abc import Generator
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -42,21 +42,23 @@ import numpy.typing as npt
 from flpg.errors import PayloadCorrupt
 
 __all__ = [
-    "ChunkDecoder",
     "Codec",
     "ErrorFeedback",
+    "byte_view",
     "elements_per_chunk",
     "encode_chunks",
     "encoded_chunk_size",
     "parse_codec",
+    "work_dtype",
 ]
 
 _DENSE = ("fp16", "bf16", "int8")
 _VALID = "use fp16, bf16, int8 or topk:F with 0 < F <= 1 (e.g. topk:0.01)"
-_F2, _F4 = np.dtype("<f2"), np.dtype("<f4")
-_U2, _U4, _I1 = np.dtype("<u2"), np.dtype("<u4"), np.dtype("i1")
-_F4_MAX = float(np.finfo(np.float32).max)
-_F4_TINY = np.float32(np.nextafter(np.float32(0), np.float32(1)))
+# The stored element types (little-endian), shared with chunkdecoder.py.
+F2, F4 = np.dtype("<f2"), np.dtype("<f4")
+U2, U4, I1 = np.dtype("<u2"), np.dtype("<u4"), np.dtype("i1")
+F4_MAX = float(np.finfo(np.float32).max)
+F4_TINY = np.float32(np.nextafter(np.float32(0), np.float32(1)))
 _MAX_TOPK_CHUNK = 2**32 - 1  # indices are uint32
 
 
@@ -176,7 +178,8 @@ class ErrorFeedback:
         return kept
 
 
-def _work_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
+def work_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """The dtype deltas and residuals are computed in (float64 for float64, else float32)."""
     return np.dtype(np.float64) if dtype.itemsize == 8 else np.dtype(np.float32)
 
 
@@ -191,24 +194,24 @@ def _chunk_peak(chunk: npt.NDArray[Any]) -> tuple[float, bool]:
 
 def _bf16_bits(chunk: npt.NDArray[Any]) -> npt.NDArray[np.uint16]:
     """bfloat16 bit patterns of `chunk`, rounded to nearest even, NaN kept."""
-    x = np.asarray(chunk, dtype=_F4)  # no copy for '<f4'
-    u = x.view(_U4)
+    x = np.asarray(chunk, dtype=F4)  # no copy for '<f4'
+    u = x.view(U4)
     bits = u >> 16
     bits &= 1
     bits += 0x7FFF
     bits += u  # wraps only for NaN patterns, fixed below
     bits >>= 16
-    out = bits.astype(_U2)
+    out = bits.astype(U2)
     nan = np.isnan(x)
     if nan.any():
-        out[nan] = ((u[nan] >> 16) | 0x40).astype(_U2)
+        out[nan] = ((u[nan] >> 16) | 0x40).astype(U2)
     return out
 
 
 def _int8_scale(peak: float) -> np.float32:
     scale = np.float32(peak / 127)
     # A non-zero chunk never gets scale 0, or it would decode as zeros.
-    return _F4_TINY if scale == 0 and peak > 0 else scale
+    return F4_TINY if scale == 0 and peak > 0 else scale
 
 
 def _check_dense(codec: Codec, flat: npt.NDArray[Any], per: int, name: str) -> list[float]:
@@ -235,23 +238,23 @@ def _check_dense(codec: Codec, flat: npt.NDArray[Any], per: int, name: str) -> l
 def _dense_chunks(
     codec: Codec, flat: npt.NDArray[Any], per: int, peaks: list[float]
 ) -> Generator[bytes, None, None]:
-    work = _work_dtype(flat.dtype)
+    work = work_dtype(flat.dtype)
     for seq, start in enumerate(range(0, flat.size, per)):
         chunk = flat[start : start + per]
         if codec.name == "fp16":
-            yield chunk.astype(_F2).tobytes()
+            yield chunk.astype(F2).tobytes()
         elif codec.name == "bf16":
             yield _bf16_bits(chunk).tobytes()
         else:
             scale = _int8_scale(peaks[seq])
             if scale == 0:
-                q = np.zeros(chunk.size, dtype=_I1)
+                q = np.zeros(chunk.size, dtype=I1)
             else:
                 t = np.divide(chunk, work.type(scale), dtype=work)
                 np.rint(t, out=t)
                 np.clip(t, -127, 127, out=t)
-                q = t.astype(_I1)
-            yield scale.astype(_F4).tobytes() + q.tobytes()
+                q = t.astype(I1)
+            yield scale.astype(F4).tobytes() + q.tobytes()
 
 
 def _check_topk(
@@ -271,12 +274,12 @@ def _check_topk(
                 f"array {name!r} or its base holds NaN or Inf; topk cannot carry it"
             )
         peak_r = _chunk_peak(residual[start:stop])[0] if residual is not None else 0.0
-        if peak_a + peak_b + peak_r > _F4_MAX:  # rare: look at the actual sums
+        if peak_a + peak_b + peak_r > F4_MAX:  # rare: look at the actual sums
             acc = np.subtract(flat[start:stop], base[start:stop], dtype=np.float64)
             if residual is not None:
                 acc += residual[start:stop]
             with np.errstate(over="ignore"):
-                peak = np.abs(acc).max().astype(_F4)
+                peak = np.abs(acc).max().astype(F4)
             if not np.isfinite(peak):
                 raise OverflowError(f"array {name!r}: its update overflows topk's float32 values")
 
@@ -306,7 +309,7 @@ def _topk_chunks(
     residual: npt.NDArray[Any] | None,
 ) -> Generator[bytes, None, None]:
     assert codec.fraction is not None
-    work = _work_dtype(flat.dtype)
+    work = work_dtype(flat.dtype)
     finished = False
     try:
         for start in range(0, flat.size, per):
@@ -317,13 +320,13 @@ def _topk_chunks(
                 residual[start:stop] += acc
                 acc = residual[start:stop]
             idx = _top_indices(acc, _topk_k(codec.fraction, stop - start))
-            values = acc[idx].astype(_F4)
+            values = acc[idx].astype(F4)
             if not np.isfinite(values).all():
                 raise OverflowError(f"array {name!r}: its update overflows topk's float32 values")
             if residual is not None:
                 acc[idx] -= values
-            header = np.array([idx.size], dtype=_U4).tobytes()
-            yield header + idx.astype(_U4).tobytes() + values.tobytes()
+            header = np.array([idx.size], dtype=U4).tobytes()
+            yield header + idx.astype(U4).tobytes() + values.tobytes()
         finished = True
     finally:
         if not finished and feedback is not None:
@@ -366,7 +369,7 @@ def encode_chunks(
     flat_base = base.reshape(-1)
     residual = None
     if feedback is not None:
-        residual = feedback._take(name, flat.size, _work_dtype(arr.dtype))
+        residual = feedback._take(name, flat.size, work_dtype(arr.dtype))
     try:
         _check_topk(flat, flat_base, residual, per, name)
     except OverflowError:
@@ -376,122 +379,7 @@ def encode_chunks(
     return _topk_chunks(codec, flat, flat_base, per, name, feedback, residual)
 
 
-def _byte_view(data: bytes | bytearray | memoryview) -> memoryview:
+def byte_view(data: bytes | bytearray | memoryview) -> memoryview:
+    """A flat 'B' view of a buffer (no copy)."""
     view = data if isinstance(data, memoryview) else memoryview(data)
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
-
-
-class ChunkDecoder:
-    """Decodes the stored chunks of one compressed array of logical `dtype` and
-    `n_elements`, written with `chunk_size`, into logical elements.
-
-    Every problem is a one-line `PayloadCorrupt` naming the array (`name`): stored
-    metadata that cannot hold a compressed array (here), and in `decode` a chunk
-    number past the end, an encoded length that does not fit the chunk, an int8
-    scale that is NaN, Inf or negative or a value of -128, a topk k above the
-    chunk's element count, indices out of range or not strictly increasing,
-    non-finite topk values, and a missing or wrong-length base chunk.
-    """
-
-    def __init__(
-        self, codec: Codec, dtype: npt.DTypeLike, n_elements: int, chunk_size: int, name: str
-    ) -> None:
-        self.codec = codec
-        self.name = name
-        try:
-            self.dtype: np.dtype[Any] = np.dtype(dtype)
-        except TypeError:
-            raise PayloadCorrupt(f"array {name!r} has an unreadable dtype {dtype!r}") from None
-        if not codec.applies_to(self.dtype):
-            raise PayloadCorrupt(f"array {name!r} has codec {codec.spec} but dtype {self.dtype}")
-        if n_elements < 0:
-            raise PayloadCorrupt(f"array {name!r} has {n_elements} elements")
-        try:
-            self.per_chunk = elements_per_chunk(chunk_size, self.dtype.itemsize)
-        except ValueError as exc:
-            raise PayloadCorrupt(f"array {name!r}: {exc}") from None
-        self.n_elements = n_elements
-        self.n_chunks = -(-n_elements // self.per_chunk)
-        self._work = _work_dtype(self.dtype)
-
-    def chunk_bounds(self, seq: int) -> tuple[int, int]:
-        """The element range [start, stop) of chunk `seq`; `PayloadCorrupt` past the end."""
-        if not 0 <= seq < self.n_chunks:
-            raise PayloadCorrupt(
-                f"array {self.name!r} has {self.n_chunks} chunks, not a chunk number {seq}"
-            )
-        start = seq * self.per_chunk
-        return start, min(start + self.per_chunk, self.n_elements)
-
-    def decode(
-        self,
-        seq: int,
-        encoded: bytes | bytearray | memoryview,
-        base_chunk: bytes | bytearray | memoryview | None = None,
-    ) -> npt.NDArray[Any]:
-        """Chunk `seq`'s logical elements: a new 1-d C-contiguous array of the logical
-        dtype (`.view(np.uint8)` gives its raw bytes). topk needs `base_chunk`: the
-        same element range of the base array, as raw bytes of the logical dtype."""
-        start, stop = self.chunk_bounds(seq)
-        n = stop - start
-        data = _byte_view(encoded)
-        name = self.codec.name
-        if name == "topk":
-            return self._topk(seq, n, data, base_chunk)
-        size = encoded_chunk_size(self.codec, n)
-        if data.nbytes != size:
-            self._corrupt(seq, f"has {data.nbytes} bytes, {name} needs {size} for {n} elements")
-        if name == "fp16":
-            return np.frombuffer(data, dtype=_F2).astype(self.dtype)
-        if name == "bf16":
-            bits = np.frombuffer(data, dtype=_U2).astype(_U4)
-            bits <<= 16
-            return bits.view(_F4).astype(self.dtype, copy=False)
-        return self._int8(seq, data)
-
-    def _corrupt(self, seq: int, problem: str) -> NoReturn:
-        raise PayloadCorrupt(f"array {self.name!r} chunk {seq} ({self.codec.spec}) {problem}")
-
-    def _int8(self, seq: int, data: memoryview) -> npt.NDArray[Any]:
-        scale = float(np.frombuffer(data, dtype=_F4, count=1)[0])
-        if not 0.0 <= scale <= _F4_MAX:
-            self._corrupt(seq, f"has scale {scale}, not a finite number >= 0")
-        q = np.frombuffer(data, dtype=_I1, offset=4)
-        if q.size and int(q.min()) < -127:
-            self._corrupt(seq, "has the value -128, outside [-127, 127]")
-        out = q.astype(self._work)
-        out *= self._work.type(scale)
-        return out.astype(self.dtype, copy=False)
-
-    def _topk(
-        self,
-        seq: int,
-        n: int,
-        data: memoryview,
-        base_chunk: bytes | bytearray | memoryview | None,
-    ) -> npt.NDArray[Any]:
-        if data.nbytes < 4:
-            self._corrupt(seq, f"has {data.nbytes} bytes, too short for its header")
-        k = int(np.frombuffer(data, dtype=_U4, count=1)[0])
-        if k > n:
-            self._corrupt(seq, f"says k = {k}, more than its {n} elements")
-        if data.nbytes != 4 + 8 * k:
-            self._corrupt(seq, f"has {data.nbytes} bytes, k = {k} needs {4 + 8 * k}")
-        idx = np.frombuffer(data, dtype=_U4, count=k, offset=4)
-        values = np.frombuffer(data, dtype=_F4, count=k, offset=4 + 4 * k)
-        if k and int(idx[-1]) >= n:
-            self._corrupt(seq, f"has index {int(idx[-1])}, out of range for {n} elements")
-        if k > 1 and not (idx[1:] > idx[:-1]).all():
-            self._corrupt(seq, "has indices that are not strictly increasing")
-        if not np.isfinite(values).all():
-            self._corrupt(seq, "has a value that is NaN or Inf")
-        if base_chunk is None:
-            self._corrupt(seq, "needs its base chunk, and none was given")
-        base = _byte_view(base_chunk)
-        if base.nbytes != n * self.dtype.itemsize:
-            need = n * self.dtype.itemsize
-            self._corrupt(seq, f"has a base chunk of {base.nbytes} bytes, not {need}")
-        out = np.frombuffer(base, dtype=self.dtype).copy()
-        with np.errstate(over="ignore"):
-            out[idx] = out[idx] + values
-        return out

@@ -17,8 +17,8 @@ import numpy as np
 import numpy.typing as npt
 
 from flpg.app import arrays
+from flpg.app.chunkdecoder import ChunkDecoder
 from flpg.app.codecs import (
-    ChunkDecoder,
     Codec,
     ErrorFeedback,
     elements_per_chunk,

@@ -25,8 +25,9 @@ from flpg.store import checkpoints as store_checkpoints
 from flpg.store import messages as store_messages
 from flpg.store import runs as store_runs
 from flpg.store.db import Connection, Listener, Session
-from flpg.store.payloads import DEFAULT_CHUNK_SIZE, ArrayRef, Chunks, StoredArray
+from flpg.store.payloads import DEFAULT_CHUNK_SIZE, ArrayRef, Chunks
 from flpg.store.recordjson import records_to_json
+from flpg.store.storedarray import StoredArray
 
 
 class NodesUnavailable(FlpgError):
@@ -268,8 +269,7 @@ class Grid:
         # Arrays written now are durable; only stored ones kept from a reply or a
         # broadcast can be round-transient and need moving.
         promote = any(
-            isinstance(a.source, StoredArray) and not a.source.ref.durable
-            for a in arrays.values()
+            isinstance(a.source, StoredArray) and not a.source.ref.durable for a in arrays.values()
         )
 
         def save(conn: Connection) -> ArrayRecord:

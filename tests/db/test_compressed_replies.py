@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from flpg import bus
-from flpg.app.codecs import ChunkDecoder, ErrorFeedback, encode_chunks, parse_codec
+from flpg.app.chunkdecoder import ChunkDecoder
+from flpg.app.codecs import ErrorFeedback, encode_chunks, parse_codec
 from flpg.app.compressed import ReplyEncoder
 from flpg.app.message import Message
 from flpg.app.records import ArrayRecord, MetricRecord, RecordDict

@@ -3,7 +3,7 @@
 Nodes answer through the node's production path with 1003-byte chunks (elements
 straddle chunk boundaries); the ServerApp's grid receives the replies with their
 arrays stored, and each strategy reads the same byte range of every reply in one
-query per slice (`payloads.read_byte_ranges`), never loading an array whole.
+query per slice (`storedarray.read_byte_ranges`), never loading an array whole.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from flpg.serverapp.strategy.krum import Krum
 from flpg.serverapp.strategy.multikrum import MultiKrum
 from flpg.serverapp.strategy.robuststrategy import ChunkwiseFedAvg
 from flpg.store import messages as store_messages
-from flpg.store import payloads, runroles
+from flpg.store import payloads
 from flpg.store.db import Connection, connect
+from flpg.store.storedarray import StoredArray, runroles
 from tests.db import _replies as reply_path
 from tests.db._chunks import on_chunks_of
 
@@ -182,7 +183,7 @@ def test_a_reply_missing_a_chunk_is_rejected_and_the_others_aggregate(
     replies = list(grid.receive(ids, timeout=10))
     victim = next(r for r in replies if r.metadata.src_node_id == fed.selected[3])
     source = victim.content.array_records["arrays"]["w"].source
-    assert isinstance(source, payloads.StoredArray)
+    assert isinstance(source, StoredArray)
     on_chunks_of(
         conn,
         source.array_id,

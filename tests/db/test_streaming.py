@@ -23,7 +23,7 @@ from flpg.serverapp.strategy.aggregate import ReplyRejected, WeightedArrayMean
 from flpg.serverapp.strategy.tally import ReplyTally
 from flpg.store import messages as store_messages
 from flpg.store.db import Connection
-from flpg.store.payloads import StoredArray
+from flpg.store.storedarray import StoredArray
 from tests.db import _replies as reply_path
 from tests.db._chunks import on_all_chunks
 

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from flpg.app.chunkdecoder import ChunkDecoder
 from flpg.app.codecs import (
-    ChunkDecoder,
     Codec,
     ErrorFeedback,
     elements_per_chunk,

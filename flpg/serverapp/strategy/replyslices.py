@@ -7,7 +7,7 @@ comes from decides how it is read:
 
 - stored in the database and not yet read (`Array.stored`, a `StoredArray`): the
   byte range of each block is read for every such array of the pass in one query
-  (`payloads.read_byte_ranges`), the next block's while this one is aggregated, and
+  (`storedarray.read_byte_ranges`), the next block's while this one is aggregated, and
   the bytes are hashed in order so the digest is checked at the end of the pass;
 - stored with another `ArraySource`: its chunks, in order;
 - in memory: sliced.
@@ -32,7 +32,8 @@ from flpg.app.records import Array, ArrayRecord
 from flpg.errors import PayloadCorrupt
 from flpg.serverapp.strategy.aggregate import ReplyRejected
 from flpg.serverapp.strategy.robust import Plan, coordinate_dtype
-from flpg.store.payloads import Part, StoredArray, read_byte_ranges
+from flpg.store.payloads import Part
+from flpg.store.storedarray import StoredArray, read_byte_ranges
 
 
 class _Reader:
