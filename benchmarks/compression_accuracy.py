@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import signal
@@ -265,9 +266,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep-logs", action="store_true", help="Keep the worker logs.")
     args = parser.parse_args(argv)
     args.codec_list = [c.strip().lower() for c in args.codecs.split(",") if c.strip()]
-    unknown = sorted(set(args.codec_list) - set(CODECS))
+    unknown = sorted(
+        c for c in set(args.codec_list) - set(CODECS) if not re.fullmatch(r"topk:[0-9.e-]+", c)
+    )
     if unknown or not args.codec_list or len(set(args.codec_list)) != len(args.codec_list):
-        parser.error(f"--codecs: distinct values of {', '.join(CODECS)}, got {args.codecs!r}")
+        parser.error(
+            f"--codecs: distinct values of {', '.join(CODECS)} or topk:F, got {args.codecs!r}"
+        )
     if min(args.rounds, args.repeats) < 1 or args.nodes < 2 or args.tolerance < 0:
         parser.error("--rounds and --repeats must be >= 1, --nodes >= 2, --tolerance >= 0")
     return args

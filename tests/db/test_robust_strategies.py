@@ -29,9 +29,9 @@ from flpg.serverapp.strategy.krum import Krum
 from flpg.serverapp.strategy.multikrum import MultiKrum
 from flpg.serverapp.strategy.robuststrategy import ChunkwiseFedAvg
 from flpg.store import messages as store_messages
-from flpg.store import payloads
+from flpg.store import payloads, runroles
 from flpg.store.db import Connection, connect
-from flpg.store.storedarray import StoredArray, runroles
+from flpg.store.storedarray import StoredArray
 from tests.db import _replies as reply_path
 from tests.db._chunks import on_chunks_of
 
