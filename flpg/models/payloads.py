@@ -84,46 +84,36 @@ Index(
     postgresql_where=text("base_array_id IS NOT NULL"),
 )
 
-array_chunks = Table(
-    "array_chunks",
-    metadata,
-    Column(
-        "array_id",
-        BigInteger,
-        ForeignKey("arrays.id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
-    Column("seq", Integer, primary_key=True),
-    Column("data", LargeBinary, nullable=False),
-    CheckConstraint("seq >= 0", name="seq_not_negative"),
-)
 
-event.listen(
-    array_chunks,
-    "after_create",
-    DDL("ALTER TABLE array_chunks ALTER COLUMN data SET STORAGE EXTERNAL"),  # type: ignore[no-untyped-call]
-)
+def _chunk_table(name: str, prefixes: list[str]) -> Table:
+    """A table of chunk rows (`array_id`, `seq`, `data`), data stored EXTERNAL."""
+    table = Table(
+        name,
+        metadata,
+        Column(
+            "array_id",
+            BigInteger,
+            ForeignKey("arrays.id", ondelete="CASCADE"),
+            primary_key=True,
+        ),
+        Column("seq", Integer, primary_key=True),
+        Column("data", LargeBinary, nullable=False),
+        CheckConstraint("seq >= 0", name="seq_not_negative"),
+        prefixes=prefixes,
+    )
+    event.listen(
+        table,
+        "after_create",
+        DDL(f"ALTER TABLE {name} ALTER COLUMN data SET STORAGE EXTERNAL"),  # type: ignore[no-untyped-call]
+    )
+    return table
 
-array_chunks_transient = Table(
-    "array_chunks_transient",
-    metadata,
-    Column(
-        "array_id",
-        BigInteger,
-        ForeignKey("arrays.id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
-    Column("seq", Integer, primary_key=True),
-    Column("data", LargeBinary, nullable=False),
-    CheckConstraint("seq >= 0", name="seq_not_negative"),
-    prefixes=["UNLOGGED"],
-)
 
-event.listen(
-    array_chunks_transient,
-    "after_create",
-    DDL("ALTER TABLE array_chunks_transient ALTER COLUMN data SET STORAGE EXTERNAL"),  # type: ignore[no-untyped-call]
-)
+array_chunks = _chunk_table("array_chunks", [])
+"""Chunks of durable arrays (a checkpoint's), WAL-logged."""
+
+array_chunks_transient = _chunk_table("array_chunks_transient", ["UNLOGGED"])
+"""Chunks of round-transient arrays (replies, uncheckpointed broadcasts): no WAL."""
 
 transient_marker = Table(
     "transient_marker",

@@ -105,28 +105,45 @@ def test_compressed_replies_aggregate_close_to_the_raw_mean(
     assert codecs == [("steps", None), ("w", codec)]
 
 
-def test_a_reply_whose_int8_scale_is_nan_is_rejected_by_name(
-    conn: Connection, fed: Federation
+DAMAGE = {
+    # int8: the scale (a chunk's first 4 bytes) becomes a float32 NaN, 0x7fc00000.
+    "int8-nan-scale": (
+        "int8",
+        "overlay(data PLACING '\\x0000c07f'::bytea FROM 1)",
+        1,
+        "scale",
+    ),
+    # top-k: uint32 k, then k uint32 indices; the first index becomes 2^32 - 1.
+    "topk-index-out-of-range": (
+        "topk:1.0",
+        "overlay(data PLACING '\\xffffffff'::bytea FROM 5)",
+        0,
+        "ind",
+    ),
+}
+
+
+@pytest.mark.parametrize(("codec", "damage", "seq", "named"), DAMAGE.values(), ids=list(DAMAGE))
+def test_a_damaged_compressed_reply_is_rejected_by_name_and_the_others_aggregate(
+    conn: Connection, fed: Federation, codec: str, damage: str, seq: int, named: str
 ) -> None:
     base = np.linspace(-1, 1, 3000, dtype=np.float32)
     updates = {n: base + n for n in fed.selected}
     grid = open_grid(conn, fed, chunk_size=CHUNK)
     try:
         ids = broadcast(grid, fed.selected, ArrayRecord({"w": base, "steps": np.arange(3)}))
-        reply_ids = _reply_all(conn, fed, updates, "int8")
+        reply_ids = _reply_all(conn, fed, updates, codec)
         victim = fed.selected[1]
         array_id = scalar(
             conn,
             "SELECT array_id FROM message_arrays WHERE message_id = %s AND array_name = 'w'",
             [reply_ids[victim]],
         )
-        # The scale (the chunk's first 4 bytes) becomes a float32 NaN: 0x7fc00000.
         changed = on_chunks_of(
             conn,
             array_id,
-            "UPDATE array_chunks SET data = overlay(data PLACING '\\x0000c07f'::bytea FROM 1)"
-            " WHERE array_id = %s AND seq = 1",
-            [array_id],
+            f"UPDATE array_chunks SET data = {damage} WHERE array_id = %s AND seq = %s",
+            [array_id, seq],
         )
         assert changed == 1
         mean, tally = aggregate(grid, ids, ArrayRecord({"w": base, "steps": np.arange(3)}))
@@ -135,7 +152,7 @@ def test_a_reply_whose_int8_scale_is_nan_is_rejected_by_name(
     assert (tally.received, tally.failures) == (3, 1)
     ((rejected_id, why),) = tally.rejected
     assert int(rejected_id) == reply_ids[victim]
-    assert "'w'" in why and "scale" in why
+    assert "'w'" in why and named in why
     others = [n for n in fed.selected if n != victim]
     exact = sum((base + n) * 10.0 * n for n in others) / sum(10.0 * n for n in others)
     np.testing.assert_allclose(mean["w"].numpy(), exact, atol=0.02)
@@ -245,36 +262,3 @@ def test_a_base_outlives_the_topk_replies_against_it(conn: Connection, fed: Fede
     assert collected("SELECT %s::bigint", [base_id]) == [False]  # kept for the replies
     store_payloads.collect(conn, grace=60)
     assert collected("SELECT %s::bigint", [base_id]) == [True]
-
-
-def test_a_topk_reply_whose_indices_are_out_of_range_is_rejected_by_name(
-    conn: Connection, fed: Federation
-) -> None:
-    base = np.linspace(-1, 1, 3000, dtype=np.float32)
-    updates = {n: base + n for n in fed.selected}
-    grid = open_grid(conn, fed, chunk_size=CHUNK)
-    try:
-        ids = broadcast(grid, fed.selected, ArrayRecord({"w": base, "steps": np.arange(3)}))
-        reply_ids = _reply_all(conn, fed, updates, "topk:0.5")
-        victim = fed.selected[2]
-        array_id = scalar(
-            conn,
-            "SELECT array_id FROM message_arrays WHERE message_id = %s AND array_name = 'w'",
-            [reply_ids[victim]],
-        )
-        # A chunk is uint32 k, then k uint32 indices: the first index becomes 2^32 - 1.
-        changed = on_chunks_of(
-            conn,
-            array_id,
-            "UPDATE array_chunks SET data = overlay(data PLACING '\\xffffffff'::bytea FROM 5)"
-            " WHERE array_id = %s AND seq = 0",
-            [array_id],
-        )
-        assert changed == 1
-        _, tally = aggregate(grid, ids, ArrayRecord({"w": base, "steps": np.arange(3)}))
-    finally:
-        grid.close()
-    assert (tally.received, tally.failures) == (3, 1)
-    ((rejected_id, why),) = tally.rejected
-    assert int(rejected_id) == reply_ids[victim]
-    assert "'w'" in why and "ind" in why

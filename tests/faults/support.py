@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from flpg.local.cluster import Cluster
 from flpg.settings import Intervals
 from flpg.states import TERMINAL, LogStream
 from tests.conftest import TEST_ENV
@@ -234,6 +235,22 @@ def wait_until(fed: Federation, predicate: Callable[[], Any], timeout: float, wh
         return wait_for(predicate, timeout, what, interval=0.1)
     except HarnessError as exc:
         raise HarnessError(f"{exc}\n{fed.logs()}") from None
+
+
+def outage(fed: Federation, cluster: Cluster, *, immediate: bool = False) -> None:
+    """Stop the cluster (fast, or `immediate`: a crash) and start it again only once every
+    worker has met the outage ("database unavailable" in its log since the stop)."""
+    logged = {proc.name: len(proc.log()) for proc in fed.procs}
+    assert cluster.stop(timeout=30, immediate=immediate)
+    wait_until(
+        fed,
+        lambda: all(
+            "database unavailable" in proc.log()[logged[proc.name] :] for proc in fed.procs
+        ),
+        60,
+        "every worker to notice the outage",
+    )
+    cluster.ensure_running()
 
 
 def assert_run_not_ended(fed: Federation, run_id: int) -> None:

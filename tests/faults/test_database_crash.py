@@ -17,7 +17,7 @@ from flpg.local.cluster import Cluster
 from tests.e2e.conftest import make_env
 from tests.e2e.harness import APPS, Federation, wait_for
 from tests.e2e.test_multitenancy import expected_final, final_of
-from tests.faults.support import wait_until
+from tests.faults.support import outage
 
 pytestmark = pytest.mark.e2e
 
@@ -54,17 +54,7 @@ def test_a_crash_loses_transient_payloads_and_the_run_resumes_from_its_checkpoin
             )
             == 0
         )
-        logged = {proc.name: len(proc.log()) for proc in fed.procs}
-        assert private_cluster.stop(timeout=30, immediate=True)
-        wait_until(
-            fed,
-            lambda: all(
-                "database unavailable" in proc.log()[logged[proc.name] :] for proc in fed.procs
-            ),
-            60,
-            "every worker to notice the crash",
-        )
-        private_cluster.ensure_running()
+        outage(fed, private_cluster, immediate=True)
 
         info = fed.wait_run(run_id, timeout=180)
         assert info["status"] == "finished", f"{info}\n{fed.logs()}"

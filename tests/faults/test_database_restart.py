@@ -15,7 +15,7 @@ from flpg.local.cluster import Cluster
 from tests.e2e.conftest import make_env
 from tests.e2e.harness import APPS, Federation, wait_for
 from tests.e2e.test_multitenancy import expected_final, final_of
-from tests.faults.support import wait_until
+from tests.faults.support import outage
 
 pytestmark = pytest.mark.e2e
 
@@ -40,18 +40,8 @@ def test_a_run_survives_a_database_restart(private_cluster: Cluster, tmp_path: P
             60,
             "two rounds before the restart",
         )
-        logged = {proc.name: len(proc.log()) for proc in fed.procs}
-        assert private_cluster.stop(timeout=30)
         # The database comes back only once every worker has met the outage and backed off.
-        wait_until(
-            fed,
-            lambda: all(
-                "database unavailable" in proc.log()[logged[proc.name] :] for proc in fed.procs
-            ),
-            60,
-            "every worker to notice the outage",
-        )
-        private_cluster.ensure_running()
+        outage(fed, private_cluster)
 
         info = fed.wait_run(run_id, timeout=120)
         assert info["status"] == "finished", f"{info}\n{fed.logs()}"
