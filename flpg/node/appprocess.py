@@ -54,7 +54,7 @@ from flpg.node.replies import Answer, Written, app_error, describe, write_replie
 from flpg.settings import DATABASE_URL_ENV
 from flpg.store import apps as store_apps
 from flpg.store import runs as store_runs
-from flpg.store.db import SESSION_OPTIONS, TRANSIENT, Connection
+from flpg.store.db import TRANSIENT, Connection, connect_kwargs
 from flpg.store.messages import MessageRow
 
 log = logging.getLogger("flpg.clientapp")
@@ -395,12 +395,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     if app.load_error:
         log.warning("ClientApp did not load: %s", app.load_error)
-    options = {"autocommit": True, "application_name": f"flpg-clientapp-{args.run}"}
     pool = ConnectionPool(  # one connection loads payloads, one writes replies
         url,
         min_size=1,
         max_size=2,
-        kwargs={**options, "options": SESSION_OPTIONS},
+        kwargs=connect_kwargs(f"flpg-clientapp-{args.run}", hot=True),
         check=ConnectionPool.check_connection,
         open=True,
     )

@@ -42,7 +42,7 @@ from flpg.settings import Intervals
 from flpg.store import messages as store_messages
 from flpg.store import nodes as store_nodes
 from flpg.store import runs as store_runs
-from flpg.store.db import SESSION_OPTIONS, STOP_CHECK, TRANSIENT, Connection, Session
+from flpg.store.db import STOP_CHECK, TRANSIENT, Connection, Session, connect_kwargs
 from flpg.store.migrate import ensure_schema
 
 log = logging.getLogger("flpg.node")
@@ -189,7 +189,7 @@ class NodeWorker:
 
     def _open(self, stop: threading.Event) -> Serving:
         """Register the nodes, open the connections, start the heartbeat."""
-        session = Session(self.url, application_name="flpg-node", stop=stop)
+        session = Session(self.url, application_name="flpg-node", stop=stop, hot=True)
         try:
             self._register(session.conn)
         except BaseException:
@@ -201,11 +201,7 @@ class NodeWorker:
             self.url,
             min_size=1,
             max_size=2,
-            kwargs={
-                "autocommit": True,
-                "application_name": "flpg-node-work",
-                "options": SESSION_OPTIONS,
-            },
+            kwargs=connect_kwargs("flpg-node-work", hot=True),
             check=ConnectionPool.check_connection,  # drop connections a restart broke
             open=True,
         )

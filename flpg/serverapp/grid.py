@@ -86,7 +86,7 @@ class Grid:
         self._run_id = run_id
         self._poll = poll
         self._chunk_size = chunk_size
-        self._session = Session(url, application_name=f"flpg-serverapp-{run_id}")
+        self._session = Session(url, application_name=f"flpg-serverapp-{run_id}", hot=True)
         self._listener = Listener(
             url, [run_channel(run_id)], application_name=f"flpg-serverapp-{run_id}-listen"
         )

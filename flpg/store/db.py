@@ -32,6 +32,13 @@ SESSION_OPTIONS = "-c idle_in_transaction_session_timeout=60s"
 long pause) loses its session after 60 s, releasing the row locks the link's
 sweeps would otherwise wait on for ever. flpg's own transactions never idle."""
 
+HOT_OPTIONS = f"{SESSION_OPTIONS} -c plan_cache_mode=force_generic_plan"
+"""Set on the connections of a round's critical path (node workers, ClientApp
+processes, ServerApps), which also prepare every statement on its first use
+(`prepare_threshold=0`): each hot statement is planned once per connection, not at
+each of its first executions. The planning of a statement under row-level security
+costs more than its execution in small rounds (benchmarks/RESULTS.md)."""
+
 TRANSIENT = (psycopg.OperationalError, DatabaseUnavailable)
 """Errors that mean "the database went away": reconnect and try again."""
 
@@ -55,17 +62,23 @@ def url_problem(url: str) -> str | None:
     return None
 
 
-def connect(url: str, *, application_name: str = "flpg") -> Connection:
+def connect_kwargs(application_name: str, *, hot: bool = False) -> dict[str, Any]:
+    """The keyword arguments of every flpg connection (and connection pool); `hot`:
+    one on a round's critical path (see HOT_OPTIONS)."""
+    return {
+        "autocommit": True,
+        "application_name": application_name,
+        "connect_timeout": 10,
+        "options": HOT_OPTIONS if hot else SESSION_OPTIONS,
+        "prepare_threshold": 0 if hot else 5,
+    }
+
+
+def connect(url: str, *, application_name: str = "flpg", hot: bool = False) -> Connection:
     """An autocommit connection; raises DatabaseUnavailable naming the (redacted) URL,
     or CredentialRefused naming the role when the server refused the login."""
     try:
-        return psycopg.connect(
-            url,
-            autocommit=True,
-            application_name=application_name,
-            connect_timeout=10,
-            options=SESSION_OPTIONS,
-        )
+        return psycopg.connect(url, **connect_kwargs(application_name, hot=hot))
     except psycopg.Error as exc:
         refused = credential_refused(exc, url)
         if refused is not None:
@@ -102,10 +115,16 @@ class Session:
     """
 
     def __init__(
-        self, url: str, *, application_name: str, stop: threading.Event | None = None
+        self,
+        url: str,
+        *,
+        application_name: str,
+        stop: threading.Event | None = None,
+        hot: bool = False,
     ) -> None:
         self.url = url
         self.application_name = application_name
+        self.hot = hot
         self.stop = stop or threading.Event()
         self._conn: Connection | None = None
         self._backoff = Backoff()
@@ -113,7 +132,7 @@ class Session:
     @property
     def conn(self) -> Connection:
         if self._conn is None or self._conn.closed:
-            self._conn = connect(self.url, application_name=self.application_name)
+            self._conn = connect(self.url, application_name=self.application_name, hot=self.hot)
         return self._conn
 
     def reset(self, exc: BaseException) -> None:

@@ -29,13 +29,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HEAD_REVISION = "0013"
+HEAD_REVISION = "0014"
 """The newest revision shipped with this flpg, as Alembic's head names it (a test
 checks they agree): services compare the database's revision with it in one query,
 without loading Alembic and SQLAlchemy unless a migration is needed."""
 
 
-SECURITY_SQL = ("roles.v1", "trust.v1", "runroles.v1", "trust.v2", "trust.v3", "trust.v4")
+SECURITY_SQL = (
+    "roles.v1",
+    "trust.v1",
+    "runroles.v1",
+    "trust.v2",
+    "trust.v3",
+    "trust.v4",
+    "trust.v5",
+)
 """The files of `sql/security/` that head's schema is built with, in order: group
 roles, then the functions, triggers, grants and policies of the trust model."""
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,11 @@ from flpg.store.sql import query
 
 DEFAULT_CHUNK_SIZE = 1 << 20
 """1 MiB chunk rows: the fastest write path measured here, and far below 1 GB."""
+
+SMALL_READ = 1 << 20
+"""A read of at most this many (uncompressed) payload bytes fetches its chunk rows at
+once, as a statement that can be prepared; a larger one streams them row by row
+(bounded memory), which psycopg cannot prepare."""
 
 
 @dataclass(frozen=True)
@@ -161,9 +166,7 @@ def read(conn: Connection, wanted: Sequence[ArrayRef]) -> dict[int, np.ndarray[A
     }
     expected_seq = dict.fromkeys(by_id, 0)
     with conn.cursor(binary=True) as cur:
-        for array_id, seq, data in cur.stream(
-            query("array_chunks_stream"), {"array_ids": sorted(by_id)}
-        ):
+        for array_id, seq, data in chunk_rows(cur, list(by_id.values())):
             if seq != expected_seq[array_id]:
                 raise PayloadCorrupt(
                     f"array {label(by_id[array_id])} is missing chunk {expected_seq[array_id]}"
@@ -190,6 +193,16 @@ def read(conn: Connection, wanted: Sequence[ArrayRef]) -> dict[int, np.ndarray[A
             raise PayloadCorrupt(f"array {label(ref)} fails its digest check")
         out[array_id] = arr
     return out
+
+
+def chunk_rows(cur: Any, wanted: Sequence[ArrayRef]) -> Iterable[tuple[int, int, bytes]]:
+    """`(array_id, seq, data)` of the referenced arrays' chunks, by array and seq, on
+    binary cursor `cur`: fetched at once up to SMALL_READ bytes, else streamed."""
+    by_id = {r.array_id: r.nbytes for r in wanted}
+    params = {"array_ids": sorted(by_id)}
+    if sum(by_id.values()) <= SMALL_READ:
+        return cur.execute(query("array_chunks_stream"), params).fetchall()  # type: ignore[no-any-return]
+    return cur.stream(query("array_chunks_stream"), params)  # type: ignore[no-any-return]
 
 
 def base_bytes(conn: Connection, ref: ArrayRef, start: int, stop: int) -> bytes:
@@ -226,9 +239,7 @@ def read_raw(conn: Connection, wanted: Sequence[ArrayRef]) -> dict[int, Chunks]:
         return {}
     out: dict[int, Chunks] = {}
     with conn.cursor(binary=True) as cur:
-        for array_id, seq, data in cur.stream(
-            query("array_chunks_stream"), {"array_ids": sorted({r.array_id for r in wanted})}
-        ):
+        for array_id, seq, data in chunk_rows(cur, wanted):
             out.setdefault(array_id, []).append((seq, data))
     return out
 
