@@ -126,8 +126,6 @@ def test_migrations_build_exactly_the_models(empty_db_url: str, second_empty_db_
     assert storage[("apps", "bundle")] == "e"
     assert {v[0] for v in migrated["views"]} == {
         "message_latency",
-        "my_nodes",
-        "my_run",
         "node_accounting",
         "node_participation",
         "round_history",
