@@ -30,7 +30,9 @@ def unix_socket_of(url: str) -> tuple[str, str, str, int]:
 
 class CuttingProxy:
     """Forwards 127.0.0.1:`port` to a PostgreSQL unix socket; `arm(marker)` cuts the next
-    connection that sends `marker`, after the server has answered it in full."""
+    connection that sends `marker`, after the server has answered it in full (for a
+    statement prepared first, as hot connections do: after it ran, not after its
+    Parse)."""
 
     def __init__(self, db_url: str) -> None:
         self._target, self._user, self._dbname, _ = unix_socket_of(db_url)
@@ -115,10 +117,17 @@ class CuttingProxy:
                         if not holding:
                             client.sendall(message)
                             continue
-                        held.append(message[:1])
-                        if message[:1] == b"Z":  # answered in full: committed; cut here
-                            self.held_back.append(b"".join(held))
+                        held.append(message)
+                        if message[:1] != b"Z":
+                            continue
+                        kinds = b"".join(m[:1] for m in held)
+                        if b"C" in kinds or b"E" in kinds:  # answered in full: cut here
+                            self.held_back.append(kinds)
                             return
+                        # Only prepared (Parse, Sync): the statement runs next; pass on.
+                        for m in held:
+                            client.sendall(m)
+                        held = []
         except OSError:
             return
         finally:
