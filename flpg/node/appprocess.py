@@ -35,8 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from psycopg_pool import ConnectionPool
-
 from flpg import bus
 from flpg.app.compressed import ReplyEncoder, reply_codec
 from flpg.app.context import Context
@@ -54,7 +52,7 @@ from flpg.node.replies import Answer, Written, app_error, describe, write_replie
 from flpg.settings import DATABASE_URL_ENV
 from flpg.store import apps as store_apps
 from flpg.store import runs as store_runs
-from flpg.store.db import TRANSIENT, Connection, connect_kwargs
+from flpg.store.db import TRANSIENT, Connection, ConnectionPool, hot_pool
 from flpg.store.messages import MessageRow
 
 log = logging.getLogger("flpg.clientapp")
@@ -395,14 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if app.load_error:
         log.warning("ClientApp did not load: %s", app.load_error)
-    pool = ConnectionPool(  # one connection loads payloads, one writes replies
-        url,
-        min_size=1,
-        max_size=2,
-        kwargs=connect_kwargs(f"flpg-clientapp-{args.run}", hot=True),
-        check=ConnectionPool.check_connection,
-        open=True,
-    )
+    pool = hot_pool(url, f"flpg-clientapp-{args.run}")  # one loads payloads, one writes replies
     try:
         Server(pool, app, args.worker, out, args.concurrency).serve(sys.stdin, args.grace)
         if app.app is not None:  # the lifespans' teardowns, once the run is done here

@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from psycopg_pool import ConnectionPool
-
 from flpg.bundle.appdir import default_cache_dir
 from flpg.bundle.appuser import AppUser
 from flpg.errors import ConfigError, PermissionDenied
@@ -42,7 +40,7 @@ from flpg.settings import Intervals
 from flpg.store import messages as store_messages
 from flpg.store import nodes as store_nodes
 from flpg.store import runs as store_runs
-from flpg.store.db import STOP_CHECK, TRANSIENT, Connection, Session, connect_kwargs
+from flpg.store.db import STOP_CHECK, TRANSIENT, Connection, ConnectionPool, Session, hot_pool
 from flpg.store.migrate import ensure_schema
 
 log = logging.getLogger("flpg.node")
@@ -197,14 +195,7 @@ class NodeWorker:
             raise
         # Virtual nodes: start a run's process on its submission.
         wakeup = Wakeup(self.url, self.node_ids, submissions=len(self.node_ids) > 1)
-        pool = ConnectionPool(
-            self.url,
-            min_size=1,
-            max_size=2,
-            kwargs=connect_kwargs("flpg-node-work", hot=True),
-            check=ConnectionPool.check_connection,  # drop connections a restart broke
-            open=True,
-        )
+        pool = hot_pool(self.url, "flpg-node-work")
         reports = Reports(self.dispatcher, self.worker, pool.connection, wakeup.wake)
         launch = Launch(
             self.url,

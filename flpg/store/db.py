@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import psycopg
 import psycopg.conninfo
 from psycopg import sql as pgsql
+from psycopg_pool import ConnectionPool as ConnectionPool  # re-exported for the node
 
 from flpg.errors import DatabaseUnavailable
 from flpg.store.errors import credential_refused
@@ -87,6 +88,20 @@ def connect(url: str, *, application_name: str = "flpg", hot: bool = False) -> C
         raise DatabaseUnavailable(
             f"cannot connect to the database at {redact(url)}: {detail}"
         ) from exc
+
+
+def hot_pool(url: str, application_name: str) -> ConnectionPool:
+    """An open pool of up to two hot connections (see HOT_OPTIONS) for a node worker or
+    a ClientApp process; each connection is checked before use, so one a database
+    restart broke is replaced."""
+    return ConnectionPool(
+        url,
+        min_size=1,
+        max_size=2,
+        kwargs=connect_kwargs(application_name, hot=True),
+        check=ConnectionPool.check_connection,
+        open=True,
+    )
 
 
 class Backoff:

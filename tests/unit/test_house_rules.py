@@ -116,7 +116,7 @@ def test_the_queries_of_a_table_live_in_one_file() -> None:
 # the node worker and its app processes hold as their connections) and the embedded
 # cluster's admin (flpg/local/cluster.py: checks the server answers, creates its database).
 PSYCOPG_ALLOWED = ("store/", "local/cluster.py")
-CONNECTION_LAYER = {"psycopg_pool": ("node/worker.py", "node/appprocess.py")}
+CONNECTION_LAYER = {"psycopg_pool": ("store/db.py",)}
 
 
 def imported_modules(tree: ast.Module) -> Iterator[str]:
