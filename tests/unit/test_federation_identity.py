@@ -67,16 +67,18 @@ def test_a_recycled_pid_is_never_signalled(
 ) -> None:
     # `up` started a process and recorded it; it ended; its pid now belongs to an
     # unrelated process (a user's, with "flpg" in its command line, as the old check
-    # looked for). The kernel hands out pids freely, so the test records the
-    # unrelated process's pid with the identity of the one that ended.
-    ended = spawn(IMPOSTOR)
-    ended_identity = process_start(ended.pid)
-    ended.kill()
-    ended.wait()
+    # looked for). The kernel does not recycle a pid on demand, so the test records
+    # the unrelated process's pid with the identity the ended one had: the same boot,
+    # an earlier start. (Two processes forked within one clock tick share a start
+    # time, so another process's identity would not do: only a pid and its start
+    # time together name a process.)
     impostor = spawn(IMPOSTOR, "flpg", "node", "--name", "node-1")
     procs.append(impostor)
     assert b"flpg" in Path(f"/proc/{impostor.pid}/cmdline").read_bytes()
-    assert ended_identity is not None and process_start(impostor.pid) != ended_identity
+    identity = process_start(impostor.pid)
+    assert identity is not None
+    boot, ticks = identity.rsplit(":", 1)
+    ended_identity = f"{boot}:{int(ticks) - 1}"
     record(tmp_path, [member("node-1", impostor.pid, ended_identity)])
 
     stopped, fed = federation.down(tmp_path, timeout=5)
