@@ -26,7 +26,11 @@ With `--pairs K` each configuration runs K on/off pairs; a variant's value is th
 the median over its K runs.
 
 The cost column is on/off - 1 for round times, and off rate / on rate - 1 for the
-throughput (time per message).
+throughput (time per message). The pooled column is the same ratio of the medians of
+every round 2..R of every run of a variant (every run's rate for the claims), with a
+90 % interval from a bootstrap that resamples runs, then rounds within them
+(`harness/stats.py`): many short runs and many rounds per run narrow it, e.g.
+`--rounds 40 --pairs 5` for the small configurations.
 
 `--policy-sql FILE` adds a third variant, **fix**: as on, with FILE run as admin in the
 database right after migrating (a candidate policy change, measured before it becomes
@@ -63,6 +67,7 @@ from harness.cluster import BenchCluster
 from harness.flpg_side import FlpgSide
 from harness.procs import interrupt_on_signals, run_guarded
 from harness.results import Config, Outcome, format_size, parse_size
+from harness.stats import relative_cost
 from harness.table import DASH, detail_table, render, secs
 
 VARIANTS = {"off": "no-rls", "on": "roles", "fix": "roles"}
@@ -204,18 +209,39 @@ class RlsCost:
                     got.append(value)
         return got
 
+    def samples(self, item: Config | str, variant: str) -> list[list[float]]:
+        """The variant's values per run that worked: rounds 2..R, or the msg/s rate."""
+        got: list[list[float]] = []
+        for it, var, o in self.runs:
+            if it == item and var == variant and o.ok:
+                rate = o.extra.get("rate")
+                got.append(
+                    ([rate] if rate else []) if isinstance(item, str) else o.round_seconds[1:]
+                )
+        return got
+
+    def pooled(self, item: Config | str) -> list[str]:
+        """Each variant's pooled cost against off, with its 90 % interval."""
+        off = self.samples(item, "off")
+        costs = [
+            relative_cost(off, self.samples(item, v), higher_is_better=isinstance(item, str))
+            for v in self.args.variants[1:]
+        ]
+        return [DASH if c is None else c.text() for c in costs]
+
     def report(self) -> str:
         variants = self.args.variants
         fedavg_rows, claim_rows = [], []
         for item in dict.fromkeys(it for it, _, _ in self.runs):
             values = {v: self.values(item, v) for v in variants}
             if isinstance(item, str):
-                claim_rows.append(claim_row(values, variants))
+                claim_rows.append(claim_row(values, variants) + self.pooled(item))
             else:
-                fedavg_rows.append(fedavg_row(item, values, variants))
+                fedavg_rows.append(fedavg_row(item, values, variants) + self.pooled(item))
+        pooled = [f"{v}/off pooled [90%]" for v in variants[1:]]
         headers = ["config", "off s", "on s", "on/off %"]
         headers += ["fix s", "fix/off %"] if "fix" in variants else []
-        headers += [f"runs {v}" for v in variants]
+        headers += [f"runs {v}" for v in variants] + pooled
         parts = [
             f"Median round over rounds 2..{self.args.rounds} (s); with several pairs, the "
             "median over runs (each run's value in the detail table).",
@@ -225,7 +251,7 @@ class RlsCost:
         if claim_rows:
             claim_headers = ["config", "off msg/s", "on msg/s", "on cost %"]
             claim_headers += ["fix msg/s", "fix cost %"] if "fix" in variants else []
-            claim_headers += [f"runs {v}" for v in variants]
+            claim_headers += [f"runs {v}" for v in variants] + pooled
             parts += [
                 "",
                 f"Claim throughput: {self.args.throughput_messages} query messages to one node "
