@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HEAD_REVISION = "0014"
+HEAD_REVISION = "0015"
 """The newest revision shipped with this flpg, as Alembic's head names it (a test
 checks they agree): services compare the database's revision with it in one query,
 without loading Alembic and SQLAlchemy unless a migration is needed."""
@@ -43,6 +43,7 @@ SECURITY_SQL = (
     "trust.v3",
     "trust.v4",
     "trust.v5",
+    "trust.v6",
 )
 """The files of `sql/security/` that head's schema is built with, in order: group
 roles, then the functions, triggers, grants and policies of the trust model."""

@@ -1,0 +1,111 @@
+"""How the hot statements read tables under row-level security (trust.v6): a policy
+filters the rows a statement's own conditions found, it never chooses the scan. A
+policy's run identity used as an index key made a reply write scan every message its
+run ever had, and a payload read every array of the run (their cost grew with the
+run's length); an EXISTS on the chunk tables hashed every array the reader may see.
+
+Each statement is planned as the role that runs it, after the run has a long history
+(so a scan over it would be visible), and the plan is read from EXPLAIN."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from ._trust_world import World, as_role, built_world, named
+
+HISTORY = 400
+"""Finished instructions, and arrays, run1 had before the statements are planned; and
+instructions of run2 claimed at the same time (so that finding a claimed instruction
+through the claimed ones does not look cheap either)."""
+
+
+@pytest.fixture(scope="module")
+def world(module_db_url: str) -> Iterator[World]:
+    with built_world(module_db_url) as w:
+        with psycopg.connect(module_db_url, autocommit=True) as admin:
+            admin.execute(
+                "INSERT INTO messages (run_id, dst_node_id, message_type, ttl_seconds, deadline,"
+                " state, finished_at) SELECT %s, %s, 'train', 60, now(), 'done', now()"
+                " FROM generate_series(1, %s)",
+                (w.runs["run1"], w.nodes["A1"], HISTORY),
+            )
+            admin.execute(
+                "INSERT INTO messages (run_id, dst_node_id, message_type, ttl_seconds, deadline,"
+                " state, claimed_by, claimed_at, lease_until) SELECT %s, %s, 'train', 60,"
+                " now() + interval '1 hour', 'claimed', 'other', now(), now() + interval '1 min'"
+                " FROM generate_series(1, %s)",
+                (w.runs["run2"], w.nodes["A1"], HISTORY),
+            )
+            admin.execute(
+                "INSERT INTO arrays (run_id, dtype, shape, nbytes, chunk_size, n_chunks, digest,"
+                " durable) SELECT %s, 'uint8', '{4}', 4, 4, 1, %s, false"
+                " FROM generate_series(1, %s)",
+                (w.runs["run1"], bytes(16), HISTORY),
+            )
+        yield w
+
+
+def plan_nodes(world: World, who: str, name: str, **params: Any) -> list[dict[str, Any]]:
+    """Every node of the plan of named statement `name` as `who` (not executed)."""
+    sql, bound = named(name, **params)
+    with as_role(world, who) as conn:
+        (doc,) = conn.execute(f"EXPLAIN (FORMAT JSON) {sql}", bound).fetchone()  # type: ignore[misc]
+    plan = (json.loads(doc) if isinstance(doc, str) else doc)[0]["Plan"]
+    out: list[dict[str, Any]] = []
+    todo = [plan]
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        todo.extend(node.get("Plans", []))
+    return out
+
+
+def run_scans(nodes: list[dict[str, Any]]) -> list[str]:
+    """Scans of messages or arrays whose index condition is a run id."""
+    return [
+        f"{n['Node Type']} on {n['Relation Name']} using {n.get('Index Name')}"
+        for n in nodes
+        if n.get("Relation Name") in ("messages", "arrays") and "run_id" in n.get("Index Cond", "")
+    ]
+
+
+def hashed_policies(nodes: list[dict[str, Any]]) -> list[str]:
+    return [n["Filter"] for n in nodes if "hashed SubPlan" in n.get("Filter", "")]
+
+
+def test_a_reply_write_finds_its_instruction_among_the_claimed_ones(world: World) -> None:
+    nodes = plan_nodes(
+        world,
+        "ca1",
+        "messages_insert_replies",
+        replies=json.dumps([{"reply_to": world.msgs["i4"]}]),
+        worker="w",
+        links="[]",
+    )
+    assert run_scans(nodes) == []
+    updated = [n for n in nodes if n.get("Relation Name") == "messages" and "Index Name" in n]
+    assert updated, "the instruction is found through an index"
+
+
+@pytest.mark.parametrize("who", ["sa1", "ca1"])
+def test_a_payload_listing_reads_the_arrays_of_its_messages_only(world: World, who: str) -> None:
+    nodes = plan_nodes(world, who, "message_arrays_list", message_ids=[world.msgs["i1"]])
+    assert run_scans(nodes) == []
+    assert hashed_policies(nodes) == []
+
+
+def test_a_checkpoint_listing_reads_the_checkpoint_arrays_only(world: World) -> None:
+    nodes = plan_nodes(world, "sa1", "checkpoint_arrays_list", run_id=world.runs["run1"])
+    assert run_scans(nodes) == []
+
+
+@pytest.mark.parametrize("who", ["sa1", "ca1", "node_a"])
+def test_a_chunk_read_checks_each_chunk_by_its_array(world: World, who: str) -> None:
+    nodes = plan_nodes(world, who, "array_chunks_stream", array_ids=[world.arrays["X1"]])
+    assert hashed_policies(nodes) == []
+    assert run_scans(nodes) == []
