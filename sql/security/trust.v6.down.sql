@@ -1,5 +1,30 @@
 -- Undoes trust.v6 (migration 0015's downgrade): the policies as trust.v2 and trust.v4
--- left them.
+-- left them, and the identity lookups as trust.v5 did.
+
+CREATE OR REPLACE FUNCTION flpg_my_node_ids() RETURNS bigint[]
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, public
+AS $$
+DECLARE
+    ids bigint[];
+BEGIN
+    SELECT coalesce(array_agg(node_id ORDER BY node_id), '{}') INTO ids
+    FROM public.principal_nodes WHERE role_name = current_user;
+    RETURN ids;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION flpg_my_run_id() RETURNS bigint
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, public
+AS $$
+DECLARE
+    run bigint;
+BEGIN
+    SELECT run_id INTO run FROM public.principals WHERE role_name = current_user;
+    RETURN run;
+END
+$$;
 
 ALTER POLICY clientapp_messages ON messages
     USING (run_id = (SELECT flpg_my_run_id())

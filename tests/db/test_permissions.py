@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 from psycopg.errors import InsufficientPrivilege
 from psycopg.types.json import Jsonb
@@ -189,6 +190,42 @@ def test_node_cannot_change_node_labels(world: World, node: str) -> None:
         "UPDATE nodes SET labels = '{\"x\": 1}' WHERE id = %s",
         (world.nodes[node],),
     )
+
+
+def test_a_participant_cannot_make_temporary_tables(world: World) -> None:
+    for who in ("node_b", "ca1", "sa1", "alice"):
+        denied(world, who, "CREATE TEMPORARY TABLE principal_nodes (node_id bigint)")
+
+
+def test_a_shadowing_mapping_in_the_callers_search_path_is_never_read(world: World) -> None:
+    """The identity lookups run as the caller, with the caller's search_path (trust.v6):
+    a temporary table named like the mapping, first in the path, changes nothing. The
+    role is given the TEMPORARY privilege here, which no participant has."""
+    n, m = world.nodes, world.msgs
+    database, role = quoted_database(world), f'"{world.roles["node_b"]}"'
+    with psycopg.connect(world.url, autocommit=True) as admin:
+        admin.execute(f"GRANT TEMPORARY ON DATABASE {database} TO {role}")
+    try:
+        with as_role(world, "node_b") as conn:
+            conn.execute("CREATE TEMPORARY TABLE principal_nodes (role_name text, node_id bigint)")
+            conn.execute(
+                "INSERT INTO pg_temp.principal_nodes SELECT current_user, unnest(%s::bigint[])",
+                ([n["A1"], n["A2"], n["B"]],),
+            )
+            conn.execute("SET search_path = pg_temp, public")
+            assert scalar(conn, "SELECT count(*) FROM pg_temp.principal_nodes") == 3
+            assert scalar(conn, "SELECT flpg_my_node_ids()") == [n["B"]]
+            seen = {r[0] for r in conn.execute("SELECT id FROM messages").fetchall()}
+            assert m["i1"] not in seen and m["i2"] in seen
+            assert [r[0] for r in conn.execute("SELECT id FROM nodes").fetchall()] == [n["B"]]
+    finally:
+        with psycopg.connect(world.url, autocommit=True) as admin:
+            admin.execute(f"REVOKE TEMPORARY ON DATABASE {database} FROM {role}")
+
+
+def quoted_database(world: World) -> str:
+    with psycopg.connect(world.url) as conn:
+        return f'"{scalar(conn, "SELECT current_database()")}"'
 
 
 def test_node_heartbeats_only_its_own_node_ids(world: World) -> None:
