@@ -201,13 +201,7 @@ class RlsCost:
 
     def values(self, item: Config | str, variant: str) -> list[float]:
         """The variant's value in each run that worked: median round s, or msg/s."""
-        got: list[float] = []
-        for it, var, o in self.runs:
-            if it == item and var == variant and o.ok:
-                value = o.extra.get("rate") if isinstance(item, str) else o.median_round
-                if value is not None:
-                    got.append(value)
-        return got
+        return [statistics.median(s) for s in self.samples(item, variant) if s]
 
     def samples(self, item: Config | str, variant: str) -> list[list[float]]:
         """The variant's values per run that worked: rounds 2..R, or the msg/s rate."""
