@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from flpg.cli import render
+from flpg.cli import render_local
 from flpg.cli._base import db_option, handle_errors, resolve_url
 from flpg.errors import ConfigError
 from flpg.settings import DATABASE_URL_ENV, explicit_database_url
@@ -42,7 +42,7 @@ def db_upgrade(db: str | None) -> None:
     connect(url, application_name="flpg-cli").close()
     before = check(url)
     upgrade(url)
-    render.schema_upgraded(head_revision(), before, redact(url))
+    render_local.schema_upgraded(head_revision(), before, redact(url))
 
 
 @db.command("status")
@@ -55,7 +55,8 @@ def db_status(db: str | None) -> None:
 
     url = explicit_database_url(db)
     if url:
-        render.database_status(redact(url), DATABASE_URL_ENV, _revision(current_revision(url)))
+        revision = _revision(current_revision(url))
+        render_local.database_status(redact(url), DATABASE_URL_ENV, revision)
         _table_sizes(url)
         return
     from flpg.local.datadir import served_address
@@ -64,7 +65,7 @@ def db_status(db: str | None) -> None:
     status = embedded.status()
     schema = _revision(current_revision(status.url)) if status.running else None
     served = served_address(embedded.data_dir) if status.initialised else None
-    render.cluster_status(
+    render_local.cluster_status(
         status.root, status.running, status.pid, status.initialised, status.url, schema, served
     )
     _binaries_status(status.bindir)
@@ -77,10 +78,10 @@ def _binaries_status(bindir: Path | None) -> None:
     from flpg.local.binaries import describe
 
     if bindir is None:
-        render.binaries_status(None, None, "")
+        render_local.binaries_status(None, None, "")
         return
     found = describe(bindir)
-    render.binaries_status(found.bindir, found.major, found.source)
+    render_local.binaries_status(found.bindir, found.major, found.source)
 
 
 def _table_sizes(url: str) -> None:
@@ -89,13 +90,13 @@ def _table_sizes(url: str) -> None:
 
     with connect(url, application_name="flpg-cli") as conn:
         total, tables = table_sizes(conn)
-    render.table_sizes(total, [(t.name, t.bytes) for t in tables])
+    render_local.table_sizes(total, [(t.name, t.bytes) for t in tables])
 
 
 def _revision(revision: str | None) -> str:
     from flpg.store.migrate import head_revision, known_revisions
 
-    return render.revision_text(
+    return render_local.revision_text(
         revision, head_revision(), revision is None or revision in known_revisions()
     )
 
@@ -107,7 +108,7 @@ def db_stop() -> None:
     from flpg.local.embedded import cluster
 
     was_running = cluster().stop()
-    render.cluster_stopped(was_running)
+    render_local.cluster_stopped(was_running)
 
 
 @db.command("serve")

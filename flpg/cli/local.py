@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from flpg.cli import options, render
+from flpg.cli import options, render_local
 from flpg.cli._base import db_option, handle_errors, resolve_url_started
 from flpg.cli.db import listen_option, print_serving, serve_embedded
 from flpg.errors import ConfigError
@@ -43,7 +43,7 @@ def up_cmd(db: str | None, num_nodes: int, listen: str | None) -> None:
     else:
         url, started_db = resolve_url_started(db)
     fed, started = federation.up(home(), url, num_nodes, started_db=started_db)
-    render.federation_up(started, fed.num_nodes, redact(url), home() / "logs")
+    render_local.federation_up(started, fed.num_nodes, redact(url), home() / "logs")
 
 
 @click.command("down")
@@ -54,9 +54,9 @@ def down_cmd() -> None:
     from flpg.local.embedded import cluster, home
 
     stopped, fed = federation.down(home())
-    render.federation_down(None if fed is None else stopped)
+    render_local.federation_down(None if fed is None else stopped)
     if fed is not None and fed.started_db and cluster().stop():
-        render.embedded_db_stopped()
+        render_local.embedded_db_stopped()
 
 
 @click.command("demo")
@@ -104,7 +104,7 @@ def new_cmd(name: str, target: Path, framework: str) -> None:
     """Create a working app skeleton NAME (ServerApp with FedAvg, ClientApp)."""
     from flpg.local.scaffold import create_app
 
-    render.app_created(create_app(name, target, framework))
+    render_local.app_created(create_app(name, target, framework))
 
 
 COMMANDS = (up_cmd, down_cmd, demo_cmd, new_cmd)
