@@ -37,6 +37,9 @@ def setup_logging(verbose: bool = False) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # The pool's own reconnection attempts run on its threads and can log after the
+    # worker's one-line error; the worker reports connection failures itself.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 
 _M_TRIM_THRESHOLD = -1
