@@ -34,3 +34,10 @@ WHERE c.relnamespace = current_schema()::regnamespace
   AND c.relkind IN ('r', 'p', 'm')
 ORDER BY bytes DESC, name
 LIMIT %(limit)s;
+
+-- name: schema_refresh_statistics
+-- Link sweep: analyzes each coordination table with at least `min_changes` row
+-- changes since its last ANALYZE, and at least as many as it had rows then; returns
+-- the names of the tables it analyzed (none while another link is at it). See
+-- sql/security/statistics.v1.sql.
+SELECT flpg_refresh_statistics(%(min_changes)s) AS analyzed;

@@ -20,6 +20,7 @@ from flpg.store import payloads as store_payloads
 from flpg.store import recovery as store_recovery
 from flpg.store import runroles as store_runroles
 from flpg.store import runs as store_runs
+from flpg.store import schema as store_schema
 from flpg.store import session as store_session
 from flpg.store.db import TRANSIENT, Connection, Session, connect
 from flpg.store.migrate import ensure_schema
@@ -41,8 +42,8 @@ process start: normally milliseconds) before the link takes the run back."""
 class LinkWorker:
     """Marks silent nodes offline (answering their undelivered messages with an error
     reply), re-queues lapsed leases, expires messages past their TTL (with an error
-    reply), fails runs whose ServerApp went silent and takes back runs whose exec
-    never launched them."""
+    reply), fails runs whose ServerApp went silent, takes back runs whose exec never
+    launched them, and analyzes coordination tables whose statistics are young."""
 
     def __init__(self, url: str, *, intervals: Intervals | None = None) -> None:
         self.url = url
@@ -106,6 +107,9 @@ class LinkWorker:
         roles = store_runroles.collect(conn)
         if roles:
             log.info("dropped %d database role(s) of ended runs", roles)
+        analyzed = store_schema.refresh_statistics(conn)
+        if analyzed:
+            log.debug("analyzed %s (their statistics were young)", ", ".join(analyzed))
         if judge_liveness:
             failed = store_runs.fail_silent(
                 conn, self.intervals.offline_after, max(self.intervals.offline_after, STARTUP)
@@ -126,6 +130,7 @@ class LinkWorker:
             "runs_taken_back": len(taken),
             "payloads_collected": collected,
             "run_roles_dropped": roles,
+            "tables_analyzed": len(analyzed),
             "runs_recovered": 0 if recovered is None else len(recovered.runs),
         }
 

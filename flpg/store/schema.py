@@ -1,4 +1,5 @@
-"""The schema's own state: its Alembic revision and names already taken."""
+"""The schema's own state: its Alembic revision, names already taken, and the
+planner's statistics of its tables."""
 
 from __future__ import annotations
 
@@ -54,3 +55,20 @@ def migration_error(
             "database's owner"
         )
     return error
+
+
+MIN_CHANGES = 64
+"""Row changes a table needs since its last ANALYZE before `refresh_statistics`
+analyzes it."""
+
+
+def refresh_statistics(conn: Connection, min_changes: int = MIN_CHANGES) -> list[str]:
+    """Analyze the coordination tables that changed at least `min_changes` rows, and
+    as many rows as they had, since their last ANALYZE; return their names.
+
+    Hot connections keep each plan until ANALYZE invalidates it, and autovacuum's
+    first ANALYZE of a new table comes up to a minute late, so the link calls this
+    every sweep (docs/architecture.md, "Young tables"). Only a link or admin may
+    (PermissionDenied otherwise, from the database)."""
+    row = one(conn, "schema_refresh_statistics", {"min_changes": min_changes})
+    return list(row["analyzed"]) if row is not None else []
