@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HEAD_REVISION = "0016"
+HEAD_REVISION = "0017"
 """The newest revision shipped with this flpg, as Alembic's head names it (a test
 checks they agree): services compare the database's revision with it in one query,
 without loading Alembic and SQLAlchemy unless a migration is needed."""
@@ -45,6 +45,7 @@ SECURITY_SQL = (
     "trust.v5",
     "trust.v6",
     "statistics.v1",
+    "trust.v7",
 )
 """The files of `sql/security/` that head's schema is built with, in order: group
 roles, then the functions, triggers, grants and policies of the trust model."""

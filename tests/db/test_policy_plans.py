@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from ..conftest import scratch_database
 from ._trust_world import World, as_role, built_world, named
 
 HISTORY = 400
@@ -24,10 +25,14 @@ instructions of run2 claimed at the same time (so that finding a claimed instruc
 through the claimed ones does not look cheap either)."""
 
 
-@pytest.fixture(scope="module")
-def world(module_db_url: str) -> Iterator[World]:
-    with built_world(module_db_url) as w:
-        with psycopg.connect(module_db_url, autocommit=True) as admin:
+@pytest.fixture(scope="module", params=["young", "analyzed"])
+def world(pg_server: Any, request: pytest.FixtureRequest) -> Iterator[World]:
+    """Without statistics (a young table), and with them (the link's refresh)."""
+    with (
+        scratch_database(pg_server, "flpg_plans", pg_server.template_dbname) as url,
+        built_world(url) as w,
+    ):
+        with psycopg.connect(url, autocommit=True) as admin:
             admin.execute(
                 "INSERT INTO messages (run_id, dst_node_id, message_type, ttl_seconds, deadline,"
                 " state, finished_at) SELECT %s, %s, 'train', 60, now(), 'done', now()"
@@ -47,6 +52,18 @@ def world(module_db_url: str) -> Iterator[World]:
                 " FROM generate_series(1, %s)",
                 (w.runs["run1"], bytes(16), HISTORY),
             )
+            # run1's finished instructions to A1 carried those arrays, one each
+            admin.execute(
+                "INSERT INTO message_arrays (message_id, record_name, position, array_name,"
+                " array_id) SELECT m.id, 'r', 0, 'w', a.id"
+                " FROM (SELECT id, row_number() OVER (ORDER BY id) AS k FROM messages"
+                "       WHERE run_id = %s AND id > %s) AS m"
+                " JOIN (SELECT id, row_number() OVER (ORDER BY id) AS k FROM arrays"
+                "       WHERE run_id = %s AND id > %s) AS a USING (k)",
+                (w.runs["run1"], max(w.msgs.values()), w.runs["run1"], max(w.arrays.values())),
+            )
+            if request.param == "analyzed":
+                admin.execute("ANALYZE")
         yield w
 
 
@@ -92,7 +109,7 @@ def test_a_reply_write_finds_its_instruction_among_the_claimed_ones(world: World
     assert updated, "the instruction is found through an index"
 
 
-@pytest.mark.parametrize("who", ["sa1", "ca1"])
+@pytest.mark.parametrize("who", ["sa1", "ca1", "node_a"])
 def test_a_payload_listing_reads_the_arrays_of_its_messages_only(world: World, who: str) -> None:
     nodes = plan_nodes(world, who, "message_arrays_list", message_ids=[world.msgs["i1"]])
     assert run_scans(nodes) == []
