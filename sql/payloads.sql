@@ -15,6 +15,10 @@ INSERT INTO array_chunks (array_id, seq, data) VALUES (%(array_id)s, %(seq)s, %(
 INSERT INTO array_chunks_transient (array_id, seq, data)
 VALUES (%(array_id)s, %(seq)s, %(data)b);
 
+-- name: arrays_get_digest
+-- An array's digest and its algorithm (a top-k delta's base, checked as it is read).
+SELECT digest, digest_alg FROM arrays WHERE id = %(array_id)s;
+
 -- name: message_arrays_list
 -- The arrays each message carries, in record order.
 SELECT ma.message_id, ma.record_name, ma.position, ma.array_name,

@@ -159,8 +159,8 @@ def read(conn: Connection, wanted: Sequence[ArrayRef]) -> dict[int, np.ndarray[A
     }
     hashers = {i: arrays.Digest(alg=r.digest_alg) for i, r in by_id.items()}
     decoders = {i: decoder_for(r) for i, r in by_id.items()}
-    bases = {  # top-k deltas: their bases' bytes, read before the chunks stream
-        i: base_bytes(conn, by_id[i], 0, by_id[i].nbytes)
+    bases = {  # top-k deltas: their bases' bytes, read and checked before the chunks
+        i: checked_base(conn, by_id[i])
         for i, d in decoders.items()
         if d is not None and d.needs_base
     }
@@ -217,6 +217,47 @@ def base_bytes(conn: Connection, ref: ArrayRef, start: int, stop: int) -> bytes:
             f"array {label(ref)} is a top-k delta whose base (array {ref.base_array_id}) "
             "is missing or unreadable"
         )
+    return blob
+
+
+class BaseCheck:
+    """The digest check of the base a top-k delta adds to: feed it the base's bytes
+    as they are read, in order and each once (`update`), then `finish`, which raises
+    `PayloadCorrupt` naming the delta when they are not the bytes the base was stored
+    with (changed in place, or read incompletely). Byte ranges carry no digest of
+    their own, so a delta is decoded first and its base judged when it is whole, as
+    the delta's own chunks are."""
+
+    def __init__(self, conn: Connection, ref: ArrayRef) -> None:
+        if ref.base_array_id is None:
+            raise PayloadCorrupt(f"array {label(ref)} is a top-k delta whose base was deleted")
+        self.ref = ref
+        row = one(conn, "arrays_get_digest", {"array_id": ref.base_array_id})
+        if row is None:
+            raise PayloadCorrupt(
+                f"array {label(ref)} is a top-k delta whose base (array {ref.base_array_id}) "
+                "is missing or unreadable"
+            )
+        self.digest = bytes(row["digest"])
+        self._hasher = arrays.Digest(alg=str(row["digest_alg"]))
+
+    def update(self, data: bytes | memoryview) -> None:
+        self._hasher.update(data)
+
+    def finish(self) -> None:
+        if self._hasher.digest() != self.digest:
+            raise PayloadCorrupt(
+                f"array {label(self.ref)} is a top-k delta whose base "
+                f"(array {self.ref.base_array_id}) fails its digest check"
+            )
+
+
+def checked_base(conn: Connection, ref: ArrayRef) -> bytes:
+    """All the bytes of the base top-k delta `ref` adds to, digest-checked."""
+    check = BaseCheck(conn, ref)
+    blob = base_bytes(conn, ref, 0, ref.nbytes)
+    check.update(blob)
+    check.finish()
     return blob
 
 

@@ -16,6 +16,7 @@ from flpg.errors import PayloadCorrupt
 from flpg.store.db import Connection, Session
 from flpg.store.payloads import (
     ArrayRef,
+    BaseCheck,
     Chunks,
     Part,
     base_bytes,
@@ -68,8 +69,15 @@ class StoredArray:
         check_readable(ref)
         hasher = arrays.Digest(alg=ref.digest_alg)
         decoder = decoder_for(ref)
+        base_check = (  # before the reader thread starts using the session
+            self._session.call(partial(BaseCheck, ref=ref))
+            if decoder is not None and decoder.needs_base
+            else None
+        )
         seq = total = 0
         for batch, base in self._batches():
+            if base_check is not None and base is not None:
+                base_check.update(base)
             offset = (
                 0
                 if base is None or decoder is None
@@ -99,6 +107,8 @@ class StoredArray:
             raise PayloadCorrupt(f"array {label(ref)} payload has {total} of {ref.nbytes} bytes")
         if hasher.digest() != ref.digest:
             raise PayloadCorrupt(f"array {label(ref)} fails its digest check")
+        if base_check is not None:
+            base_check.finish()
 
     def _batches(self) -> Iterator[tuple[Chunks, memoryview | None]]:
         """The array's rows in batches, each with the bytes of the base its chunks add

@@ -15,6 +15,7 @@ from flpg.app.codecs import ErrorFeedback, encode_chunks, parse_codec
 from flpg.app.compressed import ReplyEncoder
 from flpg.app.message import Message
 from flpg.app.records import ArrayRecord, MetricRecord, RecordDict
+from flpg.errors import PayloadCorrupt
 from flpg.node.bases import ReplyBases
 from flpg.store import messages as store_messages
 from flpg.store import payloads as store_payloads
@@ -30,10 +31,14 @@ TOLERANCE = {"fp16": 2e-3, "bf16": 1e-2, "int8": 1e-2}
 
 
 def _reply_all(
-    conn: Connection, fed: Federation, updates: dict[int, np.ndarray], codec: str | None
+    conn: Connection,
+    fed: Federation,
+    updates: dict[int, np.ndarray],
+    codec: str | dict[int, str | None] | None,
 ) -> dict[int, int]:
+    """Every node answers with its update, encoded with `codec` (or its own, by node)."""
     rows = store_messages.claim(conn, worker="t", node_ids=fed.selected, lease=60, limit=100)
-    encoder = None if codec is None else ReplyEncoder(parse_codec(codec))
+    codecs = codec if isinstance(codec, dict) else dict.fromkeys(fed.selected, codec)
     loaded = list(zip(rows, bus.load(conn, rows), strict=True))
     bases = ReplyBases()
     bases.keep(conn, loaded)  # as a ClientApp process does for top-k
@@ -54,7 +59,7 @@ def _reply_all(
             fed.run_id,
             Message(content, reply_to=msg),
             CHUNK,
-            encoder,
+            None if codecs[node] is None else ReplyEncoder(parse_codec(codecs[node])),
             bases.take(row.id),
         )
     return out
@@ -226,6 +231,54 @@ def test_a_topk_reply_whose_base_is_gone_is_rejected_by_name(
     ((rejected_id, why),) = tally.rejected
     assert int(rejected_id) == reply_ids[victim]
     assert "['w']" in why and "top-k delta whose base was deleted" in why
+
+
+@pytest.mark.parametrize("read", ["streamed", "whole"])
+def test_topk_replies_whose_base_was_changed_in_place_are_rejected_by_name(
+    conn: Connection, fed: Federation, read: str
+) -> None:
+    """A delta is decoded against byte ranges of its base, which carry no digest of
+    their own: the base's bytes are checked against the base's digest as they are read,
+    so a base changed in the table after the nodes read it fails every delta against
+    it, by name, whether the reply is streamed into the sum (the plain reply still
+    aggregates) or loaded whole."""
+    base = np.linspace(-1, 1, 3000, dtype=np.float32)
+    updates = {n: base + n for n in fed.selected}
+    grid = open_grid(conn, fed, chunk_size=CHUNK)
+    try:
+        ids = broadcast(grid, fed.selected, ArrayRecord({"w": base, "steps": np.arange(3)}))
+        plain = fed.selected[2]  # answers uncompressed: its reply needs no base
+        codecs = {n: None if n == plain else "topk:0.5" for n in fed.selected}
+        reply_ids = _reply_all(conn, fed, updates, codecs)
+        base_id = scalar(
+            conn,
+            "SELECT array_id FROM message_arrays WHERE message_id = %s AND array_name = 'w'",
+            [ids[0]],
+        )
+        changed = on_chunks_of(
+            conn,
+            base_id,
+            "UPDATE array_chunks SET data = overlay(data PLACING '\\x0000803f'::bytea FROM 9)"
+            " WHERE array_id = %s AND seq = 1",
+            [base_id],
+        )
+        assert changed == 1  # one base value, in its second chunk, is now 1.0
+        if read == "streamed":
+            mean, tally = aggregate(grid, ids, ArrayRecord({"w": base, "steps": np.arange(3)}))
+            assert (tally.received, tally.failures) == (3, 2)
+            np.testing.assert_allclose(mean["w"].numpy(), updates[plain], rtol=1e-6)
+            whys = [why for _, why in tally.rejected]
+            rejected = sorted(int(message_id) for message_id, _ in tally.rejected)
+            assert rejected == sorted(i for n, i in reply_ids.items() if n != plain)
+        else:  # pull_messages reads every array of the replies it returns, now
+            with pytest.raises(PayloadCorrupt) as caught:
+                grid.pull_messages([str(i) for i in ids])
+            whys = [str(caught.value)]
+    finally:
+        grid.close()
+    for why in whys:
+        assert f"whose base (array {base_id}) fails its digest check" in why, why
+        assert "'w'" in why
 
 
 def test_a_base_outlives_the_topk_replies_against_it(conn: Connection, fed: Federation) -> None:

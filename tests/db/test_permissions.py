@@ -318,6 +318,13 @@ def test_serverapp_cannot_read_another_runs_messages_checkpoints_or_logs(world: 
     assert rows(world, "sa1", *named("checkpoints_get", run_id=run2)) == []
 
 
+def test_serverapp_reads_the_digests_of_its_runs_arrays_only(world: World) -> None:
+    """A top-k delta's base digest (arrays_get_digest) is read as the ServerApp."""
+    own, other = world.arrays["X1"], world.arrays["X3"]
+    assert len(rows(world, "sa1", *named("arrays_get_digest", array_id=own))) == 1
+    assert rows(world, "sa1", *named("arrays_get_digest", array_id=other)) == []
+
+
 def test_serverapp_cannot_write_into_another_run(world: World) -> None:
     run2 = world.runs["run2"]
     denied(
