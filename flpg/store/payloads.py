@@ -206,18 +206,23 @@ def chunk_rows(cur: Any, wanted: Sequence[ArrayRef]) -> Iterable[tuple[int, int,
 
 
 def base_bytes(conn: Connection, ref: ArrayRef, start: int, stop: int) -> bytes:
-    """Bytes [start, stop) of the base a top-k delta adds to (one ranged query);
-    `PayloadCorrupt` naming the array when its base is gone or unreadable here."""
-    if ref.base_array_id is None:
-        raise PayloadCorrupt(f"array {label(ref)} is a top-k delta whose base was deleted")
-    parts = byte_ranges(conn, [(ref.base_array_id, start, stop)])[ref.base_array_id]
+    """Bytes [start, stop) of the base a top-k delta adds to (one ranged query),
+    unchecked (see BaseCheck, which must have accepted `ref` first); `PayloadCorrupt`
+    naming the array when its base is unreadable here."""
+    base_id = ref.base_array_id
+    assert base_id is not None, "BaseCheck refuses a top-k delta without a base"
+    parts = byte_ranges(conn, [(base_id, start, stop)])[base_id]
     blob = b"".join(data for _, _, data in parts)
     if len(blob) != stop - start or (parts and parts[0][1] != start):
-        raise PayloadCorrupt(
-            f"array {label(ref)} is a top-k delta whose base (array {ref.base_array_id}) "
-            "is missing or unreadable"
-        )
+        raise _base_unreadable(ref)
     return blob
+
+
+def _base_unreadable(ref: ArrayRef) -> PayloadCorrupt:
+    return PayloadCorrupt(
+        f"array {label(ref)} is a top-k delta whose base (array {ref.base_array_id}) "
+        "is missing or unreadable"
+    )
 
 
 class BaseCheck:
@@ -234,10 +239,7 @@ class BaseCheck:
         self.ref = ref
         row = one(conn, "arrays_get_digest", {"array_id": ref.base_array_id})
         if row is None:
-            raise PayloadCorrupt(
-                f"array {label(ref)} is a top-k delta whose base (array {ref.base_array_id}) "
-                "is missing or unreadable"
-            )
+            raise _base_unreadable(ref)
         self.digest = bytes(row["digest"])
         self._hasher = arrays.Digest(alg=str(row["digest_alg"]))
 
