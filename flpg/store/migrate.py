@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HEAD_REVISION = "0017"
+HEAD_REVISION = "0018"
 """The newest revision shipped with this flpg, as Alembic's head names it (a test
 checks they agree): services compare the database's revision with it in one query,
 without loading Alembic and SQLAlchemy unless a migration is needed."""
@@ -46,6 +46,7 @@ SECURITY_SQL = (
     "trust.v6",
     "statistics.v1",
     "trust.v7",
+    "trust.v8",
 )
 """The files of `sql/security/` that head's schema is built with, in order: group
 roles, then the functions, triggers, grants and policies of the trust model."""
