@@ -28,8 +28,8 @@ def world(module_db_url: str) -> Iterator[World]:
 
 def generic_plan(conn: psycopg.Connection[Any], sql: str, *params: Any) -> str:
     """The text of the plan `conn` keeps for `sql` (prepared, generic, not executed)."""
-    conn.execute(pgsql.SQL("PREPARE kept AS {}").format(pgsql.SQL(sql)))  # type: ignore[arg-type]
-    args = pgsql.SQL("")
+    conn.execute(pgsql.SQL("PREPARE kept AS {}").format(pgsql.SQL(sql)))
+    args: pgsql.Composable = pgsql.SQL("")
     if params:
         args = pgsql.SQL("({})").format(pgsql.SQL(", ").join(map(pgsql.Literal, params)))
     found = conn.execute(
