@@ -14,6 +14,7 @@ the unix socket and asks every other role for its SCRAM password there too.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 from collections.abc import Iterator
@@ -259,6 +260,32 @@ def affected(world: World, who: str, sql: str, params: Any = None) -> int:
 def named(name: str, **params: Any) -> tuple[str, dict[str, Any]]:
     """A named query of sql/ and its parameters, as the workers run it."""
     return query(name), params
+
+
+def positional(name: str, types: dict[str, str]) -> str:
+    """Named query `name` with `$n::type` for each of its parameters, numbered in the
+    order of `types` (for PREPARE, whose plan is the one a hot connection keeps)."""
+    sql = query(name)
+    for i, (param, kind) in enumerate(types.items(), start=1):
+        sql = sql.replace(f"%({param})s", f"${i}::{kind}")
+    return sql
+
+
+def generic_plan(conn: psycopg.Connection[Any], sql: str, *params: Any, fmt: str = "TEXT") -> Any:
+    """The plan `conn` keeps for `sql` once prepared (generic: the one the hot
+    connections keep, with plan_cache_mode force_generic_plan), as EXPLAIN (VERBOSE,
+    FORMAT fmt) gives it for `params`, not executed: the text, or the JSON's root."""
+    conn.execute(pgsql.SQL("PREPARE kept AS {}").format(pgsql.SQL(sql)))  # type: ignore[arg-type]
+    args: pgsql.Composable = pgsql.SQL("")
+    if params:
+        args = pgsql.SQL("({})").format(pgsql.SQL(", ").join(map(pgsql.Literal, params)))
+    explain = pgsql.SQL("EXPLAIN (VERBOSE, COSTS OFF, FORMAT {}) EXECUTE kept{}")
+    found = conn.execute(explain.format(pgsql.SQL(fmt), args)).fetchall()
+    conn.execute("DEALLOCATE kept")
+    if fmt == "JSON":
+        doc = found[0][0]
+        return (json.loads(doc) if isinstance(doc, str) else doc)[0]["Plan"]
+    return "\n".join(r[0] for r in found)
 
 
 def insert_reply(world: World, conn: psycopg.Connection[Any], run: str, src: str, to: str) -> None:

@@ -11,32 +11,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
 from psycopg import sql as pgsql
 
 from flpg.store.db import connect
 
-from ._trust_world import World, built_world, named
+from ._trust_world import World, built_world, generic_plan, positional
 
 
 @pytest.fixture(scope="module")
 def world(module_db_url: str) -> Iterator[World]:
     with built_world(module_db_url) as w:
         yield w
-
-
-def generic_plan(conn: psycopg.Connection[Any], sql: str, *params: Any) -> str:
-    """The text of the plan `conn` keeps for `sql` (prepared, generic, not executed)."""
-    conn.execute(pgsql.SQL("PREPARE kept AS {}").format(pgsql.SQL(sql)))
-    args: pgsql.Composable = pgsql.SQL("")
-    if params:
-        args = pgsql.SQL("({})").format(pgsql.SQL(", ").join(map(pgsql.Literal, params)))
-    found = conn.execute(
-        pgsql.SQL("EXPLAIN (VERBOSE, COSTS OFF) EXECUTE kept{}").format(args)
-    ).fetchall()
-    conn.execute("DEALLOCATE kept")
-    return "\n".join(r[0] for r in found)
 
 
 @pytest.mark.parametrize("who", ["node_a", "ca1", "sa1"])
@@ -56,24 +42,13 @@ def test_a_hot_connection_plans_its_identity_as_a_constant(world: World, who: st
 
 
 def _hot_statement(world: World, who: str) -> tuple[Any, ...]:
-    """A hot statement of `who` with positional parameters, for PREPARE: a ServerApp's
-    reply pull, a node's or ClientApp's claim."""
+    """A hot statement of `who` and its parameters: a ServerApp's reply pull, a node's
+    or ClientApp's claim."""
     if who == "sa1":
-        sql, _ = named("messages_pull_replies", run_id=0, ids=[], again=False)
-        sql = (
-            sql.replace("%(run_id)s", "$1::bigint")
-            .replace("%(ids)s", "$2::bigint[]")
-            .replace("%(again)s", "$3::boolean")
-        )
-        return sql, world.runs["run1"], [world.msgs["i2"]], False
-    sql, _ = named("messages_claim", node_ids=[], worker="", lease=0.0, limit=0)
-    sql = (
-        sql.replace("%(node_ids)s", "$1::bigint[]")
-        .replace("%(limit)s", "$2::int")
-        .replace("%(worker)s", "$3::text")
-        .replace("%(lease)s", "$4::float8")
-    )
-    return sql, [world.nodes["A1"]], 1, "w", 30.0
+        types = {"run_id": "bigint", "ids": "bigint[]", "again": "boolean"}
+        return positional("messages_pull_replies", types), world.runs["run1"], [1], False
+    types = {"node_ids": "bigint[]", "limit": "int", "worker": "text", "lease": "float8"}
+    return positional("messages_claim", types), [world.nodes["A1"]], 1, "w", 30.0
 
 
 def test_a_kept_plan_never_serves_another_role(world: World) -> None:

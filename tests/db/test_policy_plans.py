@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from ..conftest import scratch_database
-from ._trust_world import World, as_role, built_world, named
+from ._trust_world import World, as_role, built_world, generic_plan, named, positional
 
 HISTORY = 400
 """Finished instructions, and arrays, run1 had before the statements are planned; and
@@ -119,6 +119,37 @@ def test_a_payload_listing_reads_the_arrays_of_its_messages_only(world: World, w
 def test_a_checkpoint_listing_reads_the_checkpoint_arrays_only(world: World) -> None:
     nodes = plan_nodes(world, "sa1", "checkpoint_arrays_list", run_id=world.runs["run1"])
     assert run_scans(nodes) == []
+
+
+def kept_plan_nodes(world: World, who: str, sql: str, *params: Any) -> list[dict[str, Any]]:
+    """Every node of the generic plan a hot connection of `who` keeps for `sql`."""
+    with as_role(world, who) as conn:
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        todo = [generic_plan(conn, sql, *params, fmt="JSON")]
+    out: list[dict[str, Any]] = []
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        todo.extend(node.get("Plans", []))
+    return out
+
+
+@pytest.mark.parametrize("who", ["sa1", "ca1", "node_a"])
+def test_a_kept_listing_looks_each_array_up_by_its_key(world: World, who: str) -> None:
+    """The generic plan knows neither the messages nor the run: under the ServerApp's
+    policy (`run_id + 0`) it guessed one array for the run and scanned them all."""
+    cases = [(positional("message_arrays_list", {"message_ids": "bigint[]"}), [world.msgs["i1"]])]
+    if who == "sa1":
+        cases.append(
+            (positional("checkpoint_arrays_list", {"run_id": "bigint"}), world.runs["run1"])
+        )
+    for sql, param in cases:
+        nodes = kept_plan_nodes(world, who, sql, param)
+        reads = [n for n in nodes if n.get("Relation Name") == "arrays" and n.get("Alias") == "a"]
+        assert reads, "the statement reads arrays"
+        assert {(n["Node Type"], n.get("Index Name")) for n in reads} == {
+            ("Index Scan", "pk_arrays")
+        }, sql
 
 
 @pytest.mark.parametrize("who", ["sa1", "ca1", "node_a"])
