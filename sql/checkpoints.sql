@@ -43,12 +43,10 @@ WHERE run_id = %(run_id)s;
 
 -- name: checkpoint_arrays_list
 -- Each array looked up by primary key from its link, as in message_arrays_list.
-SELECT NULL::bigint AS message_id, 'checkpoint' AS record_name, ca.position, ca.array_name,
-       a.id AS array_id, a.dtype, a.shape, a.nbytes, a.n_chunks, a.chunk_size, a.digest,
-       a.digest_alg, a.codec, a.base_array_id, a.durable, a.collected, a.lost
+SELECT NULL::bigint AS message_id, 'checkpoint' AS record_name, ca.position, ca.array_name, a.*
 FROM checkpoint_arrays ca
 CROSS JOIN LATERAL (
-    SELECT a.id, a.dtype, a.shape, a.nbytes, a.n_chunks, a.chunk_size, a.digest,
+    SELECT a.id AS array_id, a.dtype, a.shape, a.nbytes, a.n_chunks, a.chunk_size, a.digest,
            a.digest_alg, a.codec, a.base_array_id, a.durable,
            a.collected_at IS NOT NULL AS collected, a.lost_at IS NOT NULL AS lost
     FROM arrays a WHERE a.id = ca.array_id OFFSET 0

@@ -24,12 +24,10 @@ SELECT digest, digest_alg FROM arrays WHERE id = %(array_id)s;
 -- primary key from its link (a LATERAL with OFFSET 0 is never flattened into a join):
 -- under a ServerApp's policy, `run_id + 0`, a generic plan estimated one array for the
 -- run and scanned the run's arrays, each against every link (0.8 ms on a young table).
-SELECT ma.message_id, ma.record_name, ma.position, ma.array_name,
-       a.id AS array_id, a.dtype, a.shape, a.nbytes, a.n_chunks, a.chunk_size, a.digest,
-       a.digest_alg, a.codec, a.base_array_id, a.durable, a.collected, a.lost
+SELECT ma.message_id, ma.record_name, ma.position, ma.array_name, a.*
 FROM message_arrays ma
 CROSS JOIN LATERAL (
-    SELECT a.id, a.dtype, a.shape, a.nbytes, a.n_chunks, a.chunk_size, a.digest,
+    SELECT a.id AS array_id, a.dtype, a.shape, a.nbytes, a.n_chunks, a.chunk_size, a.digest,
            a.digest_alg, a.codec, a.base_array_id, a.durable,
            a.collected_at IS NOT NULL AS collected, a.lost_at IS NOT NULL AS lost
     FROM arrays a WHERE a.id = ma.array_id OFFSET 0

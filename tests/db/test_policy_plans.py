@@ -72,7 +72,11 @@ def plan_nodes(world: World, who: str, name: str, **params: Any) -> list[dict[st
     sql, bound = named(name, **params)
     with as_role(world, who) as conn:
         (doc,) = conn.execute(f"EXPLAIN (FORMAT JSON) {sql}", bound).fetchone()  # type: ignore[misc]
-    plan = (json.loads(doc) if isinstance(doc, str) else doc)[0]["Plan"]
+    return flatten((json.loads(doc) if isinstance(doc, str) else doc)[0]["Plan"])
+
+
+def flatten(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every node of an EXPLAIN (FORMAT JSON) plan tree, its root included."""
     out: list[dict[str, Any]] = []
     todo = [plan]
     while todo:
@@ -125,13 +129,7 @@ def kept_plan_nodes(world: World, who: str, sql: str, *params: Any) -> list[dict
     """Every node of the generic plan a hot connection of `who` keeps for `sql`."""
     with as_role(world, who) as conn:
         conn.execute("SET plan_cache_mode = force_generic_plan")
-        todo = [generic_plan(conn, sql, *params, fmt="JSON")]
-    out: list[dict[str, Any]] = []
-    while todo:
-        node = todo.pop()
-        out.append(node)
-        todo.extend(node.get("Plans", []))
-    return out
+        return flatten(generic_plan(conn, sql, *params, fmt="JSON"))
 
 
 @pytest.mark.parametrize("who", ["sa1", "ca1", "node_a"])
